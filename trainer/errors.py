@@ -1,0 +1,38 @@
+"""User-facing errors: one clear line, a non-zero exit, no traceback unless asked for."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """Bad input from the user: settings, task files, data rows, model names.
+
+    The message must name the problem and what is allowed; it is printed as one line.
+    """
+
+
+def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a `UserError` into `error: <message>` on stderr and exit code 2.
+
+    Set `TRAINER_DEBUG=1` to see the full traceback instead.
+    """
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            if os.environ.get("TRAINER_DEBUG"):
+                raise
+            message = " ".join(str(err).split())
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper

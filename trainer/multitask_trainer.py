@@ -1,0 +1,152 @@
+"""`transformers.Trainer` with three hooks overridden: the train dataloader, the loss, evaluation.
+
+The training loop, progress bars, logging, checkpointing and resume are the stock Trainer's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import EvalPrediction
+
+from trainer.data import MultitaskDataset
+from trainer.metrics import aggregate_score, compute_task_metrics
+from trainer.modeling import MultitaskModel
+from trainer.sampler import MultitaskBatchSampler
+from trainer.tasks import TaskSpec
+
+AGGREGATE_METRIC = "average"
+TASK_LOG_ENV = "TRAINER_TASK_LOG"  # debugging aid: append each step's task to <value>.rank<N>
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader whose `set_epoch` reaches its batch sampler (the Trainer calls it every epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+
+class MultitaskTrainer(Trainer):
+    """Trains a `MultitaskModel` on batches that each come from one task."""
+
+    def __init__(
+        self,
+        *args: Any,
+        tasks: list[TaskSpec],
+        sampling: str = "proportional",
+        sampling_temperature: float = 2.0,
+        task_weights: dict[str, float] | None = None,
+        group_by_length: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, compute_metrics=self._task_metrics, **kwargs)
+        self.tasks = tasks
+        self.sampling = sampling
+        self.sampling_temperature = sampling_temperature
+        self.task_weights = task_weights or {}
+        self.group_by_length = group_by_length
+        self._eval_task: TaskSpec | None = None
+        self._task_log = os.environ.get(TASK_LOG_ENV)
+
+    # -- training data ------------------------------------------------------------------
+
+    def make_batch_sampler(self) -> MultitaskBatchSampler:
+        dataset: MultitaskDataset = self.train_dataset
+        return MultitaskBatchSampler(
+            dataset.task_sizes(),
+            batch_size=self._train_batch_size,
+            strategy=self.sampling,
+            temperature=self.sampling_temperature,
+            seed=self.args.seed,
+            num_replicas=self.args.world_size,
+            rank=self.args.process_index,
+            lengths=dataset.lengths() if self.group_by_length else None,
+        )
+
+    def get_train_dataloader(self) -> DataLoader:
+        """Batches from the rank-aware multitask sampler.
+
+        The loader is deliberately not passed through `accelerator.prepare`: accelerate
+        would shard it again by handing whole consecutive batches to different ranks,
+        which puts different tasks (heads) on different ranks in the same step.
+        """
+        return EpochDataLoader(
+            self.train_dataset,
+            batch_sampler=self.make_batch_sampler(),
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+
+    # -- loss ---------------------------------------------------------------------------
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | None = None,
+    ) -> Any:
+        task = inputs["task"]
+        outputs = model(**inputs)
+        loss = outputs.loss * self.task_weights.get(task, 1.0)
+        if model.training and self._task_log:
+            with open(f"{self._task_log}.rank{self.args.process_index}", "a", encoding="utf-8") as log:
+                log.write(f"{task}\n")
+        return (loss, outputs) if return_outputs else loss
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    def _task_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        return compute_task_metrics(self._eval_task, logits, prediction.label_ids)
+
+    def evaluate(
+        self,
+        eval_dataset: Any = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Evaluate every task on its own dev split; add `<prefix>_average` of the main metrics.
+
+        `eval_dataset` given to the constructor maps task names to their dev splits. Metrics are named `<prefix>_<task>_<metric>`, e.g. `eval_rte_accuracy`.
+        """
+        if eval_dataset is not None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        metrics: dict[str, float] = {}
+        per_task: dict[str, dict[str, float]] = {}
+        for task in self.tasks:
+            self._eval_task = task
+            prefix = f"{metric_key_prefix}_{task.name}"
+            task_metrics = super().evaluate(self.eval_dataset[task.name], ignore_keys, prefix)
+            metrics.update(task_metrics)
+            per_task[task.name] = {k.removeprefix(prefix + "_"): v for k, v in task_metrics.items()}
+        self._eval_task = None
+        aggregate_key = f"{metric_key_prefix}_{AGGREGATE_METRIC}"
+        metrics[aggregate_key] = aggregate_score(per_task, self.tasks)
+        self.log({aggregate_key: metrics[aggregate_key]})
+        return metrics
+
+    # -- saving -------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save weights (encoder once) plus the config and task specs needed to rebuild the model."""
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            model: MultitaskModel = self.accelerator.unwrap_model(self.model)
+            model.save_config(output_dir or self.args.output_dir)
+
+
+class FinalSaveCallback(TrainerCallback):
+    """Always checkpoint the last step, so the steps after the last SAVE_STEPS are never lost."""
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        if state.global_step >= state.max_steps:
+            control.should_save = True
+        return control

@@ -1,0 +1,278 @@
+"""Typed settings from defaults, `.env`, the environment and command-line flags.
+
+Precedence, lowest to highest: default < `.env` < environment variable < flag.
+`.env` never overrides a variable that is really set in the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dotenv import dotenv_values
+
+from trainer.errors import UserError
+
+SamplingStrategy = Literal["proportional", "temperature", "uniform", "round_robin"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+DEMO_MODEL = "demo"
+DEMO_TASKS = ("demo_sentiment", "demo_similarity", "demo_category")
+
+
+@dataclass
+class Settings:
+    """Every setting of a training run. The environment variable is the field name upper-cased."""
+
+    model_name: str = field(
+        default=DEMO_MODEL,
+        metadata={"help": "Hub id or local path of the encoder; 'demo' builds a tiny encoder offline."},
+    )
+    tasks: tuple[str, ...] = field(
+        default=DEMO_TASKS, metadata={"help": "Comma-separated task names (built-in or from TASKS_FILE)."}
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Read built-in tasks from local files here instead of the hub."}
+    )
+    tasks_file: str | None = field(default=None, metadata={"help": "YAML/JSON file declaring your own tasks."})
+    output_dir: str = field(default="outputs/run", metadata={"help": "Checkpoints, export and metrics.json."})
+    num_epochs: float = field(default=3.0, metadata={"help": "Training epochs (ignored when MAX_STEPS > 0)."})
+    max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; -1 means use NUM_EPOCHS."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per batch per device (train and eval)."})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate; empty = 1e-3 for the demo encoder, 3e-5 otherwise."}
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Truncation bound in tokens (padding is dynamic)."})
+    sampling: SamplingStrategy = field(
+        default="proportional", metadata={"help": "Task sampling: proportional, temperature, uniform, round_robin."}
+    )
+    sampling_temperature: float = field(
+        default=2.0, metadata={"help": "T for SAMPLING=temperature: p(task) ~ batches^(1/T)."}
+    )
+    task_weights: dict[str, float] = field(
+        default_factory=dict, metadata={"help": "Loss weight per task, e.g. 'rte=2,stsb=0.5' (default 1)."}
+    )
+    group_by_length: bool = field(
+        default=False, metadata={"help": "Batch examples of similar length together within a task."}
+    )
+    eval_steps: int | None = field(
+        default=None, metadata={"help": "Evaluate every N steps; empty = at the end of each epoch."}
+    )
+    save_steps: int | None = field(
+        default=None, metadata={"help": "Checkpoint every N steps; empty = at the end of each epoch."}
+    )
+    save_total_limit: int | None = field(
+        default=3, metadata={"help": "Keep at most N checkpoints (the newest is never deleted)."}
+    )
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "Fraction of steps for linear LR warmup."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    precision: Precision = field(
+        default="auto", metadata={"help": "auto (bf16/fp16 when the GPU supports it), fp32, bf16 or fp16."}
+    )
+    resume: str = field(
+        default="",
+        metadata={"help": "auto (newest complete checkpoint), never, or a checkpoint path; empty = auto on "
+                  "Vertex AI, never elsewhere."},
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for weights, sampling schedule and shuffling."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Cap training examples per task."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap evaluation examples per task."})
+    log_dir: str | None = field(default=None, metadata={"help": "TensorBoard logs; empty = OUTPUT_DIR/logs."})
+    job_dir: str | None = field(
+        default=None, metadata={"help": "gs://bucket/prefix for checkpoints, the final model and logs."}
+    )
+    upload_timeout: float = field(
+        default=600.0, metadata={"help": "Seconds to wait for pending checkpoint uploads at the end."}
+    )
+
+    @property
+    def effective_log_dir(self) -> str:
+        return self.log_dir or os.path.join(self.output_dir, "logs")
+
+    @property
+    def effective_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-3 if self.model_name == DEMO_MODEL else 3e-5
+
+    @property
+    def effective_resume(self) -> str:
+        if self.resume:
+            return self.resume
+        return "auto" if on_vertex() else "never"
+
+
+def on_vertex() -> bool:
+    """True inside a Vertex AI custom job (it sets CLOUD_ML_JOB_ID and the AIP_* variables)."""
+    return bool(os.environ.get("CLOUD_ML_JOB_ID") or os.environ.get("AIP_CHECKPOINT_DIR"))
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+ENV_NAMES = tuple(name.upper() for name in FIELDS)
+
+
+def _type_hints() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+def _parse(name: str, raw: Any, hint: Any) -> Any:
+    """Parse one raw value (a string from the environment, or whatever fire produced) into `hint`."""
+    env = name.upper()
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _parse(name, raw, inner)
+    if origin is Literal:
+        value = str(raw).strip()
+        if value not in args:
+            raise UserError(f"{env}={value!r} is not allowed; choose one of: {', '.join(args)}")
+        return value
+    if origin is tuple:
+        items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+        values = tuple(str(i).strip() for i in items if str(i).strip())
+        if not values:
+            raise UserError(f"{env} is empty; give a comma-separated list, e.g. {env}=stsb,rte")
+        return values
+    if origin is dict:
+        return _parse_weights(env, raw)
+    if hint is bool:
+        value = str(raw).strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off", ""):
+            return False
+        raise UserError(f"{env}={raw!r} is not a boolean; use true or false")
+    if hint in (int, float):
+        try:
+            number = hint(raw) if not isinstance(raw, str) else hint(raw.strip())
+        except (TypeError, ValueError):
+            kind = "an integer" if hint is int else "a number"
+            raise UserError(f"{env}={raw!r} is not {kind}") from None
+        if isinstance(raw, float) and hint is int and raw != int(raw):
+            raise UserError(f"{env}={raw!r} is not an integer")
+        return number
+    return str(raw).strip()
+
+
+def _parse_weights(env: str, raw: Any) -> dict[str, float]:
+    """Parse `task=weight,task=weight` (or a dict from a flag) into a mapping."""
+    if isinstance(raw, dict):
+        pairs = [(str(k), v) for k, v in raw.items()]
+    else:
+        items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+        pairs = []
+        for item in (str(i).strip() for i in items):
+            if not item:
+                continue
+            task, sep, weight = item.partition("=")
+            if not sep or not task.strip():
+                raise UserError(f"{env} entry {item!r} is malformed; use task=weight pairs, e.g. rte=2,stsb=0.5")
+            pairs.append((task.strip(), weight.strip()))
+    weights = {}
+    for task, weight in pairs:
+        try:
+            value = float(weight)
+        except (TypeError, ValueError):
+            raise UserError(f"{env} weight for {task!r} is {weight!r}; it must be a number >= 0") from None
+        if not value >= 0:
+            raise UserError(f"{env} weight for {task!r} is {value}; it must be a number >= 0")
+        weights[task] = value
+    return weights
+
+
+def _validate(s: Settings) -> None:
+    positive = {"batch_size": s.batch_size, "max_seq_length": s.max_seq_length, "logging_steps": s.logging_steps}
+    optional_positive = {
+        "eval_steps": s.eval_steps,
+        "save_steps": s.save_steps,
+        "save_total_limit": s.save_total_limit,
+        "max_train_samples": s.max_train_samples,
+        "max_eval_samples": s.max_eval_samples,
+    }
+    for name, value in {**positive, **{k: v for k, v in optional_positive.items() if v is not None}}.items():
+        if value <= 0:
+            raise UserError(f"{name.upper()}={value} must be a positive integer")
+    if s.max_steps == 0 or s.max_steps < -1:
+        raise UserError(f"MAX_STEPS={s.max_steps} must be a positive integer, or -1 to train for NUM_EPOCHS")
+    if s.max_steps == -1 and not s.num_epochs > 0:
+        raise UserError(f"NUM_EPOCHS={s.num_epochs} must be > 0 (or set MAX_STEPS)")
+    if s.learning_rate is not None and not s.learning_rate > 0:
+        raise UserError(f"LEARNING_RATE={s.learning_rate} must be > 0")
+    if not s.sampling_temperature > 0:
+        raise UserError(f"SAMPLING_TEMPERATURE={s.sampling_temperature} must be > 0")
+    if not 0 <= s.warmup_ratio < 1:
+        raise UserError(f"WARMUP_RATIO={s.warmup_ratio} must be in [0, 1)")
+    if s.upload_timeout <= 0:
+        raise UserError(f"UPLOAD_TIMEOUT={s.upload_timeout} must be > 0 seconds")
+    unknown = sorted(set(s.task_weights) - set(s.tasks))
+    if unknown:
+        raise UserError(
+            f"TASK_WEIGHTS names {', '.join(unknown)}, which is not in TASKS ({', '.join(s.tasks)})"
+        )
+    if s.resume not in ("", "auto", "never") and not (s.resume.startswith("gs://") or Path(s.resume).is_dir()):
+        raise UserError(f"RESUME={s.resume!r} is not a checkpoint directory; use auto, never or a checkpoint path")
+
+
+def load_settings(
+    flags: dict[str, Any] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+    dotenv_path: str | os.PathLike[str] | None = ".env",
+) -> tuple[Settings, dict[str, str]]:
+    """Resolve settings and where each came from (`default`, `.env`, `env` or `flag`)."""
+    environ = os.environ if environ is None else environ
+    dotenv = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None} if dotenv_path else {}
+    flags = dict(flags or {})
+    unknown = sorted(set(flags) - set(FIELDS))
+    if unknown:
+        raise UserError(
+            f"unknown flag(s) --{', --'.join(unknown)}; allowed: --{', --'.join(FIELDS)}"
+        )
+    hints = _type_hints()
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name in FIELDS:
+        env = name.upper()
+        if name in flags:
+            raw, source = flags[name], "flag"
+        elif env in environ:
+            raw, source = environ[env], "env"
+        elif env in dotenv:
+            raw, source = dotenv[env], ".env"
+        else:
+            sources[name] = "default"
+            continue
+        values[name] = _parse(name, raw, hints[name])
+        sources[name] = source
+    settings = Settings(**values)
+    _validate(settings)
+    return settings, sources
+
+
+def describe(settings: Settings, sources: dict[str, str]) -> str:
+    """A table of the effective settings and where each came from."""
+    rows = []
+    for name in FIELDS:
+        value = getattr(settings, name)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        elif isinstance(value, dict):
+            value = ",".join(f"{k}={v:g}" for k, v in value.items())
+        shown = "" if value is None else str(value)
+        if name == "learning_rate" and value is None:
+            shown = f"{settings.effective_learning_rate:g} (auto)"
+        elif name == "log_dir" and value is None:
+            shown = f"{settings.effective_log_dir} (auto)"
+        elif name == "resume" and not value:
+            shown = f"{settings.effective_resume} (auto)"
+        rows.append((name.upper(), shown, sources.get(name, "default")))
+    width = max(len(r[0]) for r in rows)
+    vwidth = min(60, max(len(r[1]) for r in rows))
+    return "\n".join(f"{n:<{width}}  {v:<{vwidth}}  [{s}]" for n, v, s in rows)

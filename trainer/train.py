@@ -1,0 +1,162 @@
+"""The training run, top to bottom: tasks, data, encoder, Trainer, final metrics and export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
+from transformers.trainer_utils import set_seed
+
+from trainer import demo
+from trainer.checkpoints import CompleteMarkerCallback, resolve_resume
+from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
+from trainer.errors import UserError
+from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR, export_tasks
+from trainer.modeling import MultitaskModel
+from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer
+from trainer.settings import DEMO_MODEL, Settings
+from trainer.tasks import SPLITS, TaskData, TaskSpec, read_split, resolve_tasks
+
+logger = logging.getLogger(__name__)
+METRICS_FILE = "metrics.json"
+
+
+def load_encoder(model_name: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """The tokenizer and base encoder: the offline demo, a local directory or a hub id."""
+    if model_name == DEMO_MODEL:
+        tokenizer = demo.build_demo_tokenizer()
+        return tokenizer, demo.build_demo_encoder(len(tokenizer))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        encoder = AutoModel.from_pretrained(model_name)
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"MODEL_NAME={model_name!r} can't be loaded ({reason}); use a local model directory, "
+            f"a Hugging Face hub id (needs network), or '{DEMO_MODEL}'"
+        ) from None
+    return tokenizer, encoder
+
+
+def read_all_splits(tasks: list[TaskSpec], settings: Settings) -> dict[str, dict[str, TaskData]]:
+    """Read and validate every split before anything is written to disk, then apply the caps."""
+    rows = {t.name: {split: read_split(t, split, settings.data_dir) for split in SPLITS} for t in tasks}
+    for splits in rows.values():
+        splits["train"] = splits["train"].limit(settings.max_train_samples, seed=settings.seed)
+        splits["dev"] = splits["dev"].limit(settings.max_eval_samples)
+    return rows
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    """bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU (PRECISION=auto)."""
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision in ("bf16", "fp16") and not cuda:
+        raise UserError(f"PRECISION={precision} needs a CUDA GPU; use auto or fp32 on this machine")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
+
+
+def training_arguments(settings: Settings) -> TrainingArguments:
+    os.environ["TENSORBOARD_LOGGING_DIR"] = settings.effective_log_dir
+    return TrainingArguments(
+        output_dir=settings.output_dir,
+        num_train_epochs=settings.num_epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        learning_rate=settings.effective_learning_rate,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio,
+        lr_scheduler_type="linear",
+        eval_strategy="steps",
+        save_strategy="steps",
+        logging_strategy="steps",
+        logging_steps=settings.logging_steps,
+        save_total_limit=settings.save_total_limit,
+        metric_for_best_model=AGGREGATE_METRIC,
+        greater_is_better=True,
+        report_to=["tensorboard"],
+        seed=settings.seed,
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=True,  # each step trains one head; the others get no gradient
+        dataloader_num_workers=0,
+        **precision_flags(settings.precision),
+    )
+
+
+def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], step: int) -> dict[str, Any]:
+    per_task = {
+        t.name: {k.removeprefix(f"eval_{t.name}_"): v for k, v in metrics.items() if k.startswith(f"eval_{t.name}_")}
+        for t in tasks
+    }
+    report = {
+        "global_step": step,
+        AGGREGATE_METRIC: metrics[f"eval_{AGGREGATE_METRIC}"],
+        "main_metric": {t.name: t.metric for t in tasks},
+        "tasks": per_task,
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+    return report
+
+
+def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Run one multitask training job; returns the final metrics report."""
+    tasks = resolve_tasks(settings.tasks, settings.tasks_file)
+    rows = read_all_splits(tasks, settings)
+    set_seed(settings.seed)
+    tokenizer, encoder = load_encoder(settings.model_name)
+    resume = resolve_resume(settings.effective_resume, settings.output_dir)
+    args = training_arguments(settings)
+
+    with args.main_process_first(desc="tokenizing"):
+        tokenized = {
+            split: {t.name: tokenize_split(t, rows[t.name][split], tokenizer, settings.max_seq_length) for t in tasks}
+            for split in SPLITS
+        }
+    train_set = MultitaskDataset(tokenized["train"])
+    eval_sets = {name: MultitaskDataset({name: ds}) for name, ds in tokenized["dev"].items()}
+
+    model = MultitaskModel(encoder, tasks)
+    trainer = MultitaskTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_sets,
+        processing_class=tokenizer,
+        data_collator=TaskBatchCollator(tokenizer, pad_to_multiple_of=8 if not args.use_cpu else None),
+        callbacks=[FinalSaveCallback(), CompleteMarkerCallback(), *(callbacks or [])],
+        tasks=tasks,
+        sampling=settings.sampling,
+        sampling_temperature=settings.sampling_temperature,
+        task_weights=settings.task_weights,
+        group_by_length=settings.group_by_length,
+    )
+    steps_per_epoch = max(1, math.ceil(len(trainer.make_batch_sampler()) / args.gradient_accumulation_steps))
+    args.save_steps = settings.save_steps or steps_per_epoch
+    args.eval_steps = settings.eval_steps or steps_per_epoch
+    logger.info("tasks: %s; %d train examples; %d steps per epoch", ", ".join(settings.tasks), len(train_set),
+                steps_per_epoch)
+    if resume:
+        logger.info("resuming from %s", resume)
+
+    trainer.train(resume_from_checkpoint=resume)
+    metrics = trainer.evaluate()
+    report: dict[str, Any] = {}
+    if args.should_save:
+        output = Path(settings.output_dir)
+        trainer.save_model(str(output / FINAL_MODEL_DIR))
+        export_tasks(trainer.accelerator.unwrap_model(trainer.model), tokenizer, str(output / EXPORT_DIR))
+        report = write_metrics(output / METRICS_FILE, metrics, tasks, trainer.state.global_step)
+        summary = ", ".join(f"{t.name} {t.metric}={report['tasks'][t.name][t.metric]:.3f}" for t in tasks)
+        print(f"final: {summary}; average={report[AGGREGATE_METRIC]:.3f} -> {output / METRICS_FILE}", flush=True)
+    return report
+
