@@ -113,7 +113,8 @@ class MultitaskTrainer(Trainer):
     ) -> dict[str, float]:
         """Evaluate every task on its own dev split; add `<prefix>_average` of the main metrics.
 
-        `eval_dataset` given to the constructor maps task names to their dev splits. Metrics are named `<prefix>_<task>_<metric>`, e.g. `eval_rte_accuracy`.
+        The `eval_dataset` given to the constructor maps task names to their dev splits.
+        Metrics are named `<prefix>_<task>_<metric>`, e.g. `eval_rte_accuracy`.
         """
         if eval_dataset is not None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)

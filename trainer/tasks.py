@@ -174,6 +174,16 @@ class TaskData:
 # ---- declaring tasks -------------------------------------------------------------------
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class _LiteralLoader(yaml.SafeLoader):
+    """YAML without implicit booleans, so labels such as `yes`/`no`/`on`/`off` stay strings."""
+
+
+_LiteralLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 _REQUIRED = ("name", "type", "text_columns", "label_column", "train_file", "dev_file")
 
 
@@ -183,7 +193,7 @@ def load_tasks_file(path: str) -> dict[str, TaskSpec]:
     if not file.is_file():
         raise UserError(f"TASKS_FILE {path} does not exist; point it to a YAML file with a 'tasks:' list")
     try:
-        doc = yaml.safe_load(file.read_text(encoding="utf-8"))
+        doc = yaml.load(file.read_text(encoding="utf-8"), Loader=_LiteralLoader)  # noqa: S506
     except yaml.YAMLError as err:
         raise UserError(f"TASKS_FILE {path} is not valid YAML/JSON: {str(err).splitlines()[0]}") from None
     entries = doc.get("tasks") if isinstance(doc, dict) else None
@@ -233,7 +243,7 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
         main_metric=str(entry.get("main_metric", "")),
         train_file=str(base / str(entry["train_file"])),
         dev_file=str(base / str(entry["dev_file"])),
-        header=bool(entry.get("header", True)),
+        header=str(entry.get("header", "true")).lower() in ("true", "yes", "1"),
         column_names=_as_tuple(entry.get("column_names", ())),
     )
     spec.file_format(spec.train_file)

@@ -1,0 +1,101 @@
+"""The GCS server goes away in the middle of a checkpoint upload and comes back ~20 s later."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from tests.gcs_emulator import GcsEmulator
+from trainer import gcs
+from trainer.checkpoint_sync import GcsCheckpointCallback, resolve_cloud_dirs, resume_from_bucket
+
+OUTAGE_S = 20.0
+# Production backoff shape, capped low so the retry after the restart comes within ~2 s.
+RETRY = gcs.UPLOAD_RETRY.with_delay(initial=0.5, maximum=2.0, multiplier=2.0).with_timeout(120.0)
+
+
+def write_checkpoint(output_dir: Path, step: int, files: int = 6) -> Path:
+    ckpt = output_dir / f"checkpoint-{step}"
+    ckpt.mkdir(parents=True)
+    for i in range(files):
+        (ckpt / f"part-{i}.bin").write_bytes(bytes([step % 256, i]) * 50_000)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return ckpt
+
+
+def local_sums(ckpt: Path) -> dict[str, dict]:
+    return {p.relative_to(ckpt).as_posix(): gcs.file_checksums(p) for p in ckpt.rglob("*") if p.is_file()}
+
+
+def test_upload_survives_server_restart(
+    gcs_client, gcs_emulator: GcsEmulator, gcs_bucket: str, tmp_path: Path, monkeypatch
+) -> None:
+    dirs = resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {})
+    cb = GcsCheckpointCallback(dirs, gcs_client, upload_timeout=120, retry=RETRY)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), save_total_limit=None, report_to=[], use_cpu=True)
+    out = Path(args.output_dir)
+
+    def on_save(step: int) -> float:
+        started = time.monotonic()
+        cb.on_save(args, TrainerState(global_step=step, is_world_process_zero=True), TrainerControl())
+        return time.monotonic() - started
+
+    write_checkpoint(out, 10)
+    on_save(10)
+    cb.wait(60)
+
+    # checkpoint-20: stop the server once two of its files are up; hold the marker until we have looked.
+    real_file, real_bytes = gcs._upload_file, gcs._upload_bytes
+    uploaded, two_up, server_down = [], threading.Event(), threading.Event()
+    marker_due, may_commit = threading.Event(), threading.Event()
+
+    def upload_file(blob, *a, **kw):
+        real_file(blob, *a, **kw)
+        uploaded.append(blob.name)
+        if len(uploaded) == 2:  # the first two files of checkpoint-20
+            two_up.set()
+            assert server_down.wait(30)
+
+    def upload_bytes(blob, *a, **kw):
+        if blob.name.endswith("checkpoint-20/" + gcs.MARKER):
+            marker_due.set()
+            assert may_commit.wait(60)
+        real_bytes(blob, *a, **kw)
+
+    monkeypatch.setattr(gcs, "_upload_file", upload_file)
+    monkeypatch.setattr(gcs, "_upload_bytes", upload_bytes)
+
+    expected = {20: local_sums(write_checkpoint(out, 20)), 30: local_sums(write_checkpoint(out, 30))}
+    on_save(20)
+    assert two_up.wait(30)
+    gcs_emulator.stop()
+    server_down.set()
+    outage_started = time.monotonic()
+
+    # Training goes on during the outage: saving checkpoint-30 returns at once and queues it.
+    assert on_save(30) < 1.0
+    time.sleep(1.0)
+    assert cb.pending == [20, 30] and cb.errors == []
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - outage_started)))
+    assert cb.errors == [], "the upload gave up during the outage instead of retrying"
+    gcs_emulator.start()  # same port, same data
+
+    # All files and the manifest of checkpoint-20 are up, but not the marker: it must not be used.
+    assert marker_due.wait(60)
+    names = {b.name for b in gcs_client.list_blobs(gcs_bucket, prefix="job/checkpoints/checkpoint-20/")}
+    assert "job/checkpoints/checkpoint-20/manifest.json" in names
+    assert [s for s, _ in gcs.list_committed_checkpoints(gcs_client, dirs.checkpoints)] == [10]
+    assert resume_from_bucket(gcs_client, dirs.checkpoints, tmp_path / "resume") == tmp_path / "resume" / "checkpoint-10"
+
+    may_commit.set()
+    cb.wait(60)
+    assert sorted(cb.committed) == [10, 20, 30]
+    committed = gcs.list_committed_checkpoints(gcs_client, dirs.checkpoints)
+    assert [s for s, _ in committed] == [10, 20, 30]
+    for step in (20, 30):
+        path = gcs.download_checkpoint(gcs_client, dirs.checkpoints.child(f"checkpoint-{step}"), tmp_path / "dl")
+        assert local_sums(path) == expected[step]
