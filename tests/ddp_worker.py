@@ -1,0 +1,39 @@
+"""Run by `torchrun` in test_ddp.py: train, then dump this rank's encoder weights."""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback
+
+from trainer.settings import load_settings
+from trainer.train import train
+
+
+class KeepEncoder(TrainerCallback):
+    """Keep copies of the shared encoder's weights at the start and the end of training."""
+
+    def __init__(self):
+        self.states = {}
+
+    def _copy(self, key, model):
+        self.states[key] = {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._copy("initial", model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._copy("final", model)
+        self.states["world_size"] = dist.get_world_size() if dist.is_initialized() else 1
+
+
+def main(out_dir: str) -> None:
+    keep = KeepEncoder()
+    settings, _ = load_settings(dotenv_path=None)
+    train(settings, callbacks=[keep])
+    torch.save(keep.states, os.path.join(out_dir, f"encoder.rank{os.environ['RANK']}.pt"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

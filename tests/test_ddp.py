@@ -1,0 +1,39 @@
+"""A real two-process DDP run (torchrun, gloo, CPU): ranks stay in step on the same task."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from .tiny import ROOT, quick_env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_ranks_train_the_same_task_each_step(tmp_path):
+    env = {**os.environ, **quick_env(tmp_path / "out", MAX_STEPS="16", MAX_TRAIN_SAMPLES="96", SAMPLING="temperature"),
+           "TRAINER_TASK_LOG": str(tmp_path / "tasks"), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+         str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    tasks = [(tmp_path / f"tasks.rank{r}").read_text().split() for r in (0, 1)]
+    assert len(tasks[0]) == 16 and tasks[0] == tasks[1], "ranks trained different tasks in the same step"
+    assert len(set(tasks[0])) == 3
+    ranks = [torch.load(tmp_path / f"encoder.rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    final0, final1 = ranks[0]["final"], ranks[1]["final"]
+    assert all(torch.equal(final0[k], final1[k]) for k in final0), "encoder weights differ between ranks"
+    assert not all(torch.equal(final0[k], ranks[0]["initial"][k]) for k in final0), "the encoder never trained"
+    assert (tmp_path / "out" / "metrics.json").is_file()
+    assert (tmp_path / "out" / "checkpoint-16" / "checkpoint_complete.json").is_file()
