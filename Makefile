@@ -50,3 +50,16 @@ settings: install ## Print the effective settings and where each came from
 
 clean: ## Remove outputs (keeps .venv)
 	rm -rf outputs
+
+# --- Cloud Storage bucket for checkpoints (issue 3) ---
+# Checked when the target is asked for, before anything is installed or called.
+ifneq (,$(filter create-bucket,$(MAKECMDGOALS)))
+BUCKET_VARS_MISSING := $(strip $(foreach v,PROJECT_ID BUCKET_NAME REGION,$(if $(strip $($(v))),,$(v))))
+ifneq (,$(BUCKET_VARS_MISSING))
+$(error create-bucket: $(BUCKET_VARS_MISSING) not set; set it in the environment or in .env (see .env.example))
+endif
+endif
+
+.PHONY: create-bucket
+create-bucket: install ## Create BUCKET_NAME in REGION for PROJECT_ID (idempotent)
+	PROJECT_ID='$(PROJECT_ID)' BUCKET_NAME='$(BUCKET_NAME)' REGION='$(REGION)' $(PY) -m trainer create-bucket

@@ -18,7 +18,7 @@ from trainer import checkpoint_sync, gcs
 from trainer.checkpoint_sync import CheckpointUploadError, GcsCheckpointCallback, resolve_cloud_dirs
 from trainer.gcs import GcsUri
 
-FAST_RETRY = gcs.UPLOAD_RETRY.with_delay(initial=0.1, maximum=0.5).with_timeout(2.0)
+FAST_RETRY = gcs.GCS_RETRY.with_delay(initial=0.1, maximum=0.5).with_timeout(2.0)
 
 
 class TinyRegressor(nn.Module):
@@ -165,7 +165,7 @@ def test_failed_upload_is_loud_and_raised(
 
 
 def test_wait_times_out_loudly(gcs_client, gcs_emulator: GcsEmulator, gcs_bucket: str, tmp_path: Path) -> None:
-    slow_retry = gcs.UPLOAD_RETRY.with_delay(initial=0.2, maximum=0.5).with_timeout(30.0)
+    slow_retry = gcs.GCS_RETRY.with_delay(initial=0.2, maximum=0.5).with_timeout(30.0)
     cb = GcsCheckpointCallback(resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {}), gcs_client, retry=slow_retry)
     args = callback_args(tmp_path)
     fake_checkpoint(args, 2)

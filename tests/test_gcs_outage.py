@@ -15,7 +15,7 @@ from trainer.checkpoint_sync import GcsCheckpointCallback, resolve_cloud_dirs, r
 
 OUTAGE_S = 20.0
 # Production backoff shape, capped low so the retry after the restart comes within ~2 s.
-RETRY = gcs.UPLOAD_RETRY.with_delay(initial=0.5, maximum=2.0, multiplier=2.0).with_timeout(120.0)
+RETRY = gcs.GCS_RETRY.with_delay(initial=0.5, maximum=2.0, multiplier=2.0).with_timeout(120.0)
 
 
 def write_checkpoint(output_dir: Path, step: int, files: int = 6) -> Path:
@@ -89,7 +89,8 @@ def test_upload_survives_server_restart(
     names = {b.name for b in gcs_client.list_blobs(gcs_bucket, prefix="job/checkpoints/checkpoint-20/")}
     assert "job/checkpoints/checkpoint-20/manifest.json" in names
     assert [s for s, _ in gcs.list_committed_checkpoints(gcs_client, dirs.checkpoints)] == [10]
-    assert resume_from_bucket(gcs_client, dirs.checkpoints, tmp_path / "resume") == tmp_path / "resume" / "checkpoint-10"
+    resumed = resume_from_bucket(gcs_client, dirs.checkpoints, tmp_path / "resume")
+    assert resumed == tmp_path / "resume" / "checkpoint-10"
 
     may_commit.set()
     cb.wait(60)

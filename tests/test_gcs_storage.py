@@ -37,10 +37,25 @@ def ckpts(gcs_bucket: str) -> GcsUri:
     return gcs.parse_gcs_uri(f"gs://{gcs_bucket}/run1/checkpoints")
 
 
-def test_upload_writes_files_manifest_and_marker_last(gcs_client, ckpts: GcsUri, tmp_path: Path) -> None:
+def test_upload_writes_files_manifest_and_marker_last(
+    gcs_client, ckpts: GcsUri, tmp_path: Path, monkeypatch
+) -> None:
+    order: list[str] = []
+
+    def recording(real):
+        def upload(blob, *args, **kwargs):
+            order.append(blob.name)
+            return real(blob, *args, **kwargs)
+
+        return upload
+
+    monkeypatch.setattr(gcs, "_upload_file", recording(gcs._upload_file))
+    monkeypatch.setattr(gcs, "_upload_bytes", recording(gcs._upload_bytes))
     local = make_checkpoint(tmp_path, 5, big=True)
     dest = gcs.upload_checkpoint(gcs_client, local, ckpts, 5)
     assert dest == ckpts.child("checkpoint-5")
+    assert [n.rsplit("/", 1)[-1] for n in order[-2:]] == [gcs.MANIFEST, gcs.MARKER]
+    assert len(order) == len(local_sums(local)) + 2  # each file once, then manifest, then marker
 
     blobs = {b.name.removeprefix(dest.prefix + "/"): b for b in gcs_client.list_blobs(ckpts.bucket, prefix=dest.prefix)}
     expected = local_sums(local)
@@ -120,6 +135,16 @@ def test_download_catches_replaced_object(gcs_client, ckpts: GcsUri, tmp_path: P
     with pytest.raises(gcs.IntegrityError, match="optimizer.pt: crc32c"):
         gcs.download_checkpoint(gcs_client, uri, out)
     assert list(out.iterdir()) == []  # nothing half-downloaded left in place
+
+
+def test_download_rejects_a_manifest_swapped_after_commit(gcs_client, ckpts: GcsUri, tmp_path: Path) -> None:
+    uri = gcs.upload_checkpoint(gcs_client, make_checkpoint(tmp_path / "src", 6), ckpts, 6)
+    blob = gcs_client.bucket(uri.bucket).blob(uri.child(gcs.MANIFEST).prefix)
+    manifest = json.loads(blob.download_as_bytes())
+    manifest["files"] = manifest["files"][:1]  # a shorter manifest would hide missing files
+    blob.upload_from_string(json.dumps(manifest))
+    with pytest.raises(gcs.IntegrityError, match="not the manifest that was committed"):
+        gcs.download_checkpoint(gcs_client, uri, tmp_path / "out")
 
 
 def test_download_catches_corruption_at_rest(

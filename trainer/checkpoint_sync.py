@@ -66,7 +66,7 @@ def resume_from_bucket(
     client: storage.Client,
     checkpoints: GcsUri,
     local_output_dir: str | os.PathLike[str],
-    retry: Retry = gcs.UPLOAD_RETRY,
+    retry: Retry = gcs.GCS_RETRY,
 ) -> Path | None:
     """Download the newest committed checkpoint into `local_output_dir/checkpoint-<step>`, verified.
 
@@ -125,7 +125,7 @@ class GcsCheckpointCallback(TrainerCallback):
         dirs: CloudDirs,
         client: storage.Client | None = None,
         upload_timeout: float = 600.0,
-        retry: Retry = gcs.UPLOAD_RETRY,
+        retry: Retry = gcs.GCS_RETRY,
     ) -> None:
         self.dirs = dirs
         self.client = client or gcs.make_client()

@@ -41,8 +41,9 @@ CHECKPOINT_PREFIX = "checkpoint-"
 MANIFEST_FORMAT = 1
 
 # Exponential backoff (1 s doubling up to 30 s) for up to 10 minutes per request. Passed explicitly to
-# every call: uploads without if_generation_match are only retried when a retry is given.
-UPLOAD_RETRY: Retry = DEFAULT_RETRY.with_delay(initial=1.0, maximum=30.0, multiplier=2.0).with_timeout(600.0)
+# every call, uploads included, so retries never hinge on the library's defaults (older releases
+# retried uploads only with if_generation_match, which we do not use).
+GCS_RETRY: Retry = DEFAULT_RETRY.with_delay(initial=1.0, maximum=30.0, multiplier=2.0).with_timeout(600.0)
 
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 _BUCKET_CHARS = re.compile(r"^[a-z0-9._-]+$")
@@ -203,7 +204,7 @@ def _local_files(local_dir: Path) -> list[Path]:
 
 
 def upload_tree(
-    client: storage.Client, local_dir: str | os.PathLike[str], dest: GcsUri, retry: Retry = UPLOAD_RETRY
+    client: storage.Client, local_dir: str | os.PathLike[str], dest: GcsUri, retry: Retry = GCS_RETRY
 ) -> list[dict[str, Any]]:
     """Upload every file under `local_dir` to `dest/<relative path>`, each checksum-verified.
 
@@ -223,7 +224,7 @@ def upload_tree(
 
 
 def upload_file(
-    client: storage.Client, local_file: str | os.PathLike[str], dest: GcsUri, retry: Retry = UPLOAD_RETRY
+    client: storage.Client, local_file: str | os.PathLike[str], dest: GcsUri, retry: Retry = GCS_RETRY
 ) -> dict[str, Any]:
     """Upload one file to the object `dest`, checksum-verified; returns its size and checksums."""
     sums = file_checksums(local_file)
@@ -242,7 +243,7 @@ def upload_checkpoint(
     local_dir: str | os.PathLike[str],
     checkpoints: GcsUri,
     step: int,
-    retry: Retry = UPLOAD_RETRY,
+    retry: Retry = GCS_RETRY,
 ) -> GcsUri:
     """Upload a local checkpoint to `checkpoints/checkpoint-<step>/` and commit it.
 
@@ -260,8 +261,7 @@ def upload_checkpoint(
     manifest = {"format": MANIFEST_FORMAT, "step": step, "files": files}
     manifest_bytes = json.dumps(manifest, indent=1).encode()
     _upload_bytes(bucket.blob(dest.child(MANIFEST).prefix), manifest_bytes, retry)
-    manifest_crc = _b64(google_crc32c.Checksum(manifest_bytes).digest())
-    commit = {"step": step, "files": len(files), "manifest_crc32c": manifest_crc}
+    commit = {"step": step, "files": len(files), "manifest_crc32c": _checksums([manifest_bytes])["crc32c"]}
     _upload_bytes(marker, json.dumps(commit).encode(), retry)
     total = sum(f["size"] for f in files)
     logger.info(
@@ -294,14 +294,14 @@ def _scan_checkpoints(client: storage.Client, checkpoints: GcsUri, retry: Retry)
 
 
 def list_committed_checkpoints(
-    client: storage.Client, checkpoints: GcsUri, retry: Retry = UPLOAD_RETRY
+    client: storage.Client, checkpoints: GcsUri, retry: Retry = GCS_RETRY
 ) -> list[tuple[int, GcsUri]]:
     """Committed checkpoints under `checkpoints`, oldest first; ones without a marker are skipped."""
     found = _scan_checkpoints(client, checkpoints, retry)
     return [(s, checkpoints.child(f"{CHECKPOINT_PREFIX}{s}")) for s in sorted(found) if found[s]]
 
 
-def delete_checkpoint(client: storage.Client, ckpt: GcsUri, retry: Retry = UPLOAD_RETRY) -> None:
+def delete_checkpoint(client: storage.Client, ckpt: GcsUri, retry: Retry = GCS_RETRY) -> None:
     """Delete a remote checkpoint, its marker first so it is never seen half-deleted as committed."""
     bucket = client.bucket(ckpt.bucket)
     _delete_if_exists(bucket.blob(ckpt.child(MARKER).prefix), retry)
@@ -314,7 +314,7 @@ def rotate_remote_checkpoints(
     checkpoints: GcsUri,
     keep: int | None,
     protect: Iterable[int] = (),
-    retry: Retry = UPLOAD_RETRY,
+    retry: Retry = GCS_RETRY,
 ) -> list[int]:
     """Keep the newest `keep` committed checkpoints (SAVE_TOTAL_LIMIT; None keeps all) and delete the rest.
 
@@ -346,15 +346,25 @@ def _safe_relative(rel: str) -> PurePosixPath:
     return path
 
 
-def read_manifest(client: storage.Client, ckpt: GcsUri, retry: Retry = UPLOAD_RETRY) -> dict[str, Any]:
-    """The manifest of a committed checkpoint; raises `IntegrityError` when it is not committed."""
+def read_manifest(client: storage.Client, ckpt: GcsUri, retry: Retry = GCS_RETRY) -> dict[str, Any]:
+    """The manifest of a committed checkpoint, checked against the crc32c its marker records.
+
+    Raises `IntegrityError` when the checkpoint is not committed or the manifest is unusable.
+    """
     bucket = client.bucket(ckpt.bucket)
-    if not bucket.blob(ckpt.child(MARKER).prefix).exists(retry=retry):
-        raise IntegrityError(f"{ckpt} has no {MARKER} marker; it was never fully uploaded")
     try:
-        manifest = json.loads(bucket.blob(ckpt.child(MANIFEST).prefix).download_as_bytes(retry=retry))
+        commit = json.loads(bucket.blob(ckpt.child(MARKER).prefix).download_as_bytes(retry=retry))
+    except api_exceptions.NotFound:
+        raise IntegrityError(f"{ckpt} has no {MARKER} marker; it was never fully uploaded") from None
+    except (ValueError, DataCorruption) as err:
+        raise IntegrityError(f"{ckpt}/{MARKER} is unreadable: {err}") from err
+    try:
+        raw = bucket.blob(ckpt.child(MANIFEST).prefix).download_as_bytes(retry=retry)
+        manifest = json.loads(raw)
     except (api_exceptions.NotFound, ValueError, DataCorruption) as err:
         raise IntegrityError(f"{ckpt}/{MANIFEST} is missing or unreadable: {err}") from err
+    if isinstance(commit, dict) and commit.get("manifest_crc32c") not in (None, _checksums([raw])["crc32c"]):
+        raise IntegrityError(f"{ckpt}/{MANIFEST} is not the manifest that was committed")
     if not isinstance(manifest, dict) or not manifest.get("files"):
         raise IntegrityError(f"{ckpt}/{MANIFEST} lists no files")
     return manifest
@@ -364,7 +374,7 @@ def download_checkpoint(
     client: storage.Client,
     ckpt: GcsUri,
     local_parent: str | os.PathLike[str],
-    retry: Retry = UPLOAD_RETRY,
+    retry: Retry = GCS_RETRY,
 ) -> Path:
     """Download a committed checkpoint to `local_parent/<name>`, verified against its manifest.
 

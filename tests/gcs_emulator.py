@@ -1,0 +1,94 @@
+"""A local Cloud Storage server for tests: `gcp-storage-emulator` as a subprocess on 127.0.0.1.
+
+Data lives on disk under `data_dir`, so the server can be stopped and started again on the same
+port with its buckets and objects intact (to simulate an outage).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).with_name("gcp-storage-emulator")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gcp_storage_emulator"]
+
+
+class GcsEmulator:
+    """Start/stop `gcp-storage-emulator start --host 127.0.0.1 --port <port>` with on-disk data."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.log_path = self.data_dir / "emulator.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The value for STORAGE_EMULATOR_HOST."""
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the server and wait until it answers its health check."""
+        if self.running:
+            return
+        cmd = [*_command(), "-d", str(self.data_dir), "start", "--host", HOST, "--port", str(self.port), "-q"]
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(cmd, cwd=self.data_dir, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"gcs emulator exited with {self._proc.returncode}: {self._log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gcs emulator not ready on {self.url} after {timeout} s: {self._log_tail()}")
+
+    def stop(self) -> None:
+        """Stop the server (its data stays on disk)."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=5)
+        self._proc = None
+
+    def patch_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Point google-cloud-storage clients (and our make_client) at this server."""
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", self.url)
+        monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
