@@ -1,0 +1,45 @@
+"""The README and .env.example stay true to the code."""
+
+import json
+import re
+
+from trainer.settings import ENV_NAMES
+from trainer.tasks import load_tasks_file, read_split
+
+from .tiny import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_every_setting_is_documented():
+    example = (ROOT / ".env.example").read_text()
+    for name in ENV_NAMES:
+        assert f"`{name}`" in README, f"{name} missing from the README settings table"
+        assert re.search(rf"^# {name}=", example, re.M), f"{name} missing from .env.example"
+
+
+def test_readme_quickstart_commands():
+    assert "make run-local" in README and "make test" in README
+    assert "MODEL_NAME=roberta-base TASKS=stsb,rte,commonsense_qa" in README
+
+
+def test_the_readme_tasks_file_example_works(tmp_path):
+    block = re.search(r"```yaml\n(tasks:.*?)```", README, re.S).group(1)
+    (tmp_path / "tasks.yaml").write_text(block)
+    files = {
+        "data/sentiment/train.csv": "review,stars\ngreat value,good\nmeh,ok\n",
+        "data/sentiment/dev.csv": "review,stars\nawful,bad\n",
+        "data/sim/train.tsv": "sentence1\tsentence2\tscore\na\tb\t1.5\n",
+        "data/sim/dev.tsv": "sentence1\tsentence2\tscore\na\tc\t0\n",
+        "data/quiz/train.jsonl": json.dumps({"question": {"stem": "q?"}, "options": ["x", "y", "z"], "answer": 2}),
+        "data/quiz/dev.jsonl": json.dumps({"question": {"stem": "r?"}, "options": ["x", "y", "z"], "answer": 0}),
+    }
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(content + "\n")
+    tasks = load_tasks_file(str(tmp_path / "tasks.yaml"))
+    assert read_split(tasks["sentiment"], "train", None).label == [2, 1]
+    assert tasks["sentiment"].metric == "macro_f1"
+    assert read_split(tasks["similarity"], "train", None).label == [1.5]
+    quiz = read_split(tasks["quiz"], "train", None)
+    assert quiz.text_a == ["q?"] and quiz.choices == [["x", "y", "z"]] and quiz.label == [2]
