@@ -37,9 +37,24 @@ class CLI:
         """Train on TASKS; writes checkpoints, OUTPUT_DIR/model, OUTPUT_DIR/export and metrics.json."""
         settings, _ = _settings(flags)
         _setup_logging()
-        from trainer.train import train
+        from trainer.checkpoint_sync import CheckpointUploadError
+        from trainer.preemption import EXIT_PREEMPTED
+        from trainer.train import Preempted, train
 
-        train(settings)
+        try:
+            train(settings)
+        except Preempted as stop:
+            print(f"preempted: {stop}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_PREEMPTED)
+        except CheckpointUploadError as err:
+            print(f"error: upload to the bucket failed: {err}", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+    def create_bucket(self) -> None:
+        """Create BUCKET_NAME in REGION for PROJECT_ID, set up for checkpoints (idempotent)."""
+        from trainer.bucket import create_bucket_command
+
+        sys.exit(create_bucket_command())
 
     def settings(self, **flags: Any) -> None:
         """Print the effective settings and where each one came from."""

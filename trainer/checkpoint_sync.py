@@ -67,15 +67,19 @@ def resume_from_bucket(
     checkpoints: GcsUri,
     local_output_dir: str | os.PathLike[str],
     retry: Retry = gcs.GCS_RETRY,
+    newer_than: int = -1,
 ) -> Path | None:
     """Download the newest committed checkpoint into `local_output_dir/checkpoint-<step>`, verified.
 
-    Returns its path, or None when the bucket holds no committed checkpoint. A checkpoint that
+    Returns its path, or None when the bucket holds no committed checkpoint after step
+    `newer_than` (the newest one already on local disk). A checkpoint that
     fails verification is reported and the next older committed one is tried.
     """
     committed = gcs.list_committed_checkpoints(client, checkpoints, retry)
     failures = []
     for step, uri in reversed(committed):
+        if step <= newer_than:
+            break
         try:
             return gcs.download_checkpoint(client, uri, local_output_dir, retry)
         except gcs.IntegrityError as err:

@@ -13,18 +13,25 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 from transformers.trainer_utils import set_seed
 
-from trainer import demo
+from trainer import demo, gcs
+from trainer.checkpoint_sync import CloudDirs, GcsCheckpointCallback, resolve_cloud_dirs, resume_from_bucket
 from trainer.checkpoints import CompleteMarkerCallback, resolve_resume
 from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
 from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR, export_tasks
 from trainer.modeling import MultitaskModel
 from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer
+from trainer.preemption import PreemptionCallback
 from trainer.settings import DEMO_MODEL, Settings
 from trainer.tasks import SPLITS, TaskData, TaskSpec, read_split, resolve_tasks
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
+PREEMPTION_UPLOAD_TIMEOUT = 25.0  # seconds: Vertex AI gives a preempted worker 30 s after SIGTERM
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM after saving (and, with JOB_DIR, uploading) a checkpoint."""
 
 
 def load_encoder(model_name: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
@@ -91,6 +98,27 @@ def training_arguments(settings: Settings) -> TrainingArguments:
     )
 
 
+def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDirs | None) -> str | None:
+    """The checkpoint to resume from: RESUME=auto takes the newest complete one, local or in the bucket."""
+    mode = settings.effective_resume
+    if mode.startswith("gs://"):  # one given checkpoint in a bucket
+        uri = gcs.parse_gcs_uri(mode)
+        with args.main_process_first(local=True, desc="downloading the checkpoint"):
+            if args.local_process_index == 0:
+                gcs.download_checkpoint(gcs.make_client(), uri, settings.output_dir)
+        return resolve_resume(str(Path(settings.output_dir) / uri.name), settings.output_dir)
+    local = resolve_resume(mode, settings.output_dir)
+    if mode != "auto" or dirs is None:
+        return local
+    local_step = int(Path(local).name.rpartition("-")[2]) if local else -1
+    with args.main_process_first(local=True, desc="looking for checkpoints in the bucket"):
+        if args.local_process_index == 0:
+            found = resume_from_bucket(gcs.make_client(), dirs.checkpoints, settings.output_dir, newer_than=local_step)
+            if found:
+                logger.info("downloaded %s from %s", found.name, dirs.checkpoints)
+    return resolve_resume(mode, settings.output_dir)
+
+
 def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], step: int) -> dict[str, Any]:
     per_task = {
         t.name: {k.removeprefix(f"eval_{t.name}_"): v for k, v in metrics.items() if k.startswith(f"eval_{t.name}_")}
@@ -114,8 +142,14 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     rows = read_all_splits(tasks, settings)
     set_seed(settings.seed)
     tokenizer, encoder = load_encoder(settings.model_name)
-    resume = resolve_resume(settings.effective_resume, settings.output_dir)
     args = training_arguments(settings)
+    dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
+    resume = resume_checkpoint(settings, args, dirs)
+    sync = GcsCheckpointCallback(dirs, upload_timeout=settings.upload_timeout) if dirs else None
+    # once preempted, pending uploads get only what is left of the 30 s grace period
+    preemption = PreemptionCallback(
+        on_preempt=(lambda: setattr(sync, "upload_timeout", PREEMPTION_UPLOAD_TIMEOUT)) if sync else None
+    )
 
     with args.main_process_first(desc="tokenizing"):
         tokenized = {
@@ -133,7 +167,8 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         eval_dataset=eval_sets,
         processing_class=tokenizer,
         data_collator=TaskBatchCollator(tokenizer, pad_to_multiple_of=8 if not args.use_cpu else None),
-        callbacks=[FinalSaveCallback(), CompleteMarkerCallback(), *(callbacks or [])],
+        callbacks=[FinalSaveCallback(), CompleteMarkerCallback(), preemption, *([sync] if sync else []),
+                   *(callbacks or [])],
         tasks=tasks,
         sampling=settings.sampling,
         sampling_temperature=settings.sampling_temperature,
@@ -149,6 +184,12 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         logger.info("resuming from %s", resume)
 
     trainer.train(resume_from_checkpoint=resume)
+    if preemption.preempted:
+        if sync and args.should_save:
+            sync.wait(PREEMPTION_UPLOAD_TIMEOUT)
+        raise Preempted(f"stopped at step {trainer.state.global_step} on SIGTERM; checkpoint saved"
+                        + (f" and committed to {dirs.checkpoints}" if sync else "")
+                        + "; run again with RESUME=auto to continue")
     metrics = trainer.evaluate()
     report: dict[str, Any] = {}
     if args.should_save:
@@ -156,6 +197,9 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         trainer.save_model(str(output / FINAL_MODEL_DIR))
         export_tasks(trainer.accelerator.unwrap_model(trainer.model), tokenizer, str(output / EXPORT_DIR))
         report = write_metrics(output / METRICS_FILE, metrics, tasks, trainer.state.global_step)
+        if sync:
+            sync.upload_final(output / FINAL_MODEL_DIR, settings.effective_log_dir, output / METRICS_FILE,
+                              export_dir=output / EXPORT_DIR)
         summary = ", ".join(f"{t.name} {t.metric}={report['tasks'][t.name][t.metric]:.3f}" for t in tasks)
         print(f"final: {summary}; average={report[AGGREGATE_METRIC]:.3f} -> {output / METRICS_FILE}", flush=True)
     return report

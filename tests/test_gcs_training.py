@@ -1,0 +1,140 @@
+"""Training against a real local GCS server (gcp-storage-emulator): uploads, kill -9, SIGTERM."""
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import google_crc32c
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer import gcs
+from trainer.preemption import EXIT_PREEMPTED
+
+from .tiny import ROOT, quick_env, run_cli, save_tiny_pretrained
+
+BUCKET = "g-test-bucket"
+
+
+def crc32c_b64(path) -> str:
+    return base64.b64encode(google_crc32c.Checksum(path.read_bytes()).digest()).decode()
+
+
+def remote_objects(client, prefix: str) -> dict[str, object]:
+    return {b.name.removeprefix(prefix): b for b in client.list_blobs(BUCKET, prefix=prefix)}
+
+
+def committed_steps(client, job: str) -> list[int]:
+    return [s for s, _ in gcs.list_committed_checkpoints(client, gcs.parse_gcs_uri(f"{job}/checkpoints"))]
+
+
+def test_run_with_job_dir_leaves_everything_in_the_bucket(tmp_path, gcs_client, gcs_bucket):
+    out = tmp_path / "out"
+    env = quick_env(out, JOB_DIR=f"gs://{BUCKET}/runs/one", SAVE_STEPS="4", SAVE_TOTAL_LIMIT="2")
+    result = run_cli("train", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert committed_steps(gcs_client, f"gs://{BUCKET}/runs/one") == [8, 12]  # rotation keeps SAVE_TOTAL_LIMIT
+    ckpt = remote_objects(gcs_client, "runs/one/checkpoints/checkpoint-12/")
+    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "model.safetensors", "trainer_state.json",
+            "config.json", "multitask.json", gcs.MANIFEST, gcs.MARKER} <= set(ckpt)
+    local_ckpt = out / "checkpoint-12"
+    for name, blob in ckpt.items():
+        if name not in (gcs.MANIFEST, gcs.MARKER):
+            assert blob.crc32c == crc32c_b64(local_ckpt / name), name
+    model = remote_objects(gcs_client, "runs/one/model/")
+    for local in [*(out / "model").rglob("*"), *(out / "export").rglob("*"), out / "metrics.json"]:
+        if local.is_file():
+            rel = str(local.relative_to(out / "model" if local.is_relative_to(out / "model") else out))
+            assert model[rel].crc32c == crc32c_b64(local), rel
+    assert {"export/demo_sentiment/model.safetensors", "export/demo_category/config.json", "metrics.json"} <= set(model)
+    assert any(n.startswith("runs/one/logs/") for n in [b.name for b in gcs_client.list_blobs(BUCKET)])
+
+
+def _train_process(env: dict, log) -> subprocess.Popen:
+    full = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env}
+    return subprocess.Popen([sys.executable, "-m", "trainer", "train"], cwd=ROOT, env=full, stdout=log, stderr=log)
+
+
+def _steps_done(task_log) -> int:
+    path = task_log.with_name(task_log.name + ".rank0")
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+def test_kill_9_then_resume_from_the_bucket_matches_an_uninterrupted_run(tmp_path, gcs_client, gcs_bucket):
+    model = save_tiny_pretrained(tmp_path / "tiny")
+    common = {"MODEL_NAME": str(model), "MAX_STEPS": "60", "SAVE_STEPS": "10", "BATCH_SIZE": "16",
+              "MAX_TRAIN_SAMPLES": "400", "MAX_EVAL_SAMPLES": "16", "EVAL_STEPS": "1000", "SEED": "5"}
+    straight = run_cli("train", env={**common, "OUTPUT_DIR": str(tmp_path / "straight")})
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    job = f"gs://{BUCKET}/jobs/kill9"
+    task_log = tmp_path / "tasks"
+    env = {**common, "OUTPUT_DIR": str(tmp_path / "first"), "JOB_DIR": job, "TRAINER_TASK_LOG": str(task_log)}
+    with open(tmp_path / "first.log", "w") as log:
+        proc = _train_process(env, log)
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not [s for s in committed_steps(gcs_client, job)
+                                                                        if s >= 20]:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-2000:]
+    done = _steps_done(task_log)
+    last_committed = max(committed_steps(gcs_client, job))
+    assert 20 <= last_committed < 60
+    assert done - last_committed <= 10, f"lost {done - last_committed} steps (trained {done})"
+
+    resumed = run_cli("train", env={**common, "OUTPUT_DIR": str(tmp_path / "second"), "JOB_DIR": job,
+                                    "RESUME": "auto"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"downloaded checkpoint-{last_committed}" in resumed.stderr
+    a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "second" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged"
+    print(f"kill -9 at step {done}; resumed from checkpoint-{last_committed}; lost {done - last_committed} steps")
+
+
+def test_sigterm_saves_commits_and_exits_nonzero_within_30s(tmp_path, gcs_client, gcs_bucket):
+    job = f"gs://{BUCKET}/jobs/preempt"
+    task_log = tmp_path / "tasks"
+    env = {"OUTPUT_DIR": str(tmp_path / "out"), "JOB_DIR": job, "MAX_STEPS": "100000", "SAVE_STEPS": "100000",
+           "EVAL_STEPS": "100000", "TRAINER_TASK_LOG": str(task_log)}
+    with open(tmp_path / "run.log", "w") as log:
+        proc = _train_process(env, log)
+        deadline = time.time() + 120
+        while time.time() < deadline and _steps_done(task_log) < 5:
+            time.sleep(0.1)
+        signalled = time.time()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        elapsed = time.time() - signalled
+    output = (tmp_path / "run.log").read_text()
+    assert rc == EXIT_PREEMPTED, output[-3000:]
+    assert elapsed < 30, f"took {elapsed:.1f}s to checkpoint and exit"
+    steps = committed_steps(gcs_client, job)
+    assert steps == [_steps_done(task_log)], (steps, output[-2000:])
+    assert "preempted: stopped at step" in output
+    state = json.loads(gcs_client.bucket(BUCKET).blob(f"jobs/preempt/checkpoints/checkpoint-{steps[0]}/"
+                                                      "trainer_state.json").download_as_bytes())
+    assert state["global_step"] == steps[0]
+    assert not (tmp_path / "out" / "model").exists()  # no final export for an interrupted run
+
+
+@pytest.mark.parametrize("variable", ["AIP_CHECKPOINT_DIR"])
+def test_vertex_dirs_take_precedence_over_job_dir(tmp_path, gcs_client, gcs_bucket, variable):
+    env = quick_env(tmp_path / "out", JOB_DIR=f"gs://{BUCKET}/ignored", MAX_STEPS="4", SAVE_STEPS="4",
+                    AIP_CHECKPOINT_DIR=f"gs://{BUCKET}/vertex/checkpoints/",
+                    AIP_MODEL_DIR=f"gs://{BUCKET}/vertex/model/", AIP_TENSORBOARD_LOG_DIR=f"gs://{BUCKET}/vertex/logs/")
+    result = run_cli("train", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = [b.name for b in gcs_client.list_blobs(BUCKET)]
+    assert "vertex/checkpoints/checkpoint-4/COMMITTED" in names or any(
+        n.startswith("vertex/checkpoints/checkpoint-4/") for n in names)
+    assert any(n.startswith("vertex/model/export/") for n in names)
+    assert any(n.startswith("vertex/logs/") for n in names)
+    assert not any(n.startswith("ignored/") for n in names)

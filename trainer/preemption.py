@@ -1,0 +1,75 @@
+"""Graceful preemption: on SIGTERM, finish the step, checkpoint, and stop.
+
+Spot VMs and Vertex AI send SIGTERM before they take a machine away. The handler only
+sets a flag; at the end of the current step the callback asks the Trainer to save and
+stop. Under DDP the flag is OR-reduced across ranks every step, so all ranks stop on the
+same step even if the signal reached them at different moments. The run then exits with
+`EXIT_PREEMPTED` so that Vertex restarts the worker, which resumes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a process killed by SIGTERM reports
+
+
+class PreemptionCallback(TrainerCallback):
+    """Turn SIGTERM into "save a checkpoint at the end of this step, then stop training"."""
+
+    def __init__(self, on_preempt: Callable[[], None] | None = None, signals: tuple[int, ...] = (signal.SIGTERM,)):
+        self.on_preempt = on_preempt
+        self.requested = False
+        self.preempted = False
+        self._signals = signals
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self._signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return control
+
+    def _any_rank_requested(self, args: TrainingArguments) -> bool:
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return self.requested
+        device = args.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        flag = torch.tensor([1 if self.requested else 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        if self._any_rank_requested(args):
+            if not self.preempted:
+                logger.warning("SIGTERM received: saving a checkpoint at step %d and stopping", state.global_step)
+                if self.on_preempt:
+                    self.on_preempt()
+            self.preempted = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+        return control
