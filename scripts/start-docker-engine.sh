@@ -95,6 +95,7 @@ build_base_image() {
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
         "$DEBIAN_SUITE" "$rootfs" "$DEBIAN_MIRROR" >/dev/null
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    chmod 755 "$rootfs"  # mktemp's 0700 would become the image's "/", closed to non-root users
     local changes=(--change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]')
     if [[ -s $HOST_CA_BUNDLE ]]; then
         cp "$HOST_CA_BUNDLE" "$rootfs/etc/ssl/certs/ca-certificates.crt"

@@ -53,6 +53,52 @@ def test_dockerignore_keeps_secrets_and_bulk_out():
         assert needed in patterns, f"{needed} missing from .dockerignore"
 
 
+# --- the make targets' docker commands, with a stand-in docker CLI (no engine needed) ------------------------
+
+
+def dry_run(tmp_path: Path, runtimes: str, with_adc: bool, dotenv: str) -> str:
+    """`make -n docker-local-train` with a fake `docker info`; returns the commands make would run."""
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\n[ \"$1\" = info ] && echo '{runtimes}'\nexit 0\n")
+    fake.chmod(0o755)
+    gcloud = tmp_path / "gcloud"
+    gcloud.mkdir()
+    if with_adc:
+        (gcloud / "application_default_credentials.json").write_text("{}")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".env").write_text(dotenv)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "CLOUDSDK_", "MAKE"))}
+    env.update(CLOUDSDK_CONFIG=str(gcloud), HOME=str(tmp_path))
+    cmd = ["make", "-n", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-C", str(work),
+           f"DOCKER={fake}", "docker-local-train"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.replace("\\\n", " ")
+
+
+def test_docker_local_train_uses_gpus_env_file_outputs_and_adc(tmp_path: Path):
+    out = dry_run(tmp_path, '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}', True,
+                  "OUTPUT_DIR=runs/exp1\nPROJECT_ID=my-project\n")
+    run = next(line for line in out.splitlines() if " run --rm " in line)
+    assert "--gpus all" in run
+    assert "--env-file .make/docker.env" in run
+    assert f'-v "{tmp_path}/work/runs/exp1":/app/outputs/run' in run and "-e OUTPUT_DIR=/app/outputs/run" in run
+    adc = tmp_path / "gcloud" / "application_default_credentials.json"
+    assert f"-v {adc}:/tmp/gcloud/adc.json:ro -e GOOGLE_APPLICATION_CREDENTIALS=/tmp/gcloud/adc.json" in run
+    assert "-e GOOGLE_CLOUD_PROJECT=my-project" in run
+    assert run.index("--env-file") < run.index("-e OUTPUT_DIR")  # -e wins over the env file
+
+
+def test_docker_local_train_without_nvidia_runtime_or_adc(tmp_path: Path):
+    out = dry_run(tmp_path, '{"runc":{"path":"runc"}}', False, "MAX_STEPS=5\n")
+    run = next(line for line in out.splitlines() if " run --rm " in line)
+    assert "--gpus" not in run and "GOOGLE_APPLICATION_CREDENTIALS" not in run
+    assert f'-v "{tmp_path}/work/outputs/run":/app/outputs/run' in run
+    assert "docker/Dockerfile" in out  # built first
+
+
 # --- a real image: only with a Docker engine and a local CPU base image ------------------------------------
 
 

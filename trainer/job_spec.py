@@ -278,6 +278,13 @@ def training_env(environ: Mapping[str, str], job_dir: str) -> list[dict[str, str
                 f"warning: {name}={values[name]} is a local path; the job's container sees only what the image holds",
                 file=sys.stderr,
             )
+    for name in ("OUTPUT_DIR", "LOG_DIR"):
+        if values.get(name, "").startswith("/") and not values[name].startswith(("/app/", "/tmp/")):
+            print(
+                f"warning: {name}={values[name]} may not be writable in the job's container (a non-root user in "
+                "/app); a relative path or /tmp/... is safe, and JOB_DIR keeps the results",
+                file=sys.stderr,
+            )
     return [{"name": n, "value": values[n]} for n in names if n in values]
 
 
