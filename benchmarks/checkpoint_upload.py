@@ -1,0 +1,100 @@
+"""Training throughput while checkpoints upload to GCS: none vs our async upload vs a blocking one.
+
+Runs three short trainings of a real encoder (default: ../shared/models/all-MiniLM-L6-v2, 22.7 M
+parameters, so each checkpoint with its AdamW state is ~270 MB) in one process against a local
+gcp-storage-emulator, and prints steps/s side by side with the ratios. Target: async/none >= 0.95.
+
+    .venv/bin/python benchmarks/checkpoint_upload.py [--steps 40] [--save_steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from transformers import TrainerCallback  # noqa: E402
+
+from tests.gcs_emulator import GcsEmulator  # noqa: E402
+from trainer import gcs  # noqa: E402
+from trainer.checkpoint_sync import CloudDirs, GcsCheckpointCallback  # noqa: E402
+from trainer.settings import load_settings  # noqa: E402
+from trainer.train import train  # noqa: E402
+
+
+class StepClock(TrainerCallback):
+    """Wall time from the first to the last optimizer step (excludes the final wait for uploads)."""
+
+    def __init__(self):
+        self.first = self.last = None
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.first = self.first or now
+        self.last = now
+        self.steps += 1
+
+
+class BlockingUpload(TrainerCallback):
+    """The seed's way: upload the checkpoint inside on_save, so training waits for it."""
+
+    def __init__(self, dirs: CloudDirs):
+        self.dirs = dirs
+        self.client = gcs.make_client()
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            gcs.upload_checkpoint(self.client, local, self.dirs.checkpoints, state.global_step)
+
+
+def run(mode: str, base: dict, work: Path) -> float:
+    out = work / mode
+    job = gcs.parse_gcs_uri(f"gs://bench-bucket/{mode}")
+    dirs = CloudDirs(job.child("checkpoints"), job.child("model"), job.child("logs"))
+    clock = StepClock()
+    extra = {"none": [], "async": [GcsCheckpointCallback(dirs)], "blocking": [BlockingUpload(dirs)]}[mode]
+    settings, _ = load_settings({**base, "output_dir": str(out)}, environ={}, dotenv_path=None)
+    train(settings, callbacks=[clock, *extra])
+    shutil.rmtree(out, ignore_errors=True)
+    return (clock.steps - 1) / (clock.last - clock.first)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT.parent / "shared" / "models" / "all-MiniLM-L6-v2"))
+    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--save_steps", type=int, default=10)
+    parser.add_argument("--batch_size", type=int, default=16)
+    opts = parser.parse_args()
+    base = {"model_name": opts.model, "data_dir": opts.data_dir, "tasks": "stsb,rte", "max_steps": opts.steps,
+            "save_steps": opts.save_steps, "eval_steps": 10**6, "batch_size": opts.batch_size,
+            "max_train_samples": 2000, "max_eval_samples": 32, "save_total_limit": 2, "max_seq_length": 128}
+    with tempfile.TemporaryDirectory() as tmp:
+        emulator = GcsEmulator(Path(tmp) / "gcs")
+        emulator.start()
+        os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
+        try:
+            gcs.make_client().create_bucket("bench-bucket")
+            rates = {mode: run(mode, base, Path(tmp)) for mode in ("none", "async", "blocking")}
+        finally:
+            emulator.stop()
+    ckpt_note = f"{opts.steps} steps, a checkpoint every {opts.save_steps}, batch {opts.batch_size}"
+    print(f"\nsteps/s ({ckpt_note}):")
+    for mode, rate in rates.items():
+        print(f"  {mode:<9} {rate:7.3f}")
+    print(f"ratio async/none    = {rates['async'] / rates['none']:.3f}  (target >= 0.95)")
+    print(f"ratio blocking/none = {rates['blocking'] / rates['none']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
