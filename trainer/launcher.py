@@ -131,7 +131,11 @@ def node_topology(environ: Mapping[str, str]) -> NodeTopology | None:
 
 
 def _torchrun(python: str) -> list[str]:
-    """The torchrun script next to `python`, else `python -m torch.distributed.run` (the same program)."""
+    """The torchrun script next to `python`, else `python -m torch.distributed.run` (the same program).
+
+    Never a torchrun found elsewhere on PATH: it may belong to another interpreter (the CUDA image's conda
+    Python), and its workers would start without this environment's packages.
+    """
     sibling = Path(python).parent / "torchrun"
     if sibling.is_file() and os.access(sibling, os.X_OK):
         return [str(sibling)]
