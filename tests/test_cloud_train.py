@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -104,7 +105,8 @@ def gcloud_to_fake(workdir: tuple[Path, dict[str, str]], vertex: FakeVertex) -> 
 
 
 def make(work: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-C", str(work), f"VENV={ROOT / '.venv'}"]
+    venv = Path(sys.executable).parent.parent  # the environment running the tests
+    cmd = ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-C", str(work), f"VENV={venv}"]
     return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=180)
 
 
