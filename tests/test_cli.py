@@ -44,7 +44,8 @@ BAD_INPUT = {
         {"TASKS": "stsb", "DATA_DIR": "{tmp}/glue"}, r"regression target 'high' of task 'stsb' is not a finite number"),
     "unknown SAMPLING": ({"SAMPLING": "random"}, r"SAMPLING='random' is not allowed; choose one of: proportional"),
     "non-positive BATCH_SIZE": ({"BATCH_SIZE": "0"}, r"BATCH_SIZE=0 must be a positive integer"),
-    "malformed TASK_WEIGHTS": ({"TASK_WEIGHTS": "demo_sentiment:2"}, r"TASK_WEIGHTS entry 'demo_sentiment:2' is malformed"),
+    "malformed TASK_WEIGHTS": ({"TASK_WEIGHTS": "demo_sentiment:2"},
+                               r"TASK_WEIGHTS entry 'demo_sentiment:2' is malformed"),
     "unloadable MODEL_NAME": ({"MODEL_NAME": "no-such-org/no-such-model"},
                               r"MODEL_NAME='no-such-org/no-such-model' can't be loaded"),
     "TASKS_FILE missing a field": ({"TASKS": "mine", "TASKS_FILE": "missing"},
@@ -60,7 +61,8 @@ def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, case):
         env["TASKS_FILE"] = _tasks_file(tmp_path, env["TASKS_FILE"].removeprefix("tasks:"))
     elif env.get("TASKS_FILE") == "missing":
         path = tmp_path / "tasks.yaml"
-        path.write_text("tasks:\n  - {name: mine, type: regression, text_columns: [a], train_file: t.tsv, dev_file: d.tsv}\n")
+        path.write_text("tasks:\n  - {name: mine, type: regression, text_columns: [a], "
+                        "train_file: t.tsv, dev_file: d.tsv}\n")
         env["TASKS_FILE"] = str(path)
     if case == "non-numeric regression target":
         stsb = tmp_path / "glue" / "stsb"

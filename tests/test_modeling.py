@@ -20,7 +20,8 @@ def build(arch: str, seed: int = 0) -> MultitaskModel:
 def inputs(task: str, seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
     shape = (3, 4, 9) if DEMO_TASKS[task].type == "multiple_choice" else (3, 9)
-    return {"input_ids": torch.randint(5, 400, shape, generator=g), "attention_mask": torch.ones(shape, dtype=torch.long)}
+    ids = torch.randint(5, 400, shape, generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones(shape, dtype=torch.long)}
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "electra"])
@@ -90,8 +91,8 @@ def test_export_loads_with_auto_classes_and_predicts_identically(tmp_path, arch)
         expected, got = model(task.name, **x).logits, standalone(**x).logits
         # Same weights bit for bit; from_pretrained's memory-mapped tensors can take a different
         # SIMD path in the final matmul, so logits may differ in the last float32 bit.
-        assert all(torch.equal(a, b) for a, b in zip(standalone.state_dict().values(),
-                                                   model.standalone_task_model(task.name).state_dict().values()))
+        fresh = model.standalone_task_model(task.name).state_dict()
+        assert all(torch.equal(v, fresh[k]) for k, v in standalone.state_dict().items())
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
         assert torch.equal(got.argmax(-1), expected.argmax(-1))
     assert not any(p.name.startswith(".export") for p in tmp_path.iterdir())

@@ -69,7 +69,8 @@ def test_deterministic_per_seed_and_epoch():
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_share_the_task_and_split_the_examples(strategy, world):
     sizes = [96, 48, 30]
-    ranks = [MultitaskBatchSampler(sizes, 8, strategy=strategy, seed=7, num_replicas=world, rank=r) for r in range(world)]
+    ranks = [MultitaskBatchSampler(sizes, 8, strategy=strategy, seed=7, num_replicas=world, rank=r)
+             for r in range(world)]
     per_rank = [epoch(s, 1) for s in ranks]
     assert len({len(p) for p in per_rank}) == 1 and len(per_rank[0]) == len(ranks[0])
     for step in zip(*per_rank, strict=True):

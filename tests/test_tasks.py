@@ -29,7 +29,7 @@ def test_builtin_tasks_load_from_local_files_with_official_row_counts(name):
     if task.type == "classification":
         assert set(train.label) == set(range(task.num_labels))
     if task.type == "regression":
-        assert 0.0 <= min(train.label) and max(train.label) <= 5.0
+        assert min(train.label) >= 0.0 and max(train.label) <= 5.0
     if task.type == "multiple_choice":
         assert {len(c) for c in train.choices} == {5} and set(train.label) == set(range(5))
     if name == "mrpc":  # the BOM must not end up in the header
@@ -37,7 +37,7 @@ def test_builtin_tasks_load_from_local_files_with_official_row_counts(name):
 
 
 def test_hub_rows_are_normalised():
-    glue = datasets.Dataset.from_dict({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0, 1], "idx": [0, 1]})
+    glue = datasets.Dataset.from_dict({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0, 1]})
     rte = normalise_hub_rows(BUILTIN_TASKS["rte"], glue)
     assert rte.text_a == ["a", "b"] and rte.text_b == ["c", "d"] and rte.label == [0, 1]
     csqa = datasets.Dataset.from_list([{
@@ -94,7 +94,8 @@ BAD_ROWS = [
     ("sentence\tlabel\ngood\t1\nfine\t7\n", "sst2", r":3: label '7' of task 'sst2' is not in its label list \(0, 1\)"),
     ("sentence\tlabel\n", "sst2", "has no rows"),
     ("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-     "0\tg\tf\ty\t0\ts\ts\ta\tb\tfive\n", "stsb", r":2: regression target 'five' of task 'stsb' is not a finite number"),
+     "0\tg\tf\ty\t0\ts\ts\ta\tb\tfive\n", "stsb",
+     r":2: regression target 'five' of task 'stsb' is not a finite number"),
 ]
 
 

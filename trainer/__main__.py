@@ -31,7 +31,7 @@ def _setup_logging() -> None:
 
 
 class CLI:
-    """Multitask NLP trainer. Commands: train, settings, predict, export."""
+    """Multitask NLP trainer. Commands: train, settings, predict, export, launch, job-spec, create-bucket."""
 
     def train(self, **flags: Any) -> None:
         """Train on TASKS; writes checkpoints, OUTPUT_DIR/model, OUTPUT_DIR/export and metrics.json."""
@@ -49,6 +49,18 @@ class CLI:
         except CheckpointUploadError as err:
             print(f"error: upload to the bucket failed: {err}", file=sys.stderr, flush=True)
             sys.exit(1)
+
+    def launch(self) -> None:
+        """Start training: one process, torchrun over local GPUs, or torchrun across Vertex AI nodes."""
+        from trainer.launcher import launch
+
+        sys.exit(launch([]))
+
+    def job_spec(self, output: str | None = None) -> None:
+        """Print the Vertex AI CustomJobSpec YAML, or write it to --output."""
+        from trainer.job_spec import write_job_spec
+
+        write_job_spec(output)
 
     def create_bucket(self) -> None:
         """Create BUCKET_NAME in REGION for PROJECT_ID, set up for checkpoints (idempotent)."""
@@ -106,7 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     _REAL_ENV.clear()
     _REAL_ENV.update(os.environ)
     load_dotenv(".env", override=False)  # also for libraries: credentials, STORAGE_EMULATOR_HOST, HF_TOKEN
-    fire.Fire(CLI, command=argv if argv is not None else sys.argv[1:], name="trainer")
+    args = list(argv if argv is not None else sys.argv[1:])
+    if args[:1] == ["launch"]:  # train flags after `launch` pass through to `train` untouched
+        from trainer.launcher import launch
+
+        sys.exit(launch(args[1:]))
+    fire.Fire(CLI, command=args, name="trainer")
 
 
 if __name__ == "__main__":
