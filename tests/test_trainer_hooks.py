@@ -1,0 +1,43 @@
+"""The Trainer hooks we override: task-weighted loss and precision selection."""
+
+import pytest
+import torch
+import transformers
+
+from trainer.data import TaskBatchCollator
+from trainer.demo import build_demo_tokenizer
+from trainer.errors import UserError
+from trainer.modeling import MultitaskModel
+from trainer.multitask_trainer import MultitaskTrainer
+from trainer.tasks import DEMO_TASKS
+from trainer.train import precision_flags
+
+from .tiny import tiny_configs
+
+
+def test_task_weights_scale_each_tasks_loss(tmp_path):
+    torch.manual_seed(0)
+    model = MultitaskModel(transformers.AutoModel.from_config(tiny_configs()["bert"]), list(DEMO_TASKS.values()))
+    tokenizer = build_demo_tokenizer()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    trainer = MultitaskTrainer(model=model, args=args, tasks=list(DEMO_TASKS.values()), processing_class=tokenizer,
+                               data_collator=TaskBatchCollator(tokenizer), task_weights={"demo_sentiment": 2.5})
+    model.eval()
+    batch = {"task": "demo_sentiment", "input_ids": torch.randint(5, 300, (4, 7)), "labels": torch.tensor([0, 1, 0, 1])}
+    plain = model(**batch).loss
+    assert trainer.compute_loss(model, dict(batch)).item() == pytest.approx(2.5 * plain.item())
+    other = {**batch, "task": "demo_similarity", "labels": torch.tensor([0.5, 1.0, 2.0, 3.0])}
+    assert trainer.compute_loss(model, dict(other)).item() == pytest.approx(model(**other).loss.item())  # default weight 1
+
+
+def test_precision_auto_is_fp32_on_cpu_and_half_precision_needs_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert precision_flags("auto") == {"bf16": False, "fp16": False, "use_cpu": True}
+    with pytest.raises(UserError, match="PRECISION=bf16 needs a CUDA GPU"):
+        precision_flags("bf16")
+    # Mocked: no GPU here. With one, auto picks bf16 where supported, else fp16.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert precision_flags("auto") == {"bf16": True, "fp16": False, "use_cpu": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert precision_flags("auto") == {"bf16": False, "fp16": True, "use_cpu": False}
