@@ -42,7 +42,7 @@ def local_sums(ckpt: Path) -> dict[str, dict]:
 
 def manifest_sums(client, uri: GcsUri) -> dict[str, dict]:
     manifest = json.loads(client.bucket(uri.bucket).blob(uri.child(gcs.MANIFEST).prefix).download_as_bytes())
-    return {f["path"]: {k: f[k] for k in ("size", "crc32c", "md5")} for f in manifest["files"]}
+    return {f["path"]: {k: f[k] for k in ("size", "crc32c")} for f in manifest["files"]}
 
 
 def callback_args(tmp_path: Path, save_total_limit: int | None = None) -> TrainingArguments:

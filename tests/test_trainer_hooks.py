@@ -27,7 +27,8 @@ def test_task_weights_scale_each_tasks_loss(tmp_path):
     plain = model(**batch).loss
     assert trainer.compute_loss(model, dict(batch)).item() == pytest.approx(2.5 * plain.item())
     other = {**batch, "task": "demo_similarity", "labels": torch.tensor([0.5, 1.0, 2.0, 3.0])}
-    assert trainer.compute_loss(model, dict(other)).item() == pytest.approx(model(**other).loss.item())  # default weight 1
+    # a task without a weight keeps weight 1
+    assert trainer.compute_loss(model, dict(other)).item() == pytest.approx(model(**other).loss.item())
 
 
 def test_precision_auto_is_fp32_on_cpu_and_half_precision_needs_a_gpu(monkeypatch):

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from dotenv import dotenv_values
 
+from trainer import gcs
 from trainer import settings as training_settings
 from trainer.errors import UserError
 
@@ -109,6 +110,14 @@ def _check(name: str, value: str, pattern: str, what: str) -> str:
     return value
 
 
+def _named(name: str, check: Any, value: str) -> Any:
+    """Run one of trainer.gcs's validators, naming the setting in its error."""
+    try:
+        return check(value)
+    except UserError as err:
+        raise UserError(f"{name}: {err}") from None
+
+
 def _int(name: str, raw: str, lo: int, hi: int | None = None) -> int:
     try:
         value = int(raw)
@@ -197,7 +206,7 @@ def cloud_settings(environ: Mapping[str, str], now: datetime | None = None) -> C
     bucket = _get(environ, "BUCKET_NAME")
     if bucket is not None:
         bucket = bucket.removeprefix("gs://").rstrip("/")
-        _check("BUCKET_NAME", bucket, r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", "give the bucket's name, e.g. my-bucket")
+        _named("BUCKET_NAME", gcs.validate_bucket_name, bucket)
     job_name = _check(
         "JOB_NAME",
         _get(environ, "JOB_NAME") or default_job_name(now),
@@ -209,7 +218,7 @@ def cloud_settings(environ: Mapping[str, str], now: datetime | None = None) -> C
         if bucket is None:
             _require(environ, "BUCKET_NAME", "my-bucket")
         job_dir = f"gs://{bucket}/jobs/{job_name}"
-    job_dir = _check("JOB_DIR", job_dir.rstrip("/"), r"gs://[a-z0-9][a-z0-9._-]+[a-z0-9](/.*)?", "use gs://bucket/path")
+    job_dir = str(_named("JOB_DIR", gcs.parse_gcs_uri, job_dir.rstrip("/")))
 
     repo = _check(
         "IMAGE_REPO_NAME",
