@@ -1,20 +1,14 @@
 """A real two-process DDP run (torchrun, gloo, CPU): ranks stay in step on the same task."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from .gcs_emulator import free_port
 from .tiny import ROOT, quick_env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_torchrun_two_ranks_train_the_same_task_each_step(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,9 @@ from trainer import launcher
 from trainer.errors import UserError
 from trainer.launcher import DISTRIBUTED_ENV, build_launch_command
 
-ROOT = Path(__file__).resolve().parents[1]
+from .gcs_emulator import free_port
+from .tiny import ROOT
+
 PY = "/opt/venv/bin/python"  # a python with no torchrun script beside it: the module form is used
 TORCHRUN = [PY, "-m", "torch.distributed.run"]
 TRAIN = ["-m", "trainer", "train"]
@@ -184,12 +185,6 @@ DUMP_HOOK = textwrap.dedent(
         transformers.Trainer.train = train
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

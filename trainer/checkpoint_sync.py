@@ -30,8 +30,6 @@ STAGING_DIR = ".gcs-staging"
 VERTEX_VARS = {"checkpoints": "AIP_CHECKPOINT_DIR", "model": "AIP_MODEL_DIR", "logs": "AIP_TENSORBOARD_LOG_DIR"}
 
 
-UPLOAD_THREAD_NICE = 10  # nice value of the upload thread (0 is normal priority, 19 the lowest)
-
 class CheckpointUploadError(RuntimeError):
     """At least one upload to Cloud Storage failed for good, or did not finish in time."""
 
@@ -269,10 +267,6 @@ class GcsCheckpointCallback(TrainerCallback):
         return True
 
     def _worker(self) -> None:
-        # Uploading must not take CPU from the training threads: lower this thread's priority
-        # (Linux applies a nice value per thread id).
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_THREAD_NICE)
         while True:
             with self._cond:
                 while not self._queue:

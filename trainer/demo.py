@@ -12,7 +12,7 @@ from typing import Any
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import BertConfig, BertModel, BertTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-SPLIT_SIZES = {"train": 1600, "dev": 300}
+SPLIT_SIZES = {"train": 4000, "dev": 300}
 
 _POSITIVE = ["good", "great", "wonderful", "brilliant", "lovely", "superb", "charming", "delightful", "fun", "moving"]
 _NEGATIVE = ["bad", "awful", "boring", "terrible", "dull", "poor", "weak", "clumsy", "tedious", "painful"]
