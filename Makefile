@@ -51,12 +51,15 @@ settings: install ## Print the effective settings and where each came from
 clean: ## Remove outputs (keeps .venv)
 	rm -rf outputs
 
+# The names in $(1) that are unset or empty; targets below refuse to start while any is.
+missing_vars = $(strip $(foreach v,$(1),$(if $(strip $($(v))),,$(v))))
+
 # --- Cloud Storage bucket for checkpoints (issue 3) ---
-# Checked when the target is asked for, before anything is installed or called.
+# Checked when the target is asked for, before anything is installed or called (and before the
+# REGION default below: a bucket's location is permanent, so it is never guessed).
 ifneq (,$(filter create-bucket,$(MAKECMDGOALS)))
-BUCKET_VARS_MISSING := $(strip $(foreach v,PROJECT_ID BUCKET_NAME REGION,$(if $(strip $($(v))),,$(v))))
-ifneq (,$(BUCKET_VARS_MISSING))
-$(error create-bucket: $(BUCKET_VARS_MISSING) not set; set it in the environment or in .env (see .env.example))
+ifneq (,$(call missing_vars,PROJECT_ID BUCKET_NAME REGION))
+$(error create-bucket: $(call missing_vars,PROJECT_ID BUCKET_NAME REGION) not set; set it in the environment or in .env (see .env.example))
 endif
 endif
 
@@ -98,10 +101,9 @@ DOCKER_GPU_FLAGS = $(shell $(DOCKER) info --format '{{json .Runtimes}}' 2>/dev/n
 DOCKER_ADC_FLAGS = $(if $(wildcard $(ADC_FILE)),-v $(ADC_FILE):/tmp/gcloud/adc.json:ro -e GOOGLE_APPLICATION_CREDENTIALS=/tmp/gcloud/adc.json)
 
 # Checked when the target is asked for, before anything is built or called.
-cloud_missing = $(strip $(foreach v,$(1),$(if $(strip $($(v))),,$(v))))
 ifneq (,$(filter docker-push cloud-train cloud-status cloud-logs,$(MAKECMDGOALS)))
-ifneq (,$(call cloud_missing,PROJECT_ID REGION))
-$(error $(call cloud_missing,PROJECT_ID REGION) not set; set it in the environment or in .env (see the Cloud section of .env.example))
+ifneq (,$(call missing_vars,PROJECT_ID REGION))
+$(error $(call missing_vars,PROJECT_ID REGION) not set; set it in the environment or in .env (see the Cloud section of .env.example))
 endif
 endif
 ifneq (,$(filter cloud-train,$(MAKECMDGOALS)))

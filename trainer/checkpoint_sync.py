@@ -21,6 +21,7 @@ from google.cloud import storage
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trainer import gcs
+from trainer.checkpoints import checkpoint_dir
 from trainer.errors import UserError
 from trainer.gcs import GcsUri
 
@@ -155,7 +156,7 @@ class GcsCheckpointCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         step = state.global_step
-        local = Path(args.output_dir) / f"{gcs.CHECKPOINT_PREFIX}{step}"
+        local = checkpoint_dir(args.output_dir, step)
         if not local.is_dir():
             self._fail(step, f"local checkpoint {local} does not exist")
             return
@@ -186,9 +187,7 @@ class GcsCheckpointCallback(TrainerCallback):
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for queued checkpoint uploads; raise `CheckpointUploadError` on timeout or any failure."""
-        timeout = self.upload_timeout if timeout is None else timeout
-        if not self._drain(timeout):
-            self._fail_pending(timeout)
+        self._finish_pending(self.upload_timeout if timeout is None else timeout)
         self._raise_errors()
 
     def upload_final(
@@ -204,8 +203,7 @@ class GcsCheckpointCallback(TrainerCallback):
         Call it on the main process only. Raises `CheckpointUploadError` if any upload failed,
         including earlier checkpoints; the final model is uploaded regardless.
         """
-        if not self._drain(self.upload_timeout):
-            self._fail_pending(self.upload_timeout)
+        self._finish_pending(self.upload_timeout)
         model = Path(model_dir)
         uploads: list[tuple[Path, GcsUri, Callable[..., object]]] = [(model, self.dirs.model, gcs.upload_tree)]
         if export_dir is not None:
@@ -236,9 +234,11 @@ class GcsCheckpointCallback(TrainerCallback):
     def _fail(self, step: int, reason: str) -> None:
         self._record(f"checkpoint-{step} -> {self.dirs.checkpoints}: {reason}")
 
-    def _fail_pending(self, timeout: float) -> None:
-        for step in self.pending:
-            self._fail(step, f"still uploading after {timeout:.0f} s")
+    def _finish_pending(self, timeout: float) -> None:
+        """Wait for queued uploads; record those still running after `timeout` as failed."""
+        if not self._drain(timeout):
+            for step in self.pending:
+                self._fail(step, f"still uploading after {timeout:.0f} s")
 
     def _raise_errors(self) -> None:
         with self._cond:

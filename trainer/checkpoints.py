@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trainer.errors import UserError
+from trainer.gcs import CHECKPOINT_PREFIX, checkpoint_step
 
 COMPLETE_MARKER = "checkpoint_complete.json"
-_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 
 
 def checkpoint_dir(output_dir: str | os.PathLike[str], step: int) -> Path:
-    return Path(output_dir) / f"checkpoint-{step}"
+    return Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
 
 
 def file_sizes(directory: Path) -> dict[str, int]:
@@ -58,7 +57,8 @@ def checkpoint_steps(output_dir: str | os.PathLike[str]) -> list[int]:
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    return sorted(int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT_DIR.match(p.name)))
+    steps = (checkpoint_step(p.name) for p in root.iterdir() if p.is_dir())
+    return sorted(step for step in steps if step is not None)
 
 
 def latest_complete_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:

@@ -192,6 +192,28 @@ def default_job_name(now: datetime | None = None) -> str:
     return f"multitask-{(now or datetime.now(timezone.utc)):%Y%m%d-%H%M%S}"
 
 
+# Settings with a default that must match a pattern: name -> (default, pattern, what is allowed).
+PATTERNED_SETTINGS = {
+    "REGION": ("us-central1", r"[a-z]+(-[a-z]+)+\d+", "use a region like us-central1"),
+    "IMAGE_REPO_NAME": (
+        "multitask",
+        r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?",
+        "an Artifact Registry repository name has lowercase letters, digits and hyphens",
+    ),
+    "IMAGE_NAME": (
+        "multitask-trainer",
+        r"[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*",
+        "use lowercase letters, digits, '.', '_', '-' and '/'",
+    ),
+    "IMAGE_TAG": ("latest", r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", "use up to 128 letters, digits, '_', '.' or '-'"),
+    "MACHINE_TYPE": (
+        "n1-standard-8",
+        r"[a-z][a-z0-9]*(-[a-z0-9]+)+",
+        "use a Compute Engine machine type such as n1-standard-8 or g2-standard-8",
+    ),
+}
+
+
 def cloud_settings(environ: Mapping[str, str], now: datetime | None = None) -> CloudSettings:
     """Read and check the cloud settings; a bad one raises UserError naming it."""
     project = _check(
@@ -200,9 +222,11 @@ def cloud_settings(environ: Mapping[str, str], now: datetime | None = None) -> C
         r"([a-z][a-z0-9.-]*:)?[a-z][a-z0-9-]{4,28}[a-z0-9]",
         "a project ID has 6-30 lowercase letters, digits or hyphens and starts with a letter",
     )
-    region = _check(
-        "REGION", _get(environ, "REGION", "us-central1"), r"[a-z]+(-[a-z]+)+\d+", "use a region like us-central1"
-    )
+    checked = {
+        name: _check(name, _get(environ, name, default), pattern, what)
+        for name, (default, pattern, what) in PATTERNED_SETTINGS.items()
+    }
+    region = checked["REGION"]
     bucket = _get(environ, "BUCKET_NAME")
     if bucket is not None:
         bucket = bucket.removeprefix("gs://").rstrip("/")
@@ -220,30 +244,8 @@ def cloud_settings(environ: Mapping[str, str], now: datetime | None = None) -> C
         job_dir = f"gs://{bucket}/jobs/{job_name}"
     job_dir = str(_named("JOB_DIR", gcs.parse_gcs_uri, job_dir.rstrip("/")))
 
-    repo = _check(
-        "IMAGE_REPO_NAME",
-        _get(environ, "IMAGE_REPO_NAME", "multitask"),
-        r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?",
-        "an Artifact Registry repository name has lowercase letters, digits and hyphens",
-    )
-    image = _check(
-        "IMAGE_NAME",
-        _get(environ, "IMAGE_NAME", "multitask-trainer"),
-        r"[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*",
-        "use lowercase letters, digits, '.', '_', '-' and '/'",
-    )
-    tag = _check(
-        "IMAGE_TAG",
-        _get(environ, "IMAGE_TAG", "latest"),
-        r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
-        "use up to 128 letters, digits, '_', '.' or '-'",
-    )
-    machine_type = _check(
-        "MACHINE_TYPE",
-        _get(environ, "MACHINE_TYPE", "n1-standard-8"),
-        r"[a-z][a-z0-9]*(-[a-z0-9]+)+",
-        "use a Compute Engine machine type such as n1-standard-8 or g2-standard-8",
-    )
+    repo, image, tag = checked["IMAGE_REPO_NAME"], checked["IMAGE_NAME"], checked["IMAGE_TAG"]
+    machine_type = checked["MACHINE_TYPE"]
     accelerator_type, accelerator_count = _accelerator(environ, machine_type)
     replica_count = _int("REPLICA_COUNT", _get(environ, "REPLICA_COUNT", "1"), 1, 1000)
     boot_disk_type = _get(environ, "BOOT_DISK_TYPE", "pd-ssd")

@@ -23,6 +23,17 @@ AGGREGATE_METRIC = "average"
 TASK_LOG_ENV = "TRAINER_TASK_LOG"  # debugging aid: append each step's task to <value>.rank<N>
 
 
+def metrics_by_task(metrics: dict[str, float], tasks: list[TaskSpec], prefix: str = "eval") -> dict[str, dict]:
+    """`{"eval_rte_accuracy": x}` -> `{"rte": {"accuracy": x}}`."""
+    by_task: dict[str, dict[str, float]] = {t.name: {} for t in tasks}
+    longest_first = sorted(by_task, key=len, reverse=True)  # eval_rte_x_f1 belongs to rte_x, not rte
+    for key, value in metrics.items():
+        name = next((n for n in longest_first if key.startswith(f"{prefix}_{n}_")), None)
+        if name is not None:
+            by_task[name][key.removeprefix(f"{prefix}_{name}_")] = value
+    return by_task
+
+
 class EpochDataLoader(DataLoader):
     """A DataLoader whose `set_epoch` reaches its batch sampler (the Trainer calls it every epoch)."""
 
@@ -119,16 +130,13 @@ class MultitaskTrainer(Trainer):
         if eval_dataset is not None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         metrics: dict[str, float] = {}
-        per_task: dict[str, dict[str, float]] = {}
         for task in self.tasks:
             self._eval_task = task
             prefix = f"{metric_key_prefix}_{task.name}"
-            task_metrics = super().evaluate(self.eval_dataset[task.name], ignore_keys, prefix)
-            metrics.update(task_metrics)
-            per_task[task.name] = {k.removeprefix(prefix + "_"): v for k, v in task_metrics.items()}
+            metrics.update(super().evaluate(self.eval_dataset[task.name], ignore_keys, prefix))
         self._eval_task = None
         aggregate_key = f"{metric_key_prefix}_{AGGREGATE_METRIC}"
-        metrics[aggregate_key] = aggregate_score(per_task, self.tasks)
+        metrics[aggregate_key] = aggregate_score(metrics_by_task(metrics, self.tasks, metric_key_prefix), self.tasks)
         self.log({aggregate_key: metrics[aggregate_key]})
         return metrics
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +126,7 @@ def _parse(name: str, raw: Any, hint: Any) -> Any:
     env = name.upper()
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
         if raw is None or (isinstance(raw, str) and raw.strip() == ""):
             return None
         (inner,) = [a for a in args if a is not type(None)]

@@ -20,7 +20,7 @@ from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
 from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR, export_tasks
 from trainer.modeling import MultitaskModel
-from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer
+from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer, metrics_by_task
 from trainer.preemption import PreemptionCallback
 from trainer.settings import DEMO_MODEL, Settings
 from trainer.tasks import SPLITS, TaskData, TaskSpec, read_split, resolve_tasks
@@ -110,7 +110,7 @@ def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDi
     local = resolve_resume(mode, settings.output_dir)
     if mode != "auto" or dirs is None:
         return local
-    local_step = int(Path(local).name.rpartition("-")[2]) if local else -1
+    local_step = gcs.checkpoint_step(Path(local).name) if local else -1
     with args.main_process_first(local=True, desc="looking for checkpoints in the bucket"):
         if args.local_process_index == 0:
             found = resume_from_bucket(gcs.make_client(), dirs.checkpoints, settings.output_dir, newer_than=local_step)
@@ -120,10 +120,7 @@ def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDi
 
 
 def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], step: int) -> dict[str, Any]:
-    per_task = {
-        t.name: {k.removeprefix(f"eval_{t.name}_"): v for k, v in metrics.items() if k.startswith(f"eval_{t.name}_")}
-        for t in tasks
-    }
+    per_task = metrics_by_task(metrics, tasks)
     report = {
         "global_step": step,
         AGGREGATE_METRIC: metrics[f"eval_{AGGREGATE_METRIC}"],
@@ -186,7 +183,7 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     trainer.train(resume_from_checkpoint=resume)
     if preemption.preempted:
         if sync and args.should_save:
-            sync.wait(PREEMPTION_UPLOAD_TIMEOUT)
+            sync.wait(timeout=0)  # on_train_end already waited PREEMPTION_UPLOAD_TIMEOUT; raise on failures
         raise Preempted(f"stopped at step {trainer.state.global_step} on SIGTERM; checkpoint saved"
                         + (f" and committed to {dirs.checkpoints}" if sync else "")
                         + "; run again with RESUME=auto to continue")
