@@ -6,8 +6,8 @@ import pytest
 from trainer.metrics import aggregate_score, chance_level, compute_task_metrics
 from trainer.tasks import BUILTIN_TASKS, TaskSpec
 
-MULTICLASS = TaskSpec(name="nli3", type="classification", text_columns=("a", "b"), label_column="y",
-                      labels=("e", "n", "c"))
+MULTICLASS = TaskSpec.from_dict(dict(name="nli3", type="classification", text_columns=("a", "b"), label_column="y",
+                                     labels=("e", "n", "c")))
 
 
 def one_hot(preds, num):

@@ -65,7 +65,7 @@ def test_trainer_save_and_reload_is_bit_identical(tmp_path):
     args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     tokenizer = build_demo_tokenizer()
     trainer = MultitaskTrainer(model=model, args=args, tasks=TASKS, processing_class=tokenizer,
-                               data_collator=TaskBatchCollator(tokenizer))
+                               data_collator=TaskBatchCollator(tokenizer, TASKS))
     trainer.save_model(str(tmp_path / "saved"))
     weights = load_file(tmp_path / "saved" / "model.safetensors")
     assert len(weights) == len(model.state_dict())  # encoder stored once, no shared-memory error

@@ -110,3 +110,43 @@ def test_bad_rows_name_the_file_and_line(tmp_path, content, task, message):
 def test_missing_data_file(tmp_path):
     with pytest.raises(UserError, match=r"data file .*rte/train.tsv not found"):
         read_split(BUILTIN_TASKS["rte"], "train", str(tmp_path))
+
+
+DECLARATION_ERRORS = [
+    ("{name: t, type: classification, text_columns: [a], label_column: y, labels: [p, q], main_metric: acuracy,"
+     " train_file: t.csv, dev_file: d.csv}", r"main_metric 'acuracy' is not a metric of this classification task; "
+     r"choose one of accuracy, mcc, f1"),
+    ("{name: t, type: classification, text_columns: [a], label_column: y, labels: [p, q, r], main_metric: f1,"
+     " train_file: t.csv, dev_file: d.csv}", r"choose one of accuracy, mcc, macro_f1"),
+    ("{name: t, type: clasification, train_file: t.csv, dev_file: d.csv}",
+     r"type 'clasification' is not allowed; choose one of classification, regression"),
+    ("{name: t, type: regression, text_columns: [a], label_column: y, choice_columns: [b, c],"
+     " train_file: t.csv, dev_file: d.csv}", r"choice_columns are not allowed for a regression task \(choice_columns "
+     r"belong\(s\) to another kind\)"),
+    ("{name: t, type: classification, text_columns: [a], label_column: y, labels: [p, p],"
+     " train_file: t.csv, dev_file: d.csv}", r"'labels' lists a value twice"),
+    ("{name: t, type: regression, text_columns: [a], label_column: y, header: ture,"
+     " train_file: t.csv, dev_file: d.csv}", r"header='ture' is not a boolean"),
+]
+
+
+@pytest.mark.parametrize(("entry", "message"), DECLARATION_ERRORS)
+def test_declaration_errors_name_the_field_and_what_is_allowed(tmp_path, entry, message):
+    path = write_tasks_file(tmp_path, f"tasks:\n  - {entry}\n")
+    with pytest.raises(UserError, match=message):
+        load_tasks_file(str(path))
+
+
+def test_tasks_command_lists_builtin_tasks_and_every_kinds_fields():
+    from trainer.kinds import KINDS
+
+    from .tiny import run_cli
+
+    result = run_cli("tasks")
+    assert result.returncode == 0, result.stderr
+    for name in BUILTIN_TASKS:
+        assert f"\n  {name} " in result.stdout
+    for kind in KINDS.values():
+        assert f"type: {kind.name} - " in result.stdout
+        for field in kind.fields:
+            assert f"  {field.name} " in result.stdout

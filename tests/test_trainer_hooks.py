@@ -21,7 +21,8 @@ def test_task_weights_scale_each_tasks_loss(tmp_path):
     tokenizer = build_demo_tokenizer()
     args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     trainer = MultitaskTrainer(model=model, args=args, tasks=list(DEMO_TASKS.values()), processing_class=tokenizer,
-                               data_collator=TaskBatchCollator(tokenizer), task_weights={"demo_sentiment": 2.5})
+                               data_collator=TaskBatchCollator(tokenizer, list(DEMO_TASKS.values())),
+                               task_weights={"demo_sentiment": 2.5})
     model.eval()
     batch = {"task": "demo_sentiment", "input_ids": torch.randint(5, 300, (4, 7)), "labels": torch.tensor([0, 1, 0, 1])}
     plain = model(**batch).loss

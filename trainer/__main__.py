@@ -31,7 +31,7 @@ def _setup_logging() -> None:
 
 
 class CLI:
-    """Multitask NLP trainer. Commands: train, settings, predict, export, launch, job-spec, create-bucket."""
+    """Multitask NLP trainer. Commands: train, tasks, settings, predict, export, launch, job-spec, create-bucket."""
 
     def train(self, **flags: Any) -> None:
         """Train on TASKS; writes checkpoints, OUTPUT_DIR/model, OUTPUT_DIR/export and metrics.json."""
@@ -67,6 +67,12 @@ class CLI:
         from trainer.bucket import create_bucket_command
 
         sys.exit(create_bucket_command())
+
+    def tasks(self) -> None:
+        """List the built-in tasks, and every task kind with its TASKS_FILE fields."""
+        from trainer.tasks import describe_tasks
+
+        print(describe_tasks())
 
     def settings(self, **flags: Any) -> None:
         """Print the effective settings and where each one came from."""

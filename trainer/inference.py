@@ -12,7 +12,6 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from trainer.checkpoints import latest_complete_checkpoint
-from trainer.data import TaskBatchCollator, tokenize_batch
 from trainer.errors import UserError
 from trainer.modeling import MULTITASK_FILE, MultitaskModel
 
@@ -68,30 +67,13 @@ def predict(
     choices: list[list[str]] | None = None,
     max_length: int = 128,
 ) -> list[dict[str, Any]]:
-    """Predict one task for a list of inputs; returns one dict per input."""
+    """Predict one task for a list of inputs; returns one dict per input, as the task's kind shapes it."""
     if task_name not in model.tasks:
         raise UserError(f"task {task_name!r} is not in this model; it has: {', '.join(model.tasks)}")
     task = model.tasks[task_name]
-    if task.type == "multiple_choice" and not choices:
-        raise UserError(f"task {task_name!r} is multiple choice: pass --choices")
-    rows = {
-        "text_a": texts,
-        "text_b": text_pairs or [""] * len(texts),
-        "choices": choices or [[] for _ in texts],
-        "label": [0.0 if task.type == "regression" else 0] * len(texts),
-    }
-    encoded = tokenize_batch(rows, task, tokenizer, max_length)
-    features = [{**{k: v[i] for k, v in encoded.items()}, "task": task_name} for i in range(len(texts))]
-    batch = TaskBatchCollator(tokenizer)(features)
-    batch.pop("labels")
-    logits = model(**batch).logits.float()
-    results = []
-    for i, row in enumerate(logits):
-        if task.type == "regression":
-            results.append({"task": task_name, "score": float(row[0])})
-            continue
-        probs = row.softmax(-1)
-        best = int(probs.argmax())
-        label = task.labels[best] if task.type == "classification" else (choices[i][best] if choices else best)
-        results.append({"task": task_name, "label": label, "probabilities": [round(float(p), 4) for p in probs]})
-    return results
+    inputs = [
+        {"text": text, "text_pair": text_pairs[i] if text_pairs else None, "choices": choices[i] if choices else None}
+        for i, text in enumerate(texts)
+    ]
+    results = task.kind.predict(task, model.task_models[task_name].eval(), tokenizer, inputs, max_length)
+    return [{"task": task_name, **result} for result in results]

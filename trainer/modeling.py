@@ -12,41 +12,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForMultipleChoice,
-    AutoModelForSequenceClassification,
-    PreTrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
-from trainer.tasks import TaskSpec
+from trainer.spec import TaskSpec
 
 MULTITASK_FILE = "multitask.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def task_model_class(task: TaskSpec) -> type:
-    return AutoModelForMultipleChoice if task.type == "multiple_choice" else AutoModelForSequenceClassification
-
-
-def task_config(encoder_config: PreTrainedConfig, task: TaskSpec) -> PreTrainedConfig:
-    """The encoder's config with this task's labels and problem type."""
-    config = encoder_config.__class__.from_dict(encoder_config.to_dict())
-    if task.type != "multiple_choice":
-        config.num_labels = task.num_labels
-        config.problem_type = "regression" if task.type == "regression" else "single_label_classification"
-        if task.type == "classification":
-            config.id2label = dict(enumerate(task.labels))
-            config.label2id = {label: i for i, label in enumerate(task.labels)}
-    config.finetuning_task = task.name
-    return config
 
 
 def _attach_encoder(task_model: PreTrainedModel, encoder: nn.Module) -> None:
@@ -58,6 +35,10 @@ def _attach_encoder(task_model: PreTrainedModel, encoder: nn.Module) -> None:
     if type(own) is not type(encoder):
         raise ValueError(f"{type(task_model).__name__} expects a {type(own).__name__}, got {type(encoder).__name__}")
     object.__setattr__(task_model, prefix, encoder)
+    # A head tied to the input embeddings (masked/causal LM) must follow them to the shared encoder.
+    output = task_model.get_output_embeddings()
+    if output is not None and getattr(task_model.config, "tie_word_embeddings", False):
+        output.weight = encoder.get_input_embeddings().weight
 
 
 class MultitaskModel(nn.Module):
@@ -70,9 +51,35 @@ class MultitaskModel(nn.Module):
         self.tasks = {t.name: t for t in tasks}
         self.task_models = nn.ModuleDict()
         for task in tasks:
-            model = task_model_class(task).from_config(task_config(encoder.config, task))
+            model = task.kind.model_class().from_config(task.kind.config(encoder.config, task))
             _attach_encoder(model, encoder)
             self.task_models[task.name] = model
+
+    def _tied_aliases(self) -> dict[str, str]:
+        """Parameter names that are another name's tensor (LM heads tied to the shared embeddings)."""
+        first: dict[int, str] = {}
+        aliases = {}
+        for name, param in self.named_parameters(remove_duplicate=False):
+            if id(param) in first:
+                aliases[name] = first[id(param)]
+            else:
+                first[id(param)] = name
+        return aliases
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Each tensor once: tied heads are left out (safetensors refuses shared tensors)."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        for alias in self._tied_aliases():
+            state.pop(prefix + alias, None)
+        return state
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        state = dict(state_dict)
+        for alias, source in self._tied_aliases().items():
+            if source in state:
+                state.setdefault(alias, state[source])
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
     def forward(
         self,
@@ -86,9 +93,6 @@ class MultitaskModel(nn.Module):
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         return self.task_models[task](**inputs)
-
-    def shares_encoder(self) -> bool:
-        return all(getattr(m, m.base_model_prefix) is self.encoder for m in self.task_models.values())
 
     # -- saving and loading -------------------------------------------------------------
 
@@ -113,7 +117,7 @@ class MultitaskModel(nn.Module):
         """A plain Transformers model for one task, with a copy of the encoder's weights."""
         task = self.tasks[name]
         shared = self.task_models[name]
-        model = task_model_class(task).from_config(shared.config)
+        model = task.kind.model_class().from_config(shared.config)
         prefix = model.base_model_prefix
         state = {f"{prefix}.{k}": v for k, v in self.encoder.state_dict().items()}
         state.update(shared.state_dict())

@@ -1,4 +1,5 @@
-"""`transformers.Trainer` with three hooks overridden: the train dataloader, the loss, evaluation.
+"""`transformers.Trainer` with its hooks overridden: the train dataloader, the inputs of a step, the loss,
+the logits kept for metrics, and evaluation. What differs between task kinds is asked of the kind.
 
 The training loop, progress bars, logging, checkpointing and resume are the stock Trainer's.
 """
@@ -8,16 +9,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 
 from trainer.data import MultitaskDataset
-from trainer.metrics import aggregate_score, compute_task_metrics
+from trainer.metrics import aggregate_score
 from trainer.modeling import MultitaskModel
 from trainer.sampler import MultitaskBatchSampler
-from trainer.tasks import TaskSpec
+from trainer.spec import TaskSpec
 
 AGGREGATE_METRIC = "average"
 TASK_LOG_ENV = "TRAINER_TASK_LOG"  # debugging aid: append each step's task to <value>.rank<N>
@@ -54,13 +56,16 @@ class MultitaskTrainer(Trainer):
         group_by_length: bool = False,
         **kwargs: Any,
     ):
-        super().__init__(*args, compute_metrics=self._task_metrics, **kwargs)
+        super().__init__(*args, compute_metrics=self._task_metrics, preprocess_logits_for_metrics=self._reduce_logits,
+                         **kwargs)
         self.tasks = tasks
+        self.tasks_by_name = {t.name: t for t in tasks}
         self.sampling = sampling
         self.sampling_temperature = sampling_temperature
         self.task_weights = task_weights or {}
         self.group_by_length = group_by_length
         self._eval_task: TaskSpec | None = None
+        self._eval_batches = 0
         self._task_log = os.environ.get(TASK_LOG_ENV)
 
     # -- training data ------------------------------------------------------------------
@@ -93,7 +98,31 @@ class MultitaskTrainer(Trainer):
             pin_memory=self.args.dataloader_pin_memory,
         )
 
-    # -- loss ---------------------------------------------------------------------------
+    # -- inputs and loss ----------------------------------------------------------------
+
+    def _kind_inputs(self, inputs: dict[str, Any], training: bool) -> dict[str, Any]:
+        """Let the batch's kind finish it (masked LM draws its masks here).
+
+        Training draws from (seed, step, rank), evaluation from (seed, batch number), so a run and
+        its resumed twin see the same masks, and every evaluation the same dev masks.
+        """
+        generator = torch.Generator()
+        if training:
+            entropy = [self.args.seed, 0, self.state.global_step, self.args.process_index]
+        else:
+            self._eval_batches += 1
+            entropy = [self.args.seed, 1, self._eval_batches, self.args.process_index]
+        generator.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1))
+        task = self.tasks_by_name[inputs["task"]]
+        return task.kind.prepare_inputs(inputs, self.processing_class, generator)
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None):
+        return super().training_step(model, self._kind_inputs(inputs, training=True), num_items_in_batch)
+
+    def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None):
+        return super().prediction_step(model, self._kind_inputs(inputs, training=False), prediction_loss_only,
+                                       ignore_keys)
 
     def compute_loss(
         self,
@@ -112,9 +141,11 @@ class MultitaskTrainer(Trainer):
 
     # -- evaluation ---------------------------------------------------------------------
 
+    def _reduce_logits(self, logits: Any, labels: torch.Tensor) -> Any:
+        return self._eval_task.kind.reduce_logits(logits, labels)
+
     def _task_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        return compute_task_metrics(self._eval_task, logits, prediction.label_ids)
+        return self._eval_task.kind.compute_metrics(self._eval_task, prediction.predictions, prediction.label_ids)
 
     def evaluate(
         self,
@@ -132,6 +163,7 @@ class MultitaskTrainer(Trainer):
         metrics: dict[str, float] = {}
         for task in self.tasks:
             self._eval_task = task
+            self._eval_batches = 0
             prefix = f"{metric_key_prefix}_{task.name}"
             metrics.update(super().evaluate(self.eval_dataset[task.name], ignore_keys, prefix))
         self._eval_task = None

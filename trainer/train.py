@@ -23,7 +23,8 @@ from trainer.modeling import MultitaskModel
 from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer, metrics_by_task
 from trainer.preemption import PreemptionCallback
 from trainer.settings import DEMO_MODEL, Settings
-from trainer.tasks import SPLITS, TaskData, TaskSpec, read_split, resolve_tasks
+from trainer.spec import SPLITS, TaskData, TaskSpec
+from trainer.tasks import read_split, resolve_tasks
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -39,6 +40,15 @@ def load_encoder(model_name: str) -> tuple[PreTrainedTokenizerBase, PreTrainedMo
     if model_name == DEMO_MODEL:
         tokenizer = demo.build_demo_tokenizer()
         return tokenizer, demo.build_demo_encoder(len(tokenizer))
+    tokenizer, encoder = _load_pretrained(model_name)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # GPT-2 and most decoders: pad with EOS
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token_id is not None:
+        encoder.config.pad_token_id = tokenizer.pad_token_id  # every task config copies it
+    return tokenizer, encoder
+
+
+def _load_pretrained(model_name: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_name)
         encoder = AutoModel.from_pretrained(model_name)
@@ -139,6 +149,8 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     rows = read_all_splits(tasks, settings)
     set_seed(settings.seed)
     tokenizer, encoder = load_encoder(settings.model_name)
+    for task in tasks:
+        task.kind.check_model(task, encoder.config, tokenizer)
     args = training_arguments(settings)
     dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
     resume = resume_checkpoint(settings, args, dirs)
@@ -163,7 +175,7 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         train_dataset=train_set,
         eval_dataset=eval_sets,
         processing_class=tokenizer,
-        data_collator=TaskBatchCollator(tokenizer, pad_to_multiple_of=8 if not args.use_cpu else None),
+        data_collator=TaskBatchCollator(tokenizer, tasks, pad_to_multiple_of=8 if not args.use_cpu else None),
         callbacks=[FinalSaveCallback(), CompleteMarkerCallback(), preemption, *([sync] if sync else []),
                    *(callbacks or [])],
         tasks=tasks,

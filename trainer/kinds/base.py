@@ -1,0 +1,206 @@
+"""What a task kind is: the one place that knows how a type of task reads, tokenises, trains and scores.
+
+A kind is one module with one `TaskKind` subclass plus one line in `trainer.kinds.KINDS`. Everything
+else (the sampler, the Trainer hooks, checkpoints, GCS, export) only talks to this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from trainer.spec import TaskSpec
+
+IGNORE_INDEX = -100  # labels (and reduced predictions) at this value are not scored
+
+
+@dataclass(frozen=True)
+class Field:
+    """One TASKS_FILE field that belongs to a kind."""
+
+    name: str
+    help: str
+    default: Any = None
+    required: bool = False
+    list_of_str: bool = False  # normalised to a tuple of strings
+
+    def parse(self, value: Any) -> Any:
+        if not self.list_of_str:
+            return value
+        if isinstance(value, (list, tuple)):
+            return tuple(str(v) for v in value)
+        return (str(value),)
+
+
+class TaskKind:
+    """The interface every kind implements; the defaults suit the sentence-level kinds."""
+
+    name: str = ""
+    summary: str = ""
+    fields: tuple[Field, ...] = ()
+    metrics: dict[str, bool] = {}  # metric name -> higher is better
+    auxiliary: bool = False  # an objective beside the real tasks: kept out of eval_average by default
+    file_formats: tuple[str, ...] = ("csv", "tsv", "jsonl")
+    pipeline: str = ""  # the `transformers.pipeline` task its export works with
+
+    # -- declaration --------------------------------------------------------------------
+
+    def validate(self, task: TaskSpec, where: str) -> None:
+        """Refuse field combinations the kind can't train; `where` names the declaration."""
+
+    def default_metric(self, task: TaskSpec) -> str:
+        return next(iter(self.metrics))
+
+    def metrics_for(self, task: TaskSpec) -> list[str]:
+        """The metrics this task reports (a kind may report fewer for some tasks)."""
+        return list(self.metrics)
+
+    def num_labels(self, task: TaskSpec) -> int:
+        return 1
+
+    # -- data ---------------------------------------------------------------------------
+
+    def features(self, task: TaskSpec) -> datasets.Features:
+        """The normalised columns every reader produces for this kind."""
+        raise NotImplementedError
+
+    def read_file(self, task: TaskSpec, path: str, fmt: str, encoding: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Rows of a file in a format only this kind reads (`txt`, `conll`): `(where, row)` pairs."""
+        raise NotImplementedError
+
+    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
+        """One row of a local file -> the kind's normalised columns. Errors name `where`."""
+        raise NotImplementedError
+
+    def normalise_hub(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any] | None:
+        """One row of a hub dataset -> the normalised columns (built-in tasks); None skips the row."""
+        return self.normalise(task, row, where)
+
+    def tokenize(
+        self, batch: dict[str, list[Any]], task: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> dict[str, list[Any]]:
+        """Tokenise a batch of normalised rows, without padding; must add `labels` and `length`."""
+        raise NotImplementedError
+
+    def collate(
+        self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None
+    ) -> dict[str, Any]:
+        """Pad one batch to its longest sequence and make tensors (the default: one sequence per example)."""
+        keys = [k for k in features[0] if k in tokenizer.model_input_names]
+        batch = dict(
+            tokenizer.pad([{k: f[k] for k in keys} for f in features], padding=True,
+                          pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")
+        )
+        labels = [f["labels"] for f in features]
+        batch["labels"] = torch.tensor(labels, dtype=torch.float32 if isinstance(labels[0], float) else torch.long)
+        return batch
+
+    def prepare_inputs(
+        self, batch: dict[str, Any], tokenizer: PreTrainedTokenizerBase, generator: torch.Generator
+    ) -> dict[str, Any]:
+        """A last step on a collated batch that needs fresh randomness (masking); `generator` is seeded by
+        the Trainer from (seed, step, rank), so a resumed run sees the same batches."""
+        return batch
+
+    # -- model --------------------------------------------------------------------------
+
+    def model_class(self) -> type:
+        """The `AutoModelFor...` class of the task's model."""
+        raise NotImplementedError
+
+    def check_model(self, task: TaskSpec, config: PreTrainedConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Refuse a base model or tokenizer the kind can't work with, before anything is written."""
+        auto = self.model_class()
+        if type(config) not in auto._model_mapping:
+            raise UserError(
+                f"task {task.name!r} ({self.name}) can't run on a {config.model_type} model: Transformers has no "
+                f"{auto.__name__} for it"
+            )
+
+    def config(self, encoder_config: PreTrainedConfig, task: TaskSpec) -> PreTrainedConfig:
+        """The encoder's config plus what this task's model needs (labels, problem type)."""
+        config = encoder_config.__class__.from_dict(encoder_config.to_dict())
+        config.finetuning_task = task.name
+        return config
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def reduce_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Shrink a batch's logits before the Trainer gathers them (token-level kinds keep no vocab logits)."""
+        return logits[0] if isinstance(logits, tuple) else logits
+
+    def compute_metrics(self, task: TaskSpec, predictions: Any, labels: np.ndarray) -> dict[str, float]:
+        raise NotImplementedError
+
+    def chance_level(self, task: TaskSpec) -> float:
+        """The main metric of an uninformed model, for "well above chance" checks."""
+        return 0.0
+
+    # -- inference ----------------------------------------------------------------------
+
+    def predict(
+        self,
+        task: TaskSpec,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        inputs: list[dict[str, Any]],
+        max_length: int,
+    ) -> list[dict[str, Any]]:
+        """One JSON-able result per input (`{"text": ..., "text_pair": ..., "choices": ...}`)."""
+        raise NotImplementedError
+
+
+# ---- helpers the kinds share -------------------------------------------------------------------
+
+
+def lookup(row: dict[str, Any], column: str, where: str) -> Any:
+    """Get a column, following dotted paths (with list indices) into nested JSON."""
+    if column in row:
+        return row[column]
+    value: Any = row
+    for part in column.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise UserError(f"{where}: column {column!r} is missing; the row has {', '.join(map(str, row))}")
+    return value
+
+
+def label_index(task: TaskSpec, raw: Any, where: str, what: str = "label") -> int:
+    """The index of a label in `task.labels`, or a one-line error naming the allowed ones.
+
+    Integer labels 0..n-1 are accepted too, as `datasets`' ClassLabel stores them.
+    """
+    text = str(raw).strip()
+    if text in task.labels:
+        return task.labels.index(text)
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(task.labels):
+        return raw
+    raise UserError(
+        f"{where}: {what} {text!r} of task {task.name!r} is not in its label list ({', '.join(task.labels)})"
+    )
+
+
+def batch_logits(model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
+    """Run a stock task model on a collated batch without labels; float32 logits."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return model(**inputs).logits.float()
+
+
+def pad_sequences(rows: list[list[int]], value: int, length: int, side: str = "right") -> torch.Tensor:
+    """Pad lists of ids to `length` on the tokenizer's padding side."""
+    if side == "left":
+        return torch.tensor([[value] * (length - len(r)) + list(r) for r in rows], dtype=torch.long)
+    return torch.tensor([list(r) + [value] * (length - len(r)) for r in rows], dtype=torch.long)

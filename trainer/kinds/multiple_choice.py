@@ -1,0 +1,123 @@
+"""`multiple_choice`: a question and N candidate answers, one of them right (CommonsenseQA)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import numpy as np
+import torch
+from transformers import AutoModelForMultipleChoice
+
+from trainer.errors import UserError
+from trainer.kinds.base import Field, TaskKind, batch_logits, label_index, lookup
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from trainer.spec import TaskSpec
+
+
+class MultipleChoice(TaskKind):
+    name = "multiple_choice"
+    summary = "a question and N candidate answers; the label picks one"
+    fields = (
+        Field("text_columns", "one column: the question", required=True, list_of_str=True),
+        Field("choice_columns", "the candidate answers' columns (at least two)", list_of_str=True, default=()),
+        Field("choices_column", "or: one column holding the list of candidates", default=""),
+        Field("label_column", "the column holding the answer", required=True),
+        Field("labels", "answer names in choice order (e.g. A..E); empty: the answer is a choice index",
+              list_of_str=True, default=()),
+    )
+    metrics = {"accuracy": True}
+    pipeline = ""  # Transformers has no multiple-choice pipeline
+
+    def validate(self, task: TaskSpec, where: str) -> None:
+        if len(task.text_columns) != 1:
+            raise UserError(f"{where}: 'text_columns' takes one column (the question) for multiple_choice")
+        if bool(task.choice_columns) == bool(task.choices_column):
+            raise UserError(
+                f"{where}: a multiple_choice task needs 'choice_columns' (at least two) or 'choices_column'"
+            )
+        if task.choice_columns and len(task.choice_columns) < 2:
+            raise UserError(f"{where}: a multiple_choice task needs 'choice_columns' with at least two columns")
+
+    def features(self, task: TaskSpec) -> datasets.Features:
+        return datasets.Features({"text_a": datasets.Value("string"),
+                                  "choices": datasets.Sequence(datasets.Value("string")),
+                                  "label": datasets.Value("int64")})
+
+    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
+        if task.choices_column:
+            choices = [str(c) for c in lookup(row, task.choices_column, where)]
+        else:
+            choices = [str(lookup(row, c, where)) for c in task.choice_columns]
+        raw = lookup(row, task.label_column, where)
+        if task.labels:
+            label = label_index(task, raw, where)
+        else:
+            text = str(raw).strip()
+            if not text.isdigit() or int(text) >= len(choices):
+                raise UserError(
+                    f"{where}: label {text!r} of task {task.name!r} must be a choice index 0..{len(choices) - 1}"
+                )
+            label = int(text)
+        return {"text_a": str(lookup(row, task.text_columns[0], where)), "choices": choices, "label": label}
+
+    def tokenize(
+        self, batch: dict[str, list[Any]], task: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> dict[str, list[Any]]:
+        firsts = [q for q, choices in zip(batch["text_a"], batch["choices"], strict=True) for _ in choices]
+        seconds = [c for choices in batch["choices"] for c in choices]
+        flat = tokenizer(firsts, seconds, truncation=True, max_length=max_length)
+        out: dict[str, list[Any]] = {}
+        start = 0
+        for choices in batch["choices"]:
+            for key, values in flat.items():
+                out.setdefault(key, []).append(values[start : start + len(choices)])
+            start += len(choices)
+        out["length"] = [max(len(ids) for ids in group) for group in out["input_ids"]]
+        out["labels"] = batch["label"]
+        return out
+
+    def collate(
+        self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None
+    ) -> dict[str, Any]:
+        """Flatten to (batch * choices) sequences, pad, and reshape to (batch, choices, length)."""
+        keys = [k for k in features[0] if k in tokenizer.model_input_names]
+        num_choices = len(features[0]["input_ids"])
+        flat = [{k: f[k][c] for k in keys} for f in features for c in range(num_choices)]
+        padded = tokenizer.pad(flat, padding=True, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")
+        batch = {k: v.view(len(features), num_choices, -1) for k, v in padded.items()}
+        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        return batch
+
+    def model_class(self) -> type:
+        return AutoModelForMultipleChoice
+
+    def compute_metrics(self, task: TaskSpec, predictions: Any, labels: np.ndarray) -> dict[str, float]:
+        preds = np.asarray(predictions).reshape(len(labels), -1).argmax(axis=-1)
+        return {"accuracy": float(np.mean(preds == np.asarray(labels).reshape(-1)))}
+
+    def chance_level(self, task: TaskSpec) -> float:
+        return 1.0 / max(len(task.choice_columns) or len(task.labels), 1)
+
+    def predict(
+        self, task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+        inputs: list[dict[str, Any]], max_length: int,
+    ) -> list[dict[str, Any]]:
+        if any(len(i.get("choices") or []) < 2 for i in inputs):
+            raise UserError(f"task {task.name!r} is multiple choice: pass --choices with at least two candidates")
+        rows = {"text_a": [i["text"] for i in inputs], "choices": [i["choices"] for i in inputs],
+                "label": [0] * len(inputs)}
+        encoded = self.tokenize(rows, task, tokenizer, max_length)
+        results = []
+        for i, item in enumerate(inputs):  # one example at a time: the number of choices may differ
+            feature = {k: v[i] for k, v in encoded.items()}
+            probs = batch_logits(model, self.collate([feature], tokenizer, None))[0].softmax(-1)
+            best = int(probs.argmax())
+            results.append({"label": item["choices"][best], "probabilities": [round(float(p), 4) for p in probs]})
+        return results
+
+
+KIND = MultipleChoice()

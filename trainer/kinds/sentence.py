@@ -1,0 +1,80 @@
+"""What classification and regression share: one sentence or a pair in, one prediction per example out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import datasets
+from transformers import AutoModelForSequenceClassification
+
+from trainer.errors import UserError
+from trainer.kinds.base import Field, TaskKind, batch_logits, lookup
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from trainer.spec import TaskSpec
+
+TEXT_COLUMNS = Field("text_columns", "one column (a sentence) or two (a sentence pair)", required=True,
+                     list_of_str=True)
+LABEL_COLUMN = Field("label_column", "the column holding the label", required=True)
+
+
+class SentenceKind(TaskKind):
+    """A sequence-level head (`AutoModelForSequenceClassification`) over one text or a pair."""
+
+    label_feature = datasets.Value("int64")
+    dummy_label: Any = 0  # the label given to rows that are only predicted
+
+    def validate(self, task: TaskSpec, where: str) -> None:
+        if not 1 <= len(task.text_columns) <= 2:
+            raise UserError(f"{where}: 'text_columns' takes one or two columns")
+
+    def features(self, task: TaskSpec) -> datasets.Features:
+        return datasets.Features(
+            {"text_a": datasets.Value("string"), "text_b": datasets.Value("string"), "label": self.label_feature}
+        )
+
+    def label(self, task: TaskSpec, raw: Any, where: str) -> Any:
+        raise NotImplementedError
+
+    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
+        texts = [str(lookup(row, c, where)) for c in task.text_columns]
+        return {"text_a": texts[0], "text_b": texts[1] if len(texts) > 1 else "",
+                "label": self.label(task, lookup(row, task.label_column, where), where)}
+
+    def is_pair(self, task: TaskSpec, batch: dict[str, list[Any]]) -> bool:
+        return any(batch["text_b"])
+
+    def tokenize(
+        self, batch: dict[str, list[Any]], task: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> dict[str, list[Any]]:
+        pairs = batch["text_b"] if self.is_pair(task, batch) else None
+        out = dict(tokenizer(batch["text_a"], pairs, truncation=True, max_length=max_length))
+        out["length"] = [len(ids) for ids in out["input_ids"]]
+        out["labels"] = batch["label"]
+        return out
+
+    def model_class(self) -> type:
+        return AutoModelForSequenceClassification
+
+    def rows_for_prediction(self, task: TaskSpec, inputs: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        return {"text_a": [i["text"] for i in inputs], "text_b": [i.get("text_pair") or "" for i in inputs],
+                "label": [self.dummy_label] * len(inputs)}
+
+    def predict(
+        self, task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+        inputs: list[dict[str, Any]], max_length: int,
+    ) -> list[dict[str, Any]]:
+        encoded = self.tokenize(self.rows_for_prediction(task, inputs), task, tokenizer, max_length)
+        features = [{k: v[i] for k, v in encoded.items()} for i in range(len(inputs))]
+        logits = batch_logits(model, self.collate(features, tokenizer, None))
+        return [self.format_prediction(task, row) for row in logits]
+
+    def format_prediction(self, task: TaskSpec, logits: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def config(self, encoder_config: PreTrainedConfig, task: TaskSpec) -> PreTrainedConfig:
+        config = super().config(encoder_config, task)
+        config.num_labels = task.num_labels
+        return config

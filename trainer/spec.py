@@ -1,0 +1,145 @@
+"""A declared task (`TaskSpec`) and the normalised rows of one of its splits (`TaskData`).
+
+A spec has the fields every task has (name, kind, files, metric, ...) plus `options`: the fields
+its kind declares (`text_columns`, `labels`, ...). Those read as attributes too: `task.labels`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import UserError
+from trainer.kinds import KINDS, TaskKind
+
+SPLITS = ("train", "dev")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task is and where its data lives."""
+
+    name: str
+    type: str
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    main_metric: str = ""
+    in_average: bool | None = None  # None: the kind decides (language modelling stays out)
+    # Local files: paths, or names relative to DATA_DIR/<name>/ for built-in tasks.
+    train_file: str = "train.tsv"
+    dev_file: str = "dev.tsv"
+    header: bool = True
+    column_names: tuple[str, ...] = ()
+    encoding: str = "utf-8"
+    format: str = ""  # the files' format when their suffix doesn't say (csv, tsv, jsonl, txt, conll)
+    # Hugging Face hub source (built-in tasks): dataset path, config, split names, and the
+    # kind's options for hub rows where the hub's columns differ from the local files'.
+    hub_path: str = ""
+    hub_name: str | None = None
+    hub_splits: tuple[str, str] = ("train", "validation")
+    hub_options: dict[str, Any] = field(default_factory=dict, hash=False)
+    # Generated offline by trainer.demo.
+    demo: bool = False
+
+    def __post_init__(self) -> None:
+        kind = KINDS.get(self.type)
+        if kind is None:
+            raise UserError(f"task {self.name!r}: type {self.type!r} is not allowed; choose one of {', '.join(KINDS)}")
+        known = {f.name: f for f in kind.fields}
+        extra = sorted(set(self.options) - set(known))
+        if extra:
+            raise UserError(f"task {self.name!r}: {self.type} takes no field(s) {', '.join(extra)}")
+        full = {f.name: f.parse(self.options[f.name]) if f.name in self.options else f.default for f in kind.fields}
+        object.__setattr__(self, "options", full)
+
+    def __getattr__(self, name: str) -> Any:  # only called for names that are not dataclass fields
+        options = self.__dict__.get("options", {})
+        if name in options:
+            return options[name]
+        raise AttributeError(f"{type(self).__name__} of type {self.__dict__.get('type')!r} has no {name!r}")
+
+    @property
+    def kind(self) -> TaskKind:
+        return KINDS[self.type]
+
+    @property
+    def num_labels(self) -> int:
+        return self.kind.num_labels(self)
+
+    @property
+    def metric(self) -> str:
+        """The metric that goes into the aggregate score and model selection."""
+        return self.main_metric or self.kind.default_metric(self)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.kind.metrics[self.metric]
+
+    @property
+    def counts_in_average(self) -> bool:
+        return (not self.kind.auxiliary) if self.in_average is None else self.in_average
+
+    def file_format(self, path: str) -> str:
+        suffix = self.format or Path(path).suffix.lstrip(".").lower()
+        formats = self.kind.file_formats
+        if suffix not in formats:
+            raise UserError(
+                f"task {self.name!r}: file {path} has an unknown format; a {self.type} task reads "
+                + ", ".join(f".{f}" for f in formats) + " (or set 'format:')"
+            )
+        return suffix
+
+    def with_hub_options(self) -> TaskSpec:
+        """The spec as hub rows are read: the kind's options with `hub_options` on top."""
+        return dataclasses.replace(self, options={**self.options, **self.hub_options}, hub_options={})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.update(data.pop("options"))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
+        """Inverse of `to_dict`: the common fields by name, everything else is the kind's."""
+        common = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in common}
+        return cls(**kwargs, options={k: v for k, v in data.items() if k not in common})
+
+
+COMMON_FIELDS = {f.name for f in dataclasses.fields(TaskSpec)} - {"options"}
+
+
+class TaskData:
+    """Normalised rows of one split, column-wise, ready for `datasets.Dataset.from_dict`.
+
+    The columns are the task kind's (`text_a`, `label`, `tokens`, ...); they read as attributes.
+    """
+
+    def __init__(self, columns: dict[str, list[Any]] | None = None, **named: list[Any]):
+        self.columns = {**(columns or {}), **named}
+
+    def __getattr__(self, name: str) -> list[Any]:
+        columns = self.__dict__.get("columns", {})
+        if name in columns:
+            return columns[name]
+        raise AttributeError(name)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()), []))
+
+    def append(self, row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            self.columns.setdefault(key, []).append(value)
+
+    def subset(self, indices: list[int]) -> TaskData:
+        return TaskData({k: [v[i] for i in indices] for k, v in self.columns.items()})
+
+    def limit(self, limit: int | None, seed: int | None = None) -> TaskData:
+        """At most `limit` rows: a seeded random subset when `seed` is given, else the first ones."""
+        if limit is None or limit >= len(self):
+            return self
+        if seed is None:
+            return self.subset(list(range(limit)))
+        return self.subset(sorted(random.Random(seed).sample(range(len(self)), limit)))
