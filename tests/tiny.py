@@ -70,3 +70,124 @@ def _setting_names() -> set[str]:
 
 
 _SETTING_NAMES = _setting_names()
+
+
+# --- byte-level BPE (GPT-2/RoBERTa style), decoders, and data for the newer task kinds -------------
+
+_BPE_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def _byte_level_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE vocabulary trained on the demo corpus, deterministically, in well under a second."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from trainer.demo import _corpus
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=_BPE_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(sorted(set(_corpus())), trainer)
+    state = json.loads(bpe.to_str())["model"]
+    return state["vocab"], [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in state["merges"]]
+
+
+def roberta_tokenizer() -> transformers.PreTrainedTokenizerBase:
+    vocab, merges = _byte_level_bpe()
+    return transformers.RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=128)
+
+
+def gpt2_tokenizer() -> transformers.PreTrainedTokenizerBase:
+    """GPT-2 style: byte-level BPE, EOS only, no pad token (the trainer pads with EOS)."""
+    vocab, merges = _byte_level_bpe()
+    return transformers.GPT2Tokenizer(vocab=vocab, merges=merges, unk_token="<unk>", bos_token="</s>",
+                                      eos_token="</s>", model_max_length=128)
+
+
+def encoder_configs(vocab_size: int = 500) -> dict[str, transformers.PreTrainedConfig]:
+    """Tiny random configs of every encoder family the task kinds are tested on."""
+    common = {"vocab_size": vocab_size, "num_attention_heads": 2, "max_position_embeddings": 130}
+    return {
+        "bert": transformers.BertConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=37, **common),
+        "roberta": transformers.RobertaConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=37,
+                                              pad_token_id=1, **common),
+        "distilbert": transformers.DistilBertConfig(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2,
+                                                    hidden_dim=37, max_position_embeddings=130),
+        "electra": transformers.ElectraConfig(hidden_size=32, embedding_size=16, num_hidden_layers=2,
+                                              intermediate_size=37, **common),
+        "deberta-v2": transformers.DebertaV2Config(hidden_size=32, num_hidden_layers=2, intermediate_size=37,
+                                                   **common),
+        "modernbert": transformers.ModernBertConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=48,
+                                                    vocab_size=vocab_size, num_attention_heads=2,
+                                                    max_position_embeddings=130, pad_token_id=0,
+                                                    bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3),
+    }
+
+
+def decoder_configs(vocab_size: int = 500, pad_token_id: int = 2) -> dict[str, transformers.PreTrainedConfig]:
+    return {
+        "gpt2": transformers.GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=130,
+                                        pad_token_id=pad_token_id, bos_token_id=2, eos_token_id=2),
+        "llama": transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=48,
+                                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                          max_position_embeddings=130, pad_token_id=pad_token_id,
+                                          bos_token_id=2, eos_token_id=2),
+    }
+
+
+def save_tiny_gpt2(directory: Path, seed: int = 0) -> Path:
+    """A tiny GPT-2 plus its byte-level BPE tokenizer (no pad token), saved like a hub model."""
+    torch.manual_seed(seed)
+    tokenizer = gpt2_tokenizer()
+    config = decoder_configs(len(tokenizer), pad_token_id=tokenizer.eos_token_id)["gpt2"]
+    config.pad_token_id = None  # as on the hub: GPT-2 has none
+    transformers.GPT2Model(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+NER_TYPES = {"PER": ["alice", "bob", "carol", "dave", "erin", "frank"],
+             "LOC": ["paris", "london", "berlin", "rome", "oslo", "madrid"],
+             "ORG": ["acme", "globex", "initech", "umbrella", "hooli", "vandelay"]}
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+_NER_TEMPLATES = ["{PER} lives in {LOC}", "{PER} works for {ORG} in {LOC}", "the {ORG} office is in {LOC}",
+                  "{PER} met {PER} at {ORG}", "we flew from {LOC} to {LOC} yesterday"]
+
+
+def ner_sentences(count: int, seed: int = 0) -> list[tuple[list[str], list[str]]]:
+    """Templated sentences with two-word names sometimes (`alice bob` -> B-PER I-PER)."""
+    import random
+
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(count):
+        words, tags = [], []
+        for part in rng.choice(_NER_TEMPLATES).split():
+            if part.startswith("{"):
+                kind = part[1:-1]
+                names = [rng.choice(NER_TYPES[kind]) for _ in range(1 + (rng.random() < 0.3))]
+                words += names
+                tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(names) - 1)
+            else:
+                words.append(part)
+                tags.append("O")
+        sentences.append((words, tags))
+    return sentences
+
+
+def write_conll(path: Path, sentences: list[tuple[list[str], list[str]]]) -> Path:
+    path.write_text("".join("".join(f"{w}\t{t}\n" for w, t in zip(ws, ts, strict=True)) + "\n"
+                            for ws, ts in sentences), encoding="utf-8")
+    return path
+
+
+def write_text(path: Path, lines: int, seed: int = 0) -> Path:
+    """Raw text for language modelling: the demo's sentences, one per line, with blank lines between."""
+    from trainer.demo import demo_columns
+
+    texts = demo_columns("demo_sentiment", "train")["text_a"]
+    path.write_text("\n".join(t + ("\n" if i % 7 == 0 else "") for i, t in enumerate(texts[:lines])) + "\n",
+                    encoding="utf-8")
+    return path

@@ -55,6 +55,14 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
     ),
 }
 
+# The hub's ClassLabel order of WNUT-17's tags: the hub gives integers in this order.
+WNUT17_TAGS = ("O", "B-corporation", "I-corporation", "B-creative-work", "I-creative-work", "B-group", "I-group",
+               "B-location", "I-location", "B-person", "I-person", "B-product", "I-product")
+BUILTIN_TASKS["wnut17"] = TaskSpec(
+    name="wnut17", type="token_classification", options={"labels": WNUT17_TAGS},
+    train_file="wnut17train.conll", dev_file="emerging.dev.conll", format="conll",
+    hub_path="leondz/wnut_17", hub_options={"tags_column": "ner_tags"},
+)
 DEMO_TASKS: dict[str, TaskSpec] = {
     "demo_sentiment": TaskSpec(
         name="demo_sentiment", type="classification", demo=True,

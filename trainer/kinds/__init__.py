@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from trainer.kinds import classification, multiple_choice, regression
+from trainer.kinds import classification, multiple_choice, regression, token_classification
 from trainer.kinds.base import TaskKind
 
 KINDS: dict[str, TaskKind] = {
     "classification": classification.KIND,
     "regression": regression.KIND,
     "multiple_choice": multiple_choice.KIND,
+    "token_classification": token_classification.KIND,
 }
 
 __all__ = ["KINDS", "TaskKind"]
