@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainingArguments,
+)
 from transformers.trainer_utils import set_seed
 
 from trainer import demo, gcs
@@ -35,29 +42,35 @@ class Preempted(Exception):
     """Training stopped on SIGTERM after saving (and, with JOB_DIR, uploading) a checkpoint."""
 
 
-def load_encoder(model_name: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    """The tokenizer and base encoder: the offline demo, a local directory or a hub id."""
+def load_encoder(
+    model_name: str, tasks: list[TaskSpec] = ()
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """The tokenizer and base encoder: the offline demo, a local directory or a hub id.
+
+    Each task's kind checks the config and tokenizer before any weights are loaded.
+    """
     if model_name == DEMO_MODEL:
         tokenizer = demo.build_demo_tokenizer()
-        return tokenizer, demo.build_demo_encoder(len(tokenizer))
-    tokenizer, encoder = _load_pretrained(model_name)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # GPT-2 and most decoders: pad with EOS
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.pad_token_id is not None:
-        encoder.config.pad_token_id = tokenizer.pad_token_id  # every task config copies it
-    return tokenizer, encoder
-
-
-def _load_pretrained(model_name: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+        encoder = demo.build_demo_encoder(len(tokenizer))
+        for task in tasks:
+            task.kind.check_model(task, encoder.config, tokenizer)
+        return tokenizer, encoder
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_name)
-        encoder = AutoModel.from_pretrained(model_name)
+        config = AutoConfig.from_pretrained(model_name)
+        for task in tasks:
+            task.kind.check_model(task, config, tokenizer)
+        encoder = AutoModel.from_pretrained(model_name, config=config)
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"MODEL_NAME={model_name!r} can't be loaded ({reason}); use a local model directory, "
             f"a Hugging Face hub id (needs network), or '{DEMO_MODEL}'"
         ) from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # GPT-2 and most decoders: pad with EOS
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token_id is not None:
+        encoder.config.pad_token_id = tokenizer.pad_token_id  # every task config copies it
     return tokenizer, encoder
 
 
@@ -148,9 +161,7 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     tasks = resolve_tasks(settings.tasks, settings.tasks_file)
     rows = read_all_splits(tasks, settings)
     set_seed(settings.seed)
-    tokenizer, encoder = load_encoder(settings.model_name)
-    for task in tasks:
-        task.kind.check_model(task, encoder.config, tokenizer)
+    tokenizer, encoder = load_encoder(settings.model_name, tasks)
     args = training_arguments(settings)
     dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
     resume = resume_checkpoint(settings, args, dirs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainer.kinds import classification, multiple_choice, regression, token_classification
+from trainer.kinds import causal_lm, classification, masked_lm, multiple_choice, regression, token_classification
 from trainer.kinds.base import TaskKind
 
 KINDS: dict[str, TaskKind] = {
@@ -10,6 +10,8 @@ KINDS: dict[str, TaskKind] = {
     "regression": regression.KIND,
     "multiple_choice": multiple_choice.KIND,
     "token_classification": token_classification.KIND,
+    "masked_lm": masked_lm.KIND,
+    "causal_lm": causal_lm.KIND,
 }
 
 __all__ = ["KINDS", "TaskKind"]

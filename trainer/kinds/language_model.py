@@ -1,0 +1,112 @@
+"""What masked and causal language modelling share: raw text in, packed blocks of MAX_SEQ_LENGTH out.
+
+Texts come from a `.txt` file (one line or document per row, blank lines skipped) or a text
+column of a csv/tsv/jsonl file. They are tokenised, concatenated and cut into blocks, so no
+token is spent on padding except in the last, shorter block of each map batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import numpy as np
+import torch
+
+from trainer.errors import UserError
+from trainer.kinds.base import IGNORE_INDEX, Field, TaskKind, lookup, pad_sequences
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from trainer.spec import TaskSpec
+
+TEXT_COLUMN = Field("text_column", "csv/tsv/jsonl: the column holding the text (.txt files: one text per line)",
+                    default="text")
+
+
+class LanguageModelKind(TaskKind):
+    fields = (TEXT_COLUMN,)
+    metrics = {"accuracy": True, "perplexity": False, "loss": False}
+    auxiliary = True
+    file_formats = ("txt", "csv", "tsv", "jsonl")
+
+    def features(self, task: TaskSpec) -> datasets.Features:
+        return datasets.Features({"text": datasets.Value("string")})
+
+    def read_file(self, task: TaskSpec, path: str, fmt: str, encoding: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        with open(path, encoding=encoding) as handle:
+            for lineno, line in enumerate(handle, 1):
+                if line.strip():
+                    yield f"{path}:{lineno}", {task.text_column: line.rstrip("\r\n")}
+
+    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
+        return {"text": str(lookup(row, task.text_column, where))}
+
+    def normalise_hub(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any] | None:
+        text = str(lookup(row, task.text_column, where))
+        return {"text": text} if text.strip() else None
+
+    def token_stream(self, texts: list[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+        """Each text's token ids, with whatever marks its boundaries for this kind."""
+        raise NotImplementedError
+
+    def tokenize(
+        self, batch: dict[str, list[Any]], task: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> dict[str, list[Any]]:
+        ids = [i for text in self.token_stream(batch["text"], tokenizer) for i in text]
+        blocks = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
+        return {"input_ids": blocks, "length": [len(b) for b in blocks], "labels": blocks}
+
+    def collate(
+        self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None
+    ) -> dict[str, Any]:
+        rows = [f["input_ids"] for f in features]
+        length = max(len(r) for r in rows)
+        if pad_to_multiple_of:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+        side = tokenizer.padding_side
+        return {
+            "input_ids": pad_sequences(rows, tokenizer.pad_token_id, length, side),
+            "attention_mask": pad_sequences([[1] * len(r) for r in rows], 0, length, side),
+            "labels": pad_sequences(rows, IGNORE_INDEX, length, side),
+        }
+
+    def shift(self) -> int:
+        """How far ahead the label of a position is (causal LM predicts the next token)."""
+        return 0
+
+    def reduce_logits(self, logits: Any, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per position: 1/0 for a correct prediction (-100 where unscored) and its negative log-likelihood."""
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        n = self.shift()
+        if n:
+            logits, labels = logits[:, :-n], labels[:, n:]
+        scored = labels != IGNORE_INDEX
+        nll = torch.nn.functional.cross_entropy(
+            logits.float().transpose(1, 2), labels.masked_fill(~scored, 0), reduction="none"
+        )
+        correct = (logits.argmax(-1) == labels).long().masked_fill(~scored, IGNORE_INDEX)
+        nll = nll.masked_fill(~scored, 0.0)
+        if n:  # keep the (batch, length) shape the Trainer pads across batches
+            correct = torch.nn.functional.pad(correct, (0, n), value=IGNORE_INDEX)
+            nll = torch.nn.functional.pad(nll, (0, n), value=0.0)
+        return correct, nll
+
+    def compute_metrics(self, task: TaskSpec, predictions: Any, labels: np.ndarray) -> dict[str, float]:
+        correct, nll = (np.asarray(p) for p in predictions)
+        scored = correct != IGNORE_INDEX
+        if not scored.any():
+            return {"accuracy": 0.0, "perplexity": math.inf, "loss": math.inf}
+        loss = float(nll[scored].mean())
+        return {"accuracy": float(correct[scored].mean()), "perplexity": float(math.exp(min(loss, 700.0))),
+                "loss": loss}
+
+    def validate(self, task: TaskSpec, where: str) -> None:
+        if task.in_average and not task.kind.metrics.get(task.metric, True):
+            raise UserError(
+                f"{where}: in_average needs a higher-is-better main_metric; {task.metric} is lower-is-better "
+                "(use accuracy)"
+            )
