@@ -33,6 +33,10 @@ def test_the_readme_tasks_file_example_works(tmp_path):
         "data/sim/dev.tsv": "sentence1\tsentence2\tscore\na\tc\t0\n",
         "data/quiz/train.jsonl": json.dumps({"question": {"stem": "q?"}, "options": ["x", "y", "z"], "answer": 2}),
         "data/quiz/dev.jsonl": json.dumps({"question": {"stem": "r?"}, "options": ["x", "y", "z"], "answer": 0}),
+        "data/ner/train.conll": "Ann\tB-PER\nlives\tO\nin\tO\nRome\tB-LOC\n\nBo\tB-PER\n",
+        "data/ner/dev.jsonl": json.dumps({"tokens": ["Ann", "Lee"], "tags": ["B-PER", "I-PER"]}),
+        "data/text/train.txt": "first line\n\nsecond line",
+        "data/text/dev.txt": "third line",
     }
     for name, content in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -43,3 +47,8 @@ def test_the_readme_tasks_file_example_works(tmp_path):
     assert read_split(tasks["similarity"], "train", None).label == [1.5]
     quiz = read_split(tasks["quiz"], "train", None)
     assert quiz.text_a == ["q?"] and quiz.choices == [["x", "y", "z"]] and quiz.label == [2]
+    ner = read_split(tasks["ner"], "train", None)
+    assert ner.tokens == [["Ann", "lives", "in", "Rome"], ["Bo"]] and ner.tags == [[1, 0, 0, 3], [1]]
+    assert read_split(tasks["ner"], "dev", None).tags == [[1, 2]]
+    assert read_split(tasks["wiki"], "train", None).text == ["first line", "second line"]
+    assert not tasks["wiki"].counts_in_average and tasks["story"].metric == "accuracy"
