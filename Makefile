@@ -3,9 +3,12 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-# .env fills in only what the environment leaves unset (as python-dotenv does).
+# .env fills in only what the environment leaves unset. trainer/env.py parses it, as every command does
+# (standard library only, so any python3 runs it before .venv exists); values are taken literally.
+PROJECT_ROOT := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
+DOTENV = PYTHONPATH="$(PROJECT_ROOT)" python3 -m trainer.env
 ifneq (,$(wildcard .env))
-$(shell mkdir -p .make && sed -nE "s/^[[:space:]]*(export[[:space:]]+)?([A-Za-z_][A-Za-z0-9_]*)[[:space:]]*=[[:space:]]*['\"]?([^'\"]*)['\"]?[[:space:]]*$$/\2 ?= \3/p" .env > .make/env.mk)
+$(shell mkdir -p .make && $(DOTENV) make .env > .make/env.mk)
 include .make/env.mk
 endif
 
@@ -128,8 +131,8 @@ docker-push: docker-build ## Tag and push the image to Artifact Registry
 
 docker-local-train: docker-build ## Train in the container: GPUs if there, .env, the output dir and ADC mounted
 	@mkdir -p "$(HOST_OUTPUT_DIR)" .make
-	@# .env as docker's --env-file reads it (no quotes, no export), parsed like the top of this file
-	@$(if $(wildcard .env),sed -E 's/^([A-Za-z_][A-Za-z0-9_]*) \?= /\1=/' .make/env.mk,true) > .make/docker.env
+	@# .env as docker's --env-file reads it (no quotes, no export), parsed by trainer/env.py like everything else
+	@$(if $(wildcard .env),$(DOTENV) docker .env,true) > .make/docker.env
 	$(DOCKER) run --rm --init --shm-size=$(DOCKER_SHM_SIZE) --user $$(id -u):$$(id -g) $(DOCKER_GPU_FLAGS) \
 		--env-file .make/docker.env -e OUTPUT_DIR=/app/outputs/run -v "$(HOST_OUTPUT_DIR)":/app/outputs/run \
 		$(DOCKER_ADC_FLAGS) $(if $(PROJECT_ID),-e GOOGLE_CLOUD_PROJECT=$(PROJECT_ID)) \

@@ -12,8 +12,8 @@ import sys
 from typing import Any
 
 import fire
-from dotenv import load_dotenv
 
+from trainer.env import load_dotenv
 from trainer.errors import UserError, exit_on_user_error
 from trainer.settings import Settings, describe, load_settings
 
@@ -123,7 +123,7 @@ def _as_list(value: Any) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     _REAL_ENV.clear()
     _REAL_ENV.update(os.environ)
-    load_dotenv(".env", override=False)  # also for libraries: credentials, STORAGE_EMULATOR_HOST, HF_TOKEN
+    load_dotenv(".env")  # also for libraries: credentials, STORAGE_EMULATOR_HOST, HF_TOKEN
     args = list(argv if argv is not None else sys.argv[1:])
     if args[:1] == ["launch"]:  # train flags after `launch` pass through to `train` untouched
         from trainer.launcher import launch

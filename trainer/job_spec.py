@@ -7,7 +7,6 @@ set (names from `trainer.settings.ENV_NAMES`) and nothing else, so no secret lea
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Mapping
@@ -17,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dotenv import dotenv_values
 
 from trainer import gcs
 from trainer import settings as training_settings
+from trainer.env import effective_environ, parse_bool, parse_int
 from trainer.errors import UserError
 
 ENV_EXAMPLE_HINT = "see the Cloud section of .env.example"
@@ -118,26 +117,8 @@ def _named(name: str, check: Any, value: str) -> Any:
         raise UserError(f"{name}: {err}") from None
 
 
-def _int(name: str, raw: str, lo: int, hi: int | None = None) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UserError(f"{name}={raw!r} is not an integer") from None
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise UserError(f"{name}={value} must be {bound}")
-    return value
-
-
 def _bool(name: str, raw: str | None, default: bool) -> bool:
-    if raw is None:
-        return default
-    value = raw.lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise UserError(f"{name}={raw!r} is not a boolean; use true or false")
+    return default if raw is None else parse_bool(name, raw)
 
 
 def parse_duration(name: str, raw: str) -> int:
@@ -155,7 +136,7 @@ def _accelerator(environ: Mapping[str, str], machine_type: str) -> tuple[str | N
     """(type, count) with defaults from the machine family; (None, 0) for CPU only."""
     raw_type = _get(environ, "ACCELERATOR_TYPE", "NVIDIA_TESLA_T4")
     raw_count = _get(environ, "ACCELERATOR_COUNT")
-    count = _int("ACCELERATOR_COUNT", raw_count, 0) if raw_count is not None else None
+    count = parse_int("ACCELERATOR_COUNT", raw_count, 0) if raw_count is not None else None
     if raw_type.lower() in ("none", "cpu") or count == 0:
         return None, 0
     accel = raw_type.upper()
@@ -247,7 +228,7 @@ def cloud_settings(environ: Mapping[str, str], now: datetime | None = None) -> C
     repo, image, tag = checked["IMAGE_REPO_NAME"], checked["IMAGE_NAME"], checked["IMAGE_TAG"]
     machine_type = checked["MACHINE_TYPE"]
     accelerator_type, accelerator_count = _accelerator(environ, machine_type)
-    replica_count = _int("REPLICA_COUNT", _get(environ, "REPLICA_COUNT", "1"), 1, 1000)
+    replica_count = parse_int("REPLICA_COUNT", _get(environ, "REPLICA_COUNT", "1"), 1, 1000)
     boot_disk_type = _get(environ, "BOOT_DISK_TYPE", "pd-ssd")
     if boot_disk_type not in BOOT_DISK_TYPES:
         raise UserError(f"BOOT_DISK_TYPE={boot_disk_type!r} is not allowed; use one of: {', '.join(BOOT_DISK_TYPES)}")
@@ -266,7 +247,7 @@ def cloud_settings(environ: Mapping[str, str], now: datetime | None = None) -> C
         accelerator_count=accelerator_count,
         replica_count=replica_count,
         boot_disk_type=boot_disk_type,
-        boot_disk_size_gb=_int("BOOT_DISK_SIZE_GB", _get(environ, "BOOT_DISK_SIZE_GB", "100"), 100, 64000),
+        boot_disk_size_gb=parse_int("BOOT_DISK_SIZE_GB", _get(environ, "BOOT_DISK_SIZE_GB", "100"), 100, 64000),
         spot=_bool("SPOT", _get(environ, "SPOT"), False),
         timeout_s=parse_duration("JOB_TIMEOUT", _get(environ, "JOB_TIMEOUT", "24h")),
         restart_job_on_worker_restart=_bool(
@@ -342,15 +323,6 @@ def build_spec(cloud: CloudSettings, environ: Mapping[str, str]) -> dict[str, An
 def to_yaml(spec: Mapping[str, Any]) -> str:
     """YAML in the spec's own key order."""
     return yaml.safe_dump(dict(spec), sort_keys=False, default_flow_style=False)
-
-
-def effective_environ(dotenv_path: str | Path = ".env") -> dict[str, str]:
-    """The process environment over `.env` (which never overrides a real variable)."""
-    merged: dict[str, str] = {}
-    if Path(dotenv_path).is_file():
-        merged = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}
-    merged.update(os.environ)
-    return merged
 
 
 def write_job_spec(output: str | None = None) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.env import parse_int
 from trainer.errors import UserError
 
 DEFAULT_MASTER_PORT = 29500
@@ -60,15 +61,7 @@ class NodeTopology:
 
 def _int_env(environ: Mapping[str, str], name: str, minimum: int) -> int | None:
     raw = environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UserError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise UserError(f"{name}={value} must be >= {minimum}")
-    return value
+    return parse_int(name, raw, minimum) if raw else None
 
 
 def _parse_cluster_spec(raw: str) -> tuple[int, int, str, int | None]:

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dotenv import dotenv_values
-
+from trainer.env import parse_bool, parse_float, parse_int, read_dotenv
 from trainer.errors import UserError
 
 SamplingStrategy = Literal["proportional", "temperature", "uniform", "round_robin"]
@@ -145,21 +144,11 @@ def _parse(name: str, raw: Any, hint: Any) -> Any:
     if origin is dict:
         return _parse_weights(env, raw)
     if hint is bool:
-        value = str(raw).strip().lower()
-        if value in ("1", "true", "yes", "on"):
-            return True
-        if value in ("0", "false", "no", "off", ""):
-            return False
-        raise UserError(f"{env}={raw!r} is not a boolean; use true or false")
-    if hint in (int, float):
-        try:
-            number = hint(raw) if not isinstance(raw, str) else hint(raw.strip())
-        except (TypeError, ValueError):
-            kind = "an integer" if hint is int else "a number"
-            raise UserError(f"{env}={raw!r} is not {kind}") from None
-        if isinstance(raw, float) and hint is int and raw != int(raw):
-            raise UserError(f"{env}={raw!r} is not an integer")
-        return number
+        return parse_bool(env, raw)
+    if hint is int:
+        return parse_int(env, raw)
+    if hint is float:
+        return parse_float(env, raw)
     return str(raw).strip()
 
 
@@ -179,13 +168,7 @@ def _parse_weights(env: str, raw: Any) -> dict[str, float]:
             pairs.append((task.strip(), weight.strip()))
     weights = {}
     for task, weight in pairs:
-        try:
-            value = float(weight)
-        except (TypeError, ValueError):
-            raise UserError(f"{env} weight for {task!r} is {weight!r}; it must be a number >= 0") from None
-        if not value >= 0:
-            raise UserError(f"{env} weight for {task!r} is {value}; it must be a number >= 0")
-        weights[task] = value
+        weights[task] = parse_float(f"{env} weight for {task!r}", weight, minimum=0.0)
     return weights
 
 
@@ -229,7 +212,7 @@ def load_settings(
 ) -> tuple[Settings, dict[str, str]]:
     """Resolve settings and where each came from (`default`, `.env`, `env` or `flag`)."""
     environ = os.environ if environ is None else environ
-    dotenv = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None} if dotenv_path else {}
+    dotenv = read_dotenv(dotenv_path)
     flags = dict(flags or {})
     unknown = sorted(set(flags) - set(FIELDS))
     if unknown:
@@ -249,6 +232,9 @@ def load_settings(
             raw, source = dotenv[env], ".env"
         else:
             sources[name] = "default"
+            continue
+        if hints[name] in (bool, int, float) and isinstance(raw, str) and not raw.strip():
+            sources[name] = "default"  # NAME= (empty) means the default
             continue
         values[name] = _parse(name, raw, hints[name])
         sources[name] = source

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from trainer import demo
+from trainer.env import parse_bool
 from trainer.errors import UserError
 from trainer.kinds import KINDS
 from trainer.spec import COMMON_FIELDS, SPLITS, TaskData, TaskSpec
@@ -126,12 +127,10 @@ def load_tasks_file(path: str) -> dict[str, TaskSpec]:
 
 
 def _as_bool(value: Any, where: str, name: str) -> bool:
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off"):
-        return False
-    raise UserError(f"{where}: {name}={value!r} is not a boolean; use true or false")
+    try:
+        return parse_bool(name, value)
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
 
 
 def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:

@@ -1,0 +1,80 @@
+"""One parser for environment values and .env files: every command and the Makefile use trainer/env.py."""
+
+import subprocess
+
+import pytest
+
+from trainer.env import make_fragment, parse_bool, parse_float, parse_int, read_dotenv
+from trainer.errors import UserError
+
+from .tiny import ROOT, run_cli
+
+
+def test_dotenv_values_are_literal(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("# comment\nexport A=1\nB = \"two words # kept\" # dropped\nC='$(shell echo hi) literal'\n"
+                    "PASSWORD=pa$$w0rd#1 # comment\nE=\"a\\\"b\\n\"\n\n")
+    assert read_dotenv(path) == {"A": "1", "B": "two words # kept", "C": "$(shell echo hi) literal",
+                                 "PASSWORD": "pa$$w0rd#1", "E": 'a"b\n'}
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("NOT A SETTING", r"\.env:1: expected NAME=value"),
+    ("A='open", r"\.env:1: the value's ' is not closed"),
+    ("1A=x", r"expected NAME=value"),
+])
+def test_bad_dotenv_lines_name_the_line(tmp_path, line, message):
+    (tmp_path / ".env").write_text(line + "\n")
+    with pytest.raises(UserError, match=message):
+        read_dotenv(tmp_path / ".env")
+    result = run_cli("settings", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "error: " in result.stderr
+
+
+def test_make_never_runs_what_a_dotenv_value_says(tmp_path):
+    marker = tmp_path / "ran"
+    (tmp_path / ".env").write_text(f"EVIL=$(shell touch {marker})\nPROJECT_ID=pa$word\n")
+    (tmp_path / "show.mk").write_text("include $(MAKEFILE)\nshow:\n\t@echo '$(EVIL)|$(PROJECT_ID)'\n")
+    for target in ("help", "show"):
+        result = subprocess.run(["make", "-s", "-f", str(tmp_path / "show.mk"), f"MAKEFILE={ROOT / 'Makefile'}",
+                                 target], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert not marker.exists(), f"make {target} ran a command from .env"
+    assert result.stdout.strip() == f"$(shell touch {marker})|pa$word"  # values reach make unchanged
+    assert make_fragment({"A": "x$y#z"}) == "A ?= x$$y\\#z\n"
+
+
+@pytest.mark.parametrize(("parse", "raw", "message"), [
+    (parse_bool, "ture", r"X='ture' is not a boolean; use true or false"),
+    (parse_int, "3.5", r"X='3.5' is not an integer"),
+    (parse_float, "inf", r"X='inf' must be a finite number"),
+    (parse_float, "nan", r"X='nan' must be a finite number"),
+])
+def test_invalid_values_are_errors_naming_the_variable(parse, raw, message):
+    with pytest.raises(UserError, match=message):
+        parse("X", raw)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"GROUP_BY_LENGTH": "ture"}, r"GROUP_BY_LENGTH='ture' is not a boolean"),
+    ({"LEARNING_RATE": "inf"}, r"LEARNING_RATE='inf' must be a finite number"),
+    ({"WEIGHT_DECAY": "nan"}, r"WEIGHT_DECAY='nan' must be a finite number"),
+    ({"TASK_WEIGHTS": "demo_sentiment=inf"}, r"weight for 'demo_sentiment'='inf' must be a finite number"),
+    ({"MAX_STEPS": "ten"}, r"MAX_STEPS='ten' is not an integer"),
+])
+def test_train_and_settings_refuse_invalid_values(tmp_path, env, message):
+    import re
+
+    for command in ("settings", "train"):
+        result = run_cli(command, env={**env, "OUTPUT_DIR": str(tmp_path / "out")})
+        assert result.returncode == 2, result.stderr
+        assert re.search(message, result.stderr.strip()), result.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_job_spec_and_launcher_refuse_invalid_numbers_and_booleans(tmp_path):
+    env = {"PROJECT_ID": "p-123456", "BUCKET_NAME": "b-test", "REGION": "us-central1", "SPOT": "maybe"}
+    result = run_cli("job-spec", env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "SPOT='maybe' is not a boolean" in result.stderr, result.stderr
+    result = run_cli("job-spec", env={**env, "SPOT": "true", "REPLICA_COUNT": "two"}, cwd=tmp_path)
+    assert result.returncode == 2 and "REPLICA_COUNT='two' is not an integer" in result.stderr, result.stderr

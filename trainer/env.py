@@ -1,0 +1,185 @@
+"""Environment values and `.env` files, parsed in one place for every command and the Makefile.
+
+Booleans, integers and floats from the environment, `.env`, flags and TASKS_FILE fields all go
+through `parse_bool`/`parse_int`/`parse_float`: an invalid value is an error naming the variable,
+never a silent default. `.env` is read by `read_dotenv`, with no command or variable expansion:
+a value is taken literally, `$` and all.
+
+This module uses the standard library only, so the Makefile can run it with any `python3`
+before the virtual environment exists: `python3 -m trainer.env make .env` prints the `.env`
+values as a makefile fragment (`NAME ?= value`, `$` escaped), `docker .env` as a docker env-file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import UserError
+
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_bool(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise UserError(f"{name}={raw!r} is not a boolean; use true or false")
+
+
+def parse_int(name: str, raw: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(raw, bool):
+        raise UserError(f"{name}={raw!r} is not an integer")
+    try:
+        value = int(raw) if isinstance(raw, int) else int(str(raw).strip())
+    except (TypeError, ValueError):
+        if isinstance(raw, float) and raw.is_integer():
+            value = int(raw)
+        else:
+            raise UserError(f"{name}={raw!r} is not an integer") from None
+    _check_range(name, value, minimum, maximum)
+    return value
+
+
+def parse_float(name: str, raw: Any, minimum: float | None = None, maximum: float | None = None) -> float:
+    """A finite number (inf and nan are refused: they train a NaN model)."""
+    try:
+        value = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else float(str(raw).strip())
+    except (TypeError, ValueError):
+        raise UserError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise UserError(f"{name}={raw!r} must be a finite number")
+    _check_range(name, value, minimum, maximum)
+    return value
+
+
+def _check_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:
+    if minimum is not None and value < minimum or maximum is not None and value > maximum:
+        bound = (f"between {minimum} and {maximum}" if minimum is not None and maximum is not None
+                 else f">= {minimum}" if minimum is not None else f"<= {maximum}")
+        raise UserError(f"{name}={value} must be {bound}")
+
+
+# ---- .env files ----------------------------------------------------------------------------------
+
+
+def read_dotenv(path: str | os.PathLike[str] | None) -> dict[str, str]:
+    """`NAME=value` lines of a `.env` file (a missing file is empty).
+
+    Blank lines and `#` comments are skipped, `export ` is allowed. A value may be 'single-quoted'
+    (literal), "double-quoted" (with \\n, \\t, \\" and \\\\ escapes) or bare (up to a ` #` comment).
+    Nothing is expanded. A line that is none of these is an error naming the file and line.
+    """
+    if not path or not Path(path).is_file():
+        return {}
+    values: dict[str, str] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text ({err.reason}); save it as UTF-8") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("export "):
+            stripped = stripped[len("export "):].lstrip()
+        name, sep, rest = stripped.partition("=")
+        name = name.strip()
+        if not sep or not _NAME.fullmatch(name):
+            raise UserError(f"{path}:{lineno}: expected NAME=value, found {stripped[:40]!r}")
+        values[name] = _dotenv_value(rest.strip(), f"{path}:{lineno}")
+    return values
+
+
+def _dotenv_value(raw: str, where: str) -> str:
+    if raw[:1] in ("'", '"'):
+        quote = raw[0]
+        end = _closing_quote(raw, quote)
+        if end < 0:
+            raise UserError(f"{where}: the value's {quote} is not closed (values are one line)")
+        tail = raw[end + 1:].strip()
+        if tail and not tail.startswith("#"):
+            raise UserError(f"{where}: unexpected text after the quoted value: {tail[:20]!r}")
+        body = raw[1:end]
+        if quote == "'":
+            return body
+        escapes = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+        return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(0)), body)
+    return re.split(r"\s+#", raw, maxsplit=1)[0].strip()
+
+
+def _closing_quote(raw: str, quote: str) -> int:
+    i = 1
+    while i < len(raw):
+        if raw[i] == "\\" and quote == '"':
+            i += 2
+            continue
+        if raw[i] == quote:
+            return i
+        i += 1
+    return -1
+
+
+def effective_environ(dotenv_path: str | os.PathLike[str] | None = ".env",
+                      environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment over `.env`: `.env` fills in only what the environment leaves unset."""
+    merged = read_dotenv(dotenv_path)
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+def load_dotenv(path: str | os.PathLike[str] = ".env") -> None:
+    """Put `.env` values into `os.environ` where unset (for libraries: credentials, HF_TOKEN, ...)."""
+    for name, value in read_dotenv(path).items():
+        os.environ.setdefault(name, value)
+
+
+# ---- for the Makefile and docker -----------------------------------------------------------------
+
+
+def make_fragment(values: Mapping[str, str]) -> str:
+    """`NAME ?= value` lines; `$` and `#` are escaped so make takes the value literally."""
+    lines = []
+    for name, value in values.items():
+        if "\n" in value:
+            raise UserError(f".env: {name} holds a line break, which make can't take")
+        lines.append(f"{name} ?= {value.replace('$', '$$').replace('#', chr(92) + '#')}")
+    return "\n".join(lines) + "\n"
+
+
+def docker_env_file(values: Mapping[str, str]) -> str:
+    """`NAME=value` lines as `docker run --env-file` reads them (literally, no quotes)."""
+    return "".join(f"{name}={value}\n" for name, value in values.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] not in ("make", "docker"):
+        print("usage: python3 -m trainer.env make|docker PATH", file=sys.stderr)
+        return 2
+    try:
+        values = read_dotenv(args[1])
+        sys.stdout.write(make_fragment(values) if args[0] == "make" else docker_env_file(values))
+    except UserError as err:
+        if args[0] == "make":  # make stops at this line, with the message
+            message = str(err).replace("$", "$$").replace("(", "[").replace(")", "]")
+            sys.stdout.write(f"$(error error: {message})\n")
+            return 0
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
