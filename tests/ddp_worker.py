@@ -1,4 +1,7 @@
-"""Run by `torchrun` in test_ddp.py: train, then dump this rank's encoder weights."""
+"""Run by `torchrun` in test_ddp.py: train, then dump this rank's encoder weights and the task of every step.
+
+The task log is test code: it wraps the Trainer's `compute_loss` in this process only.
+"""
 
 import os
 import sys
@@ -7,8 +10,21 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from trainer.multitask_trainer import MultitaskTrainer
 from trainer.settings import load_settings
 from trainer.train import train
+
+STEP_TASKS: list[str] = []
+_compute_loss = MultitaskTrainer.compute_loss
+
+
+def _logging_compute_loss(self, model, inputs, *args, **kwargs):
+    if model.training:
+        STEP_TASKS.append(inputs["task"])
+    return _compute_loss(self, model, inputs, *args, **kwargs)
+
+
+MultitaskTrainer.compute_loss = _logging_compute_loss
 
 
 class KeepEncoder(TrainerCallback):
@@ -33,6 +49,8 @@ def main(out_dir: str) -> None:
     settings, _ = load_settings(dotenv_path=None)
     train(settings, callbacks=[keep])
     torch.save(keep.states, os.path.join(out_dir, f"encoder.rank{os.environ['RANK']}.pt"))
+    with open(os.path.join(out_dir, f"tasks.rank{os.environ['RANK']}"), "w", encoding="utf-8") as log:
+        log.write("\n".join(STEP_TASKS) + "\n")
 
 
 if __name__ == "__main__":

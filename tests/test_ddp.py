@@ -13,7 +13,7 @@ from .tiny import ROOT, quick_env
 
 def test_torchrun_two_ranks_train_the_same_task_each_step(tmp_path):
     env = {**os.environ, **quick_env(tmp_path / "out", MAX_STEPS="16", MAX_TRAIN_SAMPLES="96", SAMPLING="temperature"),
-           "TRAINER_TASK_LOG": str(tmp_path / "tasks"), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
         [str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
@@ -46,7 +46,7 @@ def test_torchrun_mixes_classification_masked_lm_and_token_classification(tmp_pa
     env = {**os.environ, **quick_env(tmp_path / "out", MAX_STEPS="16", MAX_TRAIN_SAMPLES="96", SAMPLING="uniform",
                                      TASKS="demo_sentiment,ner,text", TASKS_FILE=str(tmp_path / "tasks.yaml"),
                                      MAX_SEQ_LENGTH="32"),
-           "TRAINER_TASK_LOG": str(tmp_path / "tasks"), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
         [str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",

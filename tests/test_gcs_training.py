@@ -60,9 +60,9 @@ def _train_process(env: dict, log) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "trainer", "train"], cwd=ROOT, env=full, stdout=log, stderr=log)
 
 
-def _steps_done(task_log) -> int:
-    path = task_log.with_name(task_log.name + ".rank0")
-    return len(path.read_text().split()) if path.exists() else 0
+def _steps_done(log_path) -> int:
+    """Steps trained so far, from the Trainer's own log lines (LOGGING_STEPS=1, unbuffered output)."""
+    return log_path.read_text(errors="replace").count("'loss':") if log_path.exists() else 0
 
 
 def test_kill_9_then_resume_from_the_bucket_matches_an_uninterrupted_run(tmp_path, gcs_client, gcs_bucket):
@@ -75,8 +75,9 @@ def test_kill_9_then_resume_from_the_bucket_matches_an_uninterrupted_run(tmp_pat
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     job = f"gs://{BUCKET}/jobs/kill9"
-    task_log = tmp_path / "tasks"
-    env = {**common, "OUTPUT_DIR": str(tmp_path / "first"), "JOB_DIR": job, "TRAINER_TASK_LOG": str(task_log)}
+    task_log = tmp_path / "first.log"
+    env = {**common, "OUTPUT_DIR": str(tmp_path / "first"), "JOB_DIR": job, "LOGGING_STEPS": "1",
+           "PYTHONUNBUFFERED": "1"}
     with open(tmp_path / "first.log", "w") as log:
         proc = _train_process(env, log)
         deadline = time.time() + 240
@@ -103,9 +104,9 @@ def test_kill_9_then_resume_from_the_bucket_matches_an_uninterrupted_run(tmp_pat
 
 def test_sigterm_saves_commits_and_exits_nonzero_within_30s(tmp_path, gcs_client, gcs_bucket):
     job = f"gs://{BUCKET}/jobs/preempt"
-    task_log = tmp_path / "tasks"
+    task_log = tmp_path / "run.log"
     env = {"OUTPUT_DIR": str(tmp_path / "out"), "JOB_DIR": job, "MAX_STEPS": "100000", "SAVE_STEPS": "100000",
-           "EVAL_STEPS": "100000", "TRAINER_TASK_LOG": str(task_log)}
+           "EVAL_STEPS": "100000", "LOGGING_STEPS": "1", "PYTHONUNBUFFERED": "1"}
     with open(tmp_path / "run.log", "w") as log:
         proc = _train_process(env, log)
         deadline = time.time() + 120

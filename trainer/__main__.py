@@ -5,17 +5,20 @@ Settings come from the environment and `.env`; flags such as `--batch_size=16` o
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import fire
 
 from trainer.env import load_dotenv
 from trainer.errors import UserError, exit_on_user_error
-from trainer.settings import Settings, describe, load_settings
+from trainer.settings import FIELDS, Settings, describe, load_settings
 
 _REAL_ENV: dict[str, str] = dict(os.environ)  # before .env is loaded: tells 'env' from '.env'
 
@@ -31,7 +34,7 @@ def _setup_logging() -> None:
 
 
 class CLI:
-    """Multitask NLP trainer. Commands: train, tasks, settings, predict, export, launch, job-spec, create-bucket."""
+    """Multitask NLP trainer: python -m trainer COMMAND --help shows a command's flags."""
 
     def train(self, **flags: Any) -> None:
         """Train on TASKS; writes checkpoints, OUTPUT_DIR/model, OUTPUT_DIR/export and metrics.json."""
@@ -49,12 +52,6 @@ class CLI:
         except CheckpointUploadError as err:
             print(f"error: upload to the bucket failed: {err}", file=sys.stderr, flush=True)
             sys.exit(1)
-
-    def launch(self) -> None:
-        """Start training: one process, torchrun over local GPUs, or torchrun across Vertex AI nodes."""
-        from trainer.launcher import launch
-
-        sys.exit(launch([]))
 
     def job_spec(self, output: str | None = None) -> None:
         """Print the Vertex AI CustomJobSpec YAML, or write it to --output."""
@@ -75,8 +72,19 @@ class CLI:
         print(describe_tasks())
 
     def settings(self, **flags: Any) -> None:
-        """Print the effective settings and where each one came from."""
-        print(describe(*_settings(flags)))
+        """Print the effective settings and where each one came from; TASKS_FILE and TASKS are validated too."""
+        from trainer.tasks import describe_choice, resolve_tasks
+
+        settings, sources = _settings(flags)
+        tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
+        print(describe(settings, sources))
+        print(describe_choice(tasks, settings.tasks, settings.tasks_file))
+
+    def check(self, **flags: Any) -> None:
+        """Read and validate every task's data as training would, with token length statistics; writes nothing."""
+        from trainer.check import check
+
+        print(check(_settings(flags)[0]))
 
     def predict(
         self,
@@ -87,21 +95,18 @@ class CLI:
         model_dir: str | None = None,
         **flags: Any,
     ) -> None:
-        """Predict TASK for --text (a string or a list); --text_pair for pairs, --choices for multiple choice.
+        """Predict TASK for --text and print one JSON line per input, echoing it.
 
-        Loads OUTPUT_DIR/model (or --model_dir) and prints one JSON line per input.
+        --text is a string, a list, or '-' to read stdin: one text per line, or JSON lines with "text",
+        "text_pair" and "choices". --model_dir takes an OUTPUT_DIR, a model or checkpoint, or export/<task>.
         """
-        from trainer.inference import find_model_dir, load_trained, predict
+        from trainer.inference import load_task_model, predict_inputs
 
         settings, _ = _settings(flags)
-        texts = _as_list(text)
-        pairs = _as_list(text_pair) if text_pair is not None else None
-        if pairs is not None and len(pairs) != len(texts):
-            raise UserError(f"--text has {len(texts)} item(s) but --text_pair has {len(pairs)}; give one per text")
-        options = [_as_list(choices)] * len(texts) if choices is not None else None
-        model, tokenizer = load_trained(find_model_dir(settings.output_dir, model_dir))
-        for result in predict(model, tokenizer, task, texts, pairs, options, settings.max_seq_length):
-            print(json.dumps(result))
+        spec, model, tokenizer = load_task_model(settings.output_dir, model_dir, task)
+        for chunk in _chunks(_predict_inputs(text, text_pair, choices), 64):  # stdin streams: flat memory
+            for result in predict_inputs(spec, model, tokenizer, chunk, settings.max_seq_length):
+                print(json.dumps(result, ensure_ascii=False), flush=True)
 
     def export(self, model_dir: str | None = None, export_dir: str | None = None, **flags: Any) -> None:
         """Write one standalone Transformers directory per task (default OUTPUT_DIR/export)."""
@@ -119,12 +124,95 @@ def _as_list(value: Any) -> list[str]:
     return [str(value)]
 
 
+def _predict_inputs(text: Any, text_pair: Any, choices: Any) -> Iterator[dict[str, Any]]:
+    """`{"text", "text_pair", "choices"}` per input, from the flags or (for --text=-) from stdin."""
+    shared_choices = _as_list(choices) if choices is not None else None
+    if text == "-":
+        for lineno, line in enumerate(sys.stdin, 1):
+            if not line.strip():
+                continue
+            if not line.lstrip().startswith("{"):
+                yield {"text": line.rstrip("\r\n"), "text_pair": None, "choices": shared_choices}
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"stdin line {lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise UserError(f"stdin line {lineno}: a JSON line needs a \"text\" string (and optionally "
+                                "\"text_pair\", \"choices\")")
+            yield {"text": row["text"], "text_pair": row.get("text_pair"),
+                   "choices": row.get("choices", shared_choices)}
+        return
+    texts = _as_list(text)
+    pairs = _as_list(text_pair) if text_pair is not None else None
+    if pairs is not None and len(pairs) != len(texts):
+        raise UserError(f"--text has {len(texts)} item(s) but --text_pair has {len(pairs)}; give one per text")
+    for i, item in enumerate(texts):
+        yield {"text": item, "text_pair": pairs[i] if pairs else None, "choices": shared_choices}
+
+
+def _chunks(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# ---- --help ----------------------------------------------------------------------------------------
+
+_OWN_FLAGS = {
+    "predict": {"task": "the task to predict (required)", "text": "a text, a list of texts, or - for stdin",
+                "text_pair": "the second text of a pair task", "choices": "candidate answers (multiple choice)",
+                "model_dir": "an OUTPUT_DIR, a model or checkpoint directory, or export/<task>"},
+    "export": {"model_dir": "an OUTPUT_DIR, a model or a checkpoint (default OUTPUT_DIR)",
+               "export_dir": "where to write (default OUTPUT_DIR/export)"},
+    "job-spec": {"output": "write the YAML here instead of printing it"},
+}
+_TAKES_SETTINGS = ("train", "launch", "settings", "check", "predict", "export")
+_COMMANDS = ("train", "launch", "check", "settings", "tasks", "predict", "export", "job-spec", "create-bucket")
+
+
+def help_text(command: str | None) -> str:
+    """--help of the CLI or of one command: its own flags, then the settings it reads (env name, default)."""
+    if command not in _COMMANDS:
+        lines = ["usage: python -m trainer COMMAND [--flag=value ...]   (python -m trainer COMMAND --help)", "",
+                 "commands:"]
+        for name in _COMMANDS:
+            doc = "flags after it go to train: python -m trainer launch [train flags]" if name == "launch" else \
+                (getattr(CLI, name.replace("-", "_")).__doc__ or "").strip().splitlines()[0]
+            lines.append(f"  {name:<14} {doc}")
+        return "\n".join(lines)
+    method = getattr(CLI, command.replace("-", "_"), None) or CLI.train
+    doc = "Start training: one process, torchrun over local GPUs, or torchrun across Vertex AI nodes." \
+        if command == "launch" else inspect.cleandoc(method.__doc__ or "")
+    lines = [f"usage: python -m trainer {command} [--flag=value ...]", "", doc]
+    if command in _OWN_FLAGS:
+        lines += ["", "flags:"] + [f"  --{name:<24} {text}" for name, text in _OWN_FLAGS[command].items()]
+    if command == "create-bucket":
+        lines += ["", "reads PROJECT_ID, BUCKET_NAME and REGION from the environment or .env"]
+    if command in _TAKES_SETTINGS:
+        lines += ["", "settings (flag, or the environment variable, or .env; flags win):"]
+        for name, field in FIELDS.items():
+            default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+            shown = "" if default is None else ",".join(default) if isinstance(default, tuple) else str(default)
+            lines.append(f"  --{name:<24} {name.upper():<22} default {shown or '(none)'}")
+            lines.append(f"      {field.metadata.get('help', '')}")
+    return "\n".join(lines)
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     _REAL_ENV.clear()
     _REAL_ENV.update(os.environ)
     load_dotenv(".env")  # also for libraries: credentials, STORAGE_EMULATOR_HOST, HF_TOKEN
     args = list(argv if argv is not None else sys.argv[1:])
+    if not args or any(a in ("--help", "-h") for a in args):
+        print(help_text(args[0] if args and not args[0].startswith("-") else None))
+        return
     if args[:1] == ["launch"]:  # train flags after `launch` pass through to `train` untouched
         from trainer.launcher import launch
 
@@ -133,4 +221,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # `... | head`: the reader is gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

@@ -341,17 +341,3 @@ def write_job_spec(output: str | None = None) -> None:
         )
     else:
         sys.stdout.write(text)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m trainer.job_spec [FILE]`, for use without the CLI."""
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        write_job_spec(args[0] if args else None)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

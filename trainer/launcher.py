@@ -213,17 +213,3 @@ def launch(extra_args: Sequence[str] = ()) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 128 - code if code < 0 else code
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m trainer.launcher [train flags...]`: the same as `python -m trainer launch`."""
-    try:
-        code = launch(sys.argv[1:] if argv is None else argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        code = 2
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

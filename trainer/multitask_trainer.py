@@ -6,14 +6,16 @@ The training loop, progress bars, logging, checkpointing and resume are the stoc
 
 from __future__ import annotations
 
-import os
+import sys
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import EvalPrediction
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import EvalPrediction, has_length
 
 from trainer.data import MultitaskDataset
 from trainer.metrics import aggregate_score
@@ -22,7 +24,6 @@ from trainer.sampler import MultitaskBatchSampler
 from trainer.spec import TaskSpec
 
 AGGREGATE_METRIC = "average"
-TASK_LOG_ENV = "TRAINER_TASK_LOG"  # debugging aid: append each step's task to <value>.rank<N>
 
 
 def metrics_by_task(metrics: dict[str, float], tasks: list[TaskSpec], prefix: str = "eval") -> dict[str, dict]:
@@ -34,6 +35,38 @@ def metrics_by_task(metrics: dict[str, float], tasks: list[TaskSpec], prefix: st
         if name is not None:
             by_task[name][key.removeprefix(f"{prefix}_{name}_")] = value
     return by_task
+
+
+class TaskProgressCallback(ProgressCallback):
+    """The stock progress bars, with each evaluation bar named after its task.
+
+    Without a terminal (a log file, Vertex AI) the nested evaluation bars are left out: tqdm draws
+    them with cursor-up escapes (`ESC[A`), which are noise in a log.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.task_name = ""
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):  # noqa: ANN001
+        if not sys.stderr.isatty():
+            return
+        if state.is_world_process_zero and has_length(eval_dataloader) and self.prediction_bar is None:
+            self.prediction_bar = tqdm(total=len(eval_dataloader), leave=self.training_bar is None,
+                                       dynamic_ncols=True, desc=f"eval {self.task_name}")
+        super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+
+
+class LastEvaluation(TrainerCallback):
+    """Remember the newest evaluation and its step, so the end of a run need not evaluate again."""
+
+    def __init__(self) -> None:
+        self.step = -1
+        self.metrics: dict[str, float] = {}
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
+        if metrics and any(k.endswith(f"_{AGGREGATE_METRIC}") for k in metrics):
+            self.step, self.metrics = state.global_step, dict(metrics)
 
 
 class EpochDataLoader(DataLoader):
@@ -58,6 +91,11 @@ class MultitaskTrainer(Trainer):
     ):
         super().__init__(*args, compute_metrics=self._task_metrics, preprocess_logits_for_metrics=self._reduce_logits,
                          **kwargs)
+        self.progress = TaskProgressCallback()
+        if self.pop_callback(ProgressCallback) is not None:
+            self.add_callback(self.progress)
+        self.last_evaluation = LastEvaluation()
+        self.add_callback(self.last_evaluation)
         self.tasks = tasks
         self.tasks_by_name = {t.name: t for t in tasks}
         self.sampling = sampling
@@ -66,7 +104,6 @@ class MultitaskTrainer(Trainer):
         self.group_by_length = group_by_length
         self._eval_task: TaskSpec | None = None
         self._eval_batches = 0
-        self._task_log = os.environ.get(TASK_LOG_ENV)
 
     # -- training data ------------------------------------------------------------------
 
@@ -134,9 +171,6 @@ class MultitaskTrainer(Trainer):
         task = inputs["task"]
         outputs = model(**inputs)
         loss = outputs.loss * self.task_weights.get(task, 1.0)
-        if model.training and self._task_log:
-            with open(f"{self._task_log}.rank{self.args.process_index}", "a", encoding="utf-8") as log:
-                log.write(f"{task}\n")
         return (loss, outputs) if return_outputs else loss
 
     # -- evaluation ---------------------------------------------------------------------
@@ -164,13 +198,21 @@ class MultitaskTrainer(Trainer):
         for task in self.tasks:
             self._eval_task = task
             self._eval_batches = 0
+            self.progress.task_name = task.name
             prefix = f"{metric_key_prefix}_{task.name}"
             metrics.update(super().evaluate(self.eval_dataset[task.name], ignore_keys, prefix))
         self._eval_task = None
         aggregate_key = f"{metric_key_prefix}_{AGGREGATE_METRIC}"
         metrics[aggregate_key] = aggregate_score(metrics_by_task(metrics, self.tasks, metric_key_prefix), self.tasks)
         self.log({aggregate_key: metrics[aggregate_key]})
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def final_metrics(self) -> dict[str, float]:
+        """The dev metrics of the final weights: the last evaluation if it ran at the final step, else a new one."""
+        if self.last_evaluation.step == self.state.global_step:
+            return self.last_evaluation.metrics
+        return self.evaluate()
 
     # -- saving -------------------------------------------------------------------------
 

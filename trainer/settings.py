@@ -21,7 +21,6 @@ SamplingStrategy = Literal["proportional", "temperature", "uniform", "round_robi
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 DEMO_MODEL = "demo"
-DEMO_TASKS = ("demo_sentiment", "demo_similarity", "demo_category")
 
 
 @dataclass
@@ -32,8 +31,10 @@ class Settings:
         default=DEMO_MODEL,
         metadata={"help": "Hub id or local path of the encoder; 'demo' builds a tiny encoder offline."},
     )
-    tasks: tuple[str, ...] = field(
-        default=DEMO_TASKS, metadata={"help": "Comma-separated task names (built-in or from TASKS_FILE)."}
+    tasks: tuple[str, ...] | None = field(
+        default=None,
+        metadata={"help": "Comma-separated task names (built-in or from TASKS_FILE); empty = every task of "
+                  "TASKS_FILE, or the three offline demo tasks without one."},
     )
     data_dir: str | None = field(
         default=None, metadata={"help": "Read built-in tasks from local files here instead of the hub."}
@@ -196,11 +197,6 @@ def _validate(s: Settings) -> None:
         raise UserError(f"WARMUP_RATIO={s.warmup_ratio} must be in [0, 1)")
     if s.upload_timeout <= 0:
         raise UserError(f"UPLOAD_TIMEOUT={s.upload_timeout} must be > 0 seconds")
-    unknown = sorted(set(s.task_weights) - set(s.tasks))
-    if unknown:
-        raise UserError(
-            f"TASK_WEIGHTS names {', '.join(unknown)}, which is not in TASKS ({', '.join(s.tasks)})"
-        )
     if s.resume not in ("", "auto", "never") and not (s.resume.startswith("gs://") or Path(s.resume).is_dir()):
         raise UserError(f"RESUME={s.resume!r} is not a checkpoint directory; use auto, never or a checkpoint path")
 
@@ -257,6 +253,8 @@ def describe(settings: Settings, sources: dict[str, str]) -> str:
             shown = f"{settings.effective_learning_rate:g} (auto)"
         elif name == "log_dir" and value is None:
             shown = f"{settings.effective_log_dir} (auto)"
+        elif name == "tasks" and value is None:
+            shown = "every task of TASKS_FILE (auto)" if settings.tasks_file else "the demo tasks (auto)"
         elif name == "resume" and not value:
             shown = f"{settings.effective_resume} (auto)"
         rows.append((name.upper(), shown, sources.get(name, "default")))

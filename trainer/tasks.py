@@ -195,11 +195,18 @@ def validate_task(task: TaskSpec, where: str) -> None:
         raise UserError(f"{where}: encoding {task.encoding!r} is unknown; use e.g. utf-8, latin-1, cp1252") from None
 
 
-def resolve_tasks(names: tuple[str, ...], tasks_file: str | None) -> list[TaskSpec]:
-    """Look up every name in TASKS among the built-in tasks and those of TASKS_FILE."""
+def resolve_tasks(
+    names: tuple[str, ...] | None, tasks_file: str | None, task_weights: dict[str, float] | None = None
+) -> list[TaskSpec]:
+    """Look up every name in TASKS among the built-in tasks and those of TASKS_FILE.
+
+    Without TASKS: every task TASKS_FILE declares, or the offline demo tasks when there is no file.
+    """
     available = {**BUILTIN_TASKS, **DEMO_TASKS}
-    if tasks_file:
-        available.update(load_tasks_file(tasks_file))
+    declared = load_tasks_file(tasks_file) if tasks_file else {}
+    available.update(declared)
+    if names is None:
+        names = tuple(declared or DEMO_TASKS)
     if len(set(names)) != len(names):
         raise UserError(f"TASKS lists a task twice: {','.join(names)}")
     unknown = [n for n in names if n not in available]
@@ -210,7 +217,20 @@ def resolve_tasks(names: tuple[str, ...], tasks_file: str | None) -> list[TaskSp
         )
     for name in names:
         validate_task(available[name], f"task {name!r}")
+    unweighted = sorted(set(task_weights or {}) - set(names))
+    if unweighted:
+        raise UserError(f"TASK_WEIGHTS names {', '.join(unweighted)}, which is not in TASKS ({', '.join(names)})")
     return [available[n] for n in names]
+
+
+def describe_choice(tasks: list[TaskSpec], names: tuple[str, ...] | None, tasks_file: str | None) -> str:
+    """The first log line of a run: which tasks, and why those."""
+    listed = ", ".join(f"{t.name} ({t.type})" for t in tasks)
+    if names is not None:
+        return f"training {len(tasks)} task(s) from TASKS: {listed}"
+    if tasks_file:
+        return f"training every task declared in TASKS_FILE {tasks_file} (TASKS is not set): {listed}"
+    return f"training the offline demo tasks (neither TASKS nor TASKS_FILE is set): {listed}"
 
 
 COMMON_HELP = {

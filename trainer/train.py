@@ -14,6 +14,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoTokenizer,
+    PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     TrainingArguments,
@@ -31,7 +32,7 @@ from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, Multi
 from trainer.preemption import PreemptionCallback
 from trainer.settings import DEMO_MODEL, Settings
 from trainer.spec import SPLITS, TaskData, TaskSpec
-from trainer.tasks import read_split, resolve_tasks
+from trainer.tasks import describe_choice, read_split, resolve_tasks
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -42,6 +43,35 @@ class Preempted(Exception):
     """Training stopped on SIGTERM after saving (and, with JOB_DIR, uploading) a checkpoint."""
 
 
+def _unloadable(model_name: str, err: Exception) -> UserError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(
+        f"MODEL_NAME={model_name!r} can't be loaded ({reason}); use a local model directory, "
+        f"a Hugging Face hub id (needs network), or '{DEMO_MODEL}'"
+    )
+
+
+def load_tokenizer(
+    model_name: str, tasks: list[TaskSpec] = ()
+) -> tuple[PreTrainedTokenizerBase, PreTrainedConfig | None]:
+    """The tokenizer (and config) of MODEL_NAME, checked by every task's kind; no weights are loaded.
+
+    A tokenizer without a pad token (GPT-2 and most decoders) pads with EOS.
+    """
+    if model_name == DEMO_MODEL:
+        return demo.build_demo_tokenizer(), None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        config = AutoConfig.from_pretrained(model_name)
+    except (OSError, ValueError) as err:
+        raise _unloadable(model_name, err) from None
+    for task in tasks:
+        task.kind.check_model(task, config, tokenizer)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, config
+
+
 def load_encoder(
     model_name: str, tasks: list[TaskSpec] = ()
 ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
@@ -49,26 +79,16 @@ def load_encoder(
 
     Each task's kind checks the config and tokenizer before any weights are loaded.
     """
-    if model_name == DEMO_MODEL:
-        tokenizer = demo.build_demo_tokenizer()
+    tokenizer, config = load_tokenizer(model_name, tasks)
+    if config is None:  # the demo
         encoder = demo.build_demo_encoder(len(tokenizer))
         for task in tasks:
             task.kind.check_model(task, encoder.config, tokenizer)
         return tokenizer, encoder
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_name)
-        config = AutoConfig.from_pretrained(model_name)
-        for task in tasks:
-            task.kind.check_model(task, config, tokenizer)
         encoder = AutoModel.from_pretrained(model_name, config=config)
     except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"MODEL_NAME={model_name!r} can't be loaded ({reason}); use a local model directory, "
-            f"a Hugging Face hub id (needs network), or '{DEMO_MODEL}'"
-        ) from None
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # GPT-2 and most decoders: pad with EOS
-        tokenizer.pad_token = tokenizer.eos_token
+        raise _unloadable(model_name, err) from None
     if tokenizer.pad_token_id is not None:
         encoder.config.pad_token_id = tokenizer.pad_token_id  # every task config copies it
     return tokenizer, encoder
@@ -158,10 +178,11 @@ def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], 
 
 def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run one multitask training job; returns the final metrics report."""
-    tasks = resolve_tasks(settings.tasks, settings.tasks_file)
-    rows = read_all_splits(tasks, settings)
+    tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
+    rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
     set_seed(settings.seed)
     tokenizer, encoder = load_encoder(settings.model_name, tasks)
+    logger.info(describe_choice(tasks, settings.tasks, settings.tasks_file))
     args = training_arguments(settings)
     dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
     resume = resume_checkpoint(settings, args, dirs)
@@ -198,7 +219,7 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     steps_per_epoch = max(1, math.ceil(len(trainer.make_batch_sampler()) / args.gradient_accumulation_steps))
     args.save_steps = settings.save_steps or steps_per_epoch
     args.eval_steps = settings.eval_steps or steps_per_epoch
-    logger.info("tasks: %s; %d train examples; %d steps per epoch", ", ".join(settings.tasks), len(train_set),
+    logger.info("tasks: %s; %d train examples; %d steps per epoch", ", ".join(t.name for t in tasks), len(train_set),
                 steps_per_epoch)
     if resume:
         logger.info("resuming from %s", resume)
@@ -210,7 +231,7 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         raise Preempted(f"stopped at step {trainer.state.global_step} on SIGTERM; checkpoint saved"
                         + (f" and committed to {dirs.checkpoints}" if sync else "")
                         + "; run again with RESUME=auto to continue")
-    metrics = trainer.evaluate()
+    metrics = trainer.final_metrics()
     report: dict[str, Any] = {}
     if args.should_save:
         output = Path(settings.output_dir)

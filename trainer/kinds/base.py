@@ -52,6 +52,7 @@ class TaskKind:
     auxiliary: bool = False  # an objective beside the real tasks: kept out of eval_average by default
     file_formats: tuple[str, ...] = ("csv", "tsv", "jsonl")
     pipeline: str = ""  # the `transformers.pipeline` task its export works with
+    packs: bool = False  # rows are concatenated into MAX_SEQ_LENGTH blocks (language modelling)
 
     # -- declaration --------------------------------------------------------------------
 
@@ -142,6 +143,14 @@ class TaskKind:
     def compute_metrics(self, task: TaskSpec, predictions: Any, labels: np.ndarray) -> dict[str, float]:
         raise NotImplementedError
 
+    def label_summary(self, task: TaskSpec, columns: dict[str, list[Any]]) -> str:
+        """One line about a split's labels for `python -m trainer check` (the default: counts per label)."""
+        names = task.labels if "labels" in task.options and task.labels else None
+        counts: dict[Any, int] = {}
+        for label in columns.get("label", []):
+            counts[label] = counts.get(label, 0) + 1
+        return ", ".join(f"{names[k] if names else k}: {v}" for k, v in sorted(counts.items()))
+
     def chance_level(self, task: TaskSpec) -> float:
         """The main metric of an uninformed model, for "well above chance" checks."""
         return 0.0
@@ -178,19 +187,19 @@ def lookup(row: dict[str, Any], column: str, where: str) -> Any:
     return value
 
 
-def label_index(task: TaskSpec, raw: Any, where: str, what: str = "label") -> int:
-    """The index of a label in `task.labels`, or a one-line error naming the allowed ones.
+def label_index(task: TaskSpec, raw: Any, where: str, what: str = "label",
+                values: tuple[str, ...] | None = None) -> int:
+    """The index of a label in `values` (default `task.labels`), or a one-line error naming the allowed ones.
 
     Integer labels 0..n-1 are accepted too, as `datasets`' ClassLabel stores them.
     """
+    values = task.labels if values is None else values
     text = str(raw).strip()
-    if text in task.labels:
-        return task.labels.index(text)
-    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(task.labels):
+    if text in values:
+        return values.index(text)
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(values):
         return raw
-    raise UserError(
-        f"{where}: {what} {text!r} of task {task.name!r} is not in its label list ({', '.join(task.labels)})"
-    )
+    raise UserError(f"{where}: {what} {text!r} of task {task.name!r} is not in its label list ({', '.join(values)})")
 
 
 def batch_logits(model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:

@@ -21,40 +21,57 @@ class Classification(SentenceKind):
     name = "classification"
     summary = "one label per sentence or sentence pair"
     fields = (TEXT_COLUMNS, LABEL_COLUMN,
-              Field("labels", "the label values, in order (at least two)", required=True, list_of_str=True))
+              Field("labels", "the label values as the files hold them, in order (at least two)", list_of_str=True,
+                    default=()),
+              Field("label_names", "names for integer labels 0..n-1 (as a datasets ClassLabel); labels may then "
+                    "be left out", list_of_str=True, default=()))
     metrics = {"accuracy": True, "f1": True, "macro_f1": True, "mcc": True}
     pipeline = "text-classification"
 
     def validate(self, task: TaskSpec, where: str) -> None:
         super().validate(task, where)
-        if len(task.labels) < 2:
-            raise UserError(f"{where}: a classification task needs 'labels' with at least two values")
-        if len(set(task.labels)) != len(task.labels):
-            raise UserError(f"{where}: 'labels' lists a value twice ({', '.join(task.labels)})")
+        for field in ("labels", "label_names"):
+            values = task.options[field]
+            if len(set(values)) != len(values):
+                raise UserError(f"{where}: '{field}' lists a value twice ({', '.join(values)})")
+        if len(self.values(task)) < 2:
+            raise UserError(f"{where}: a classification task needs 'labels' (or 'label_names'), at least two")
+        if task.labels and task.label_names and len(task.labels) != len(task.label_names):
+            raise UserError(f"{where}: 'label_names' needs one name per label ({len(task.labels)})")
+
+    @staticmethod
+    def values(task: TaskSpec) -> tuple[str, ...]:
+        """The label values as the files hold them: `labels`, or 0..n-1 for `label_names`."""
+        return task.labels or tuple(str(i) for i in range(len(task.label_names)))
+
+    @staticmethod
+    def names(task: TaskSpec) -> tuple[str, ...]:
+        """What the model calls its labels (id2label): `label_names`, else `labels`."""
+        return task.label_names or task.labels
 
     def default_metric(self, task: TaskSpec) -> str:
-        return "macro_f1" if len(task.labels) > 2 else "accuracy"
+        return "macro_f1" if len(self.values(task)) > 2 else "accuracy"
 
     def metrics_for(self, task: TaskSpec) -> list[str]:
-        return ["accuracy", "mcc", "f1" if len(task.labels) == 2 else "macro_f1"]
+        return ["accuracy", "mcc", "f1" if len(self.values(task)) == 2 else "macro_f1"]
 
     def num_labels(self, task: TaskSpec) -> int:
-        return len(task.labels)
+        return len(self.values(task))
 
     def label(self, task: TaskSpec, raw: Any, where: str) -> int:
-        return label_index(task, raw, where)
+        return label_index(task, raw, where, values=self.values(task))
 
     def normalise_hub(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
         raw = row[task.label_column]
         if not isinstance(raw, int) or not 0 <= raw < task.num_labels:
             raise UserError(f"{where}: label {raw!r} is outside 0..{task.num_labels - 1} (unlabelled split?)")
-        return {**self.normalise(task, {**row, task.label_column: task.labels[raw]}, where)}
+        return self.normalise(task, {**row, task.label_column: self.values(task)[raw]}, where)
 
     def config(self, encoder_config: PreTrainedConfig, task: TaskSpec) -> PreTrainedConfig:
         config = super().config(encoder_config, task)
         config.problem_type = "single_label_classification"
-        config.id2label = dict(enumerate(task.labels))
-        config.label2id = {label: i for i, label in enumerate(task.labels)}
+        config.id2label = dict(enumerate(self.names(task)))
+        config.label2id = {label: i for i, label in enumerate(self.names(task))}
         return config
 
     def compute_metrics(self, task: TaskSpec, predictions: Any, labels: np.ndarray) -> dict[str, float]:
@@ -74,7 +91,13 @@ class Classification(SentenceKind):
 
     def format_prediction(self, task: TaskSpec, logits: Any) -> dict[str, Any]:
         probs = logits.softmax(-1)
-        return {"label": task.labels[int(probs.argmax())], "probabilities": [round(float(p), 4) for p in probs]}
+        names = self.names(task)
+        return {"label": names[int(probs.argmax())], "scores": {n: round(float(p), 4) for n, p in zip(names, probs,
+                                                                                                     strict=True)}}
+
+    def label_summary(self, task: TaskSpec, columns: dict[str, list[Any]]) -> str:
+        counts = np.bincount(columns["label"], minlength=task.num_labels)
+        return ", ".join(f"{name}: {int(n)}" for name, n in zip(self.names(task), counts, strict=True))
 
 
 KIND = Classification()

@@ -31,6 +31,7 @@ class LanguageModelKind(TaskKind):
     fields = (TEXT_COLUMN,)
     metrics = {"accuracy": True, "perplexity": False, "loss": False}
     auxiliary = True
+    packs = True  # rows are packed into blocks: `check` reports tokens and blocks, not truncation
     file_formats = ("txt", "csv", "tsv", "jsonl")
 
     def features(self, task: TaskSpec) -> datasets.Features:
@@ -44,6 +45,9 @@ class LanguageModelKind(TaskKind):
 
     def normalise(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
         return {"text": str(lookup(row, task.text_column, where))}
+
+    def label_summary(self, task: TaskSpec, columns: dict[str, list[Any]]) -> str:
+        return f"{len(columns['text'])} texts, {sum(len(t) for t in columns['text'])} characters"
 
     def normalise_hub(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any] | None:
         text = str(lookup(row, task.text_column, where))

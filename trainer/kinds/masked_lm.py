@@ -30,7 +30,7 @@ class MaskedLM(LanguageModelKind):
     pipeline = "fill-mask"
 
     def token_stream(self, texts: list[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
-        return tokenizer(texts, add_special_tokens=True)["input_ids"]
+        return tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
 
     def check_model(self, task: TaskSpec, config: PreTrainedConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         if tokenizer.mask_token_id is None:

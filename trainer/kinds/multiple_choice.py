@@ -116,7 +116,8 @@ class MultipleChoice(TaskKind):
             feature = {k: v[i] for k, v in encoded.items()}
             probs = batch_logits(model, self.collate([feature], tokenizer, None))[0].softmax(-1)
             best = int(probs.argmax())
-            results.append({"label": item["choices"][best], "probabilities": [round(float(p), 4) for p in probs]})
+            results.append({"label": item["choices"][best],
+                            "scores": {c: round(float(p), 4) for c, p in zip(item["choices"], probs, strict=True)}})
         return results
 
 

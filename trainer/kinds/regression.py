@@ -54,6 +54,10 @@ class Regression(SentenceKind):
             "mse": float(np.mean((preds - labels) ** 2)),
         }
 
+    def label_summary(self, task: TaskSpec, columns: dict[str, list[Any]]) -> str:
+        values = np.asarray(columns["label"], dtype=float)
+        return f"min {values.min():.3g}, mean {values.mean():.3g}, max {values.max():.3g}"
+
     def format_prediction(self, task: TaskSpec, logits: Any) -> dict[str, Any]:
         return {"score": float(logits[0])}
 

@@ -66,6 +66,9 @@ class SentenceKind(TaskKind):
         self, task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         inputs: list[dict[str, Any]], max_length: int,
     ) -> list[dict[str, Any]]:
+        if len(task.text_columns) == 2 and not all(i.get("text_pair") for i in inputs):
+            raise UserError(f"task {task.name!r} takes sentence pairs: give --text_pair (or JSON lines with "
+                            "\"text\" and \"text_pair\" on stdin)")
         encoded = self.tokenize(self.rows_for_prediction(task, inputs), task, tokenizer, max_length)
         features = [{k: v[i] for k, v in encoded.items()} for i in range(len(inputs))]
         logits = batch_logits(model, self.collate(features, tokenizer, None))

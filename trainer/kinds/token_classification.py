@@ -212,6 +212,11 @@ class TokenClassification(TaskKind):
         batch["labels"] = pad_sequences(labels, IGNORE_INDEX, batch["input_ids"].shape[1], tokenizer.padding_side)
         return batch
 
+    def label_summary(self, task: TaskSpec, columns: dict[str, list[Any]]) -> str:
+        counts = np.bincount([t for tags in columns["tags"] for t in tags], minlength=len(task.labels))
+        return f"{sum(map(len, columns['tags']))} words; " + ", ".join(
+            f"{name}: {int(n)}" for name, n in zip(task.labels, counts, strict=True) if n)
+
     # -- model and metrics --------------------------------------------------------------
 
     def model_class(self) -> type:
