@@ -95,9 +95,7 @@ ifeq ($(strip $(JOB_NAME)),)
 JOB_NAME := multitask-$(shell date -u +%Y%m%d-%H%M%S)
 endif
 # Make hands python the values it used itself (for the image URI), whatever their source.
-CLOUD_VARS := PROJECT_ID REGION BUCKET_NAME JOB_DIR IMAGE_REPO_NAME IMAGE_NAME IMAGE_TAG MACHINE_TYPE \
-	ACCELERATOR_TYPE ACCELERATOR_COUNT REPLICA_COUNT BOOT_DISK_TYPE BOOT_DISK_SIZE_GB SPOT JOB_TIMEOUT \
-	RESTART_JOB_ON_WORKER_RESTART SERVICE_ACCOUNT JOB_NAME
+CLOUD_VARS := $(shell $(DOTENV) cloud-vars)
 CLOUD_ENV = $(strip $(foreach v,$(CLOUD_VARS),$(if $(strip $($(v))),$(v)='$(strip $($(v)))')))
 # Evaluated only when a recipe uses them.
 DOCKER_GPU_FLAGS = $(shell $(DOCKER) info --format '{{json .Runtimes}}' 2>/dev/null | grep -q nvidia && echo --gpus all)

@@ -22,6 +22,13 @@ from typing import Any
 
 from trainer.errors import UserError
 
+# The cloud settings job-spec reads (documented in .env.example); the Makefile asks for this list
+# (`python3 -m trainer.env cloud-vars`) to hand make's own values to python.
+CLOUD_ENV_NAMES = (
+    "PROJECT_ID", "REGION", "BUCKET_NAME", "JOB_DIR", "IMAGE_REPO_NAME", "IMAGE_NAME", "IMAGE_TAG",
+    "MACHINE_TYPE", "ACCELERATOR_TYPE", "ACCELERATOR_COUNT", "REPLICA_COUNT", "BOOT_DISK_TYPE",
+    "BOOT_DISK_SIZE_GB", "SPOT", "JOB_TIMEOUT", "RESTART_JOB_ON_WORKER_RESTART", "SERVICE_ACCOUNT", "JOB_NAME",
+)
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -165,8 +172,11 @@ def docker_env_file(values: Mapping[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args == ["cloud-vars"]:
+        print(" ".join(CLOUD_ENV_NAMES))
+        return 0
     if len(args) != 2 or args[0] not in ("make", "docker"):
-        print("usage: python3 -m trainer.env make|docker PATH", file=sys.stderr)
+        print("usage: python3 -m trainer.env make|docker PATH, or python3 -m trainer.env cloud-vars", file=sys.stderr)
         return 2
     try:
         values = read_dotenv(args[1])

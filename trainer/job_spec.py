@@ -23,12 +23,6 @@ from trainer.env import effective_environ, parse_bool, parse_int
 from trainer.errors import UserError
 
 ENV_EXAMPLE_HINT = "see the Cloud section of .env.example"
-# The cloud settings read here (documented in .env.example; the Makefile hands the same list to python).
-CLOUD_ENV_NAMES = (
-    "PROJECT_ID", "REGION", "BUCKET_NAME", "JOB_DIR", "IMAGE_REPO_NAME", "IMAGE_NAME", "IMAGE_TAG",
-    "MACHINE_TYPE", "ACCELERATOR_TYPE", "ACCELERATOR_COUNT", "REPLICA_COUNT", "BOOT_DISK_TYPE",
-    "BOOT_DISK_SIZE_GB", "SPOT", "JOB_TIMEOUT", "RESTART_JOB_ON_WORKER_RESTART", "SERVICE_ACCOUNT", "JOB_NAME",
-)
 
 # Vertex AI MachineSpec.acceleratorType values for NVIDIA GPUs (API v1).
 NVIDIA_ACCELERATORS = (

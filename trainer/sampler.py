@@ -11,12 +11,15 @@ skips the batches already trained.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
 
-STRATEGIES = ("proportional", "temperature", "uniform", "round_robin")
+from trainer.settings import SamplingStrategy
+
+STRATEGIES = typing.get_args(SamplingStrategy)
 MEGABATCH_FACTOR = 50  # length grouping sorts within windows of this many global batches
 
 

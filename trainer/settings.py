@@ -17,6 +17,7 @@ from typing import Any, Literal
 from trainer.env import parse_bool, parse_float, parse_int, read_dotenv
 from trainer.errors import UserError
 
+# The sampler's strategies; trainer.sampler takes its list from here.
 SamplingStrategy = Literal["proportional", "temperature", "uniform", "round_robin"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
