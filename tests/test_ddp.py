@@ -1,5 +1,6 @@
 """A real two-process DDP run (torchrun, gloo, CPU): ranks stay in step on the same task."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,8 +12,9 @@ from .gcs_emulator import free_port
 from .tiny import ROOT, quick_env
 
 
-def test_torchrun_two_ranks_train_the_same_task_each_step(tmp_path):
-    env = {**os.environ, **quick_env(tmp_path / "out", MAX_STEPS="16", MAX_TRAIN_SAMPLES="96", SAMPLING="temperature"),
+def torchrun_worker(tmp_path, **settings: str) -> tuple[list[list[str]], list[dict]]:
+    """Train with two gloo ranks via tests/ddp_worker.py; each rank's step tasks and encoder states."""
+    env = {**os.environ, **quick_env(tmp_path / "out", MAX_STEPS="16", MAX_TRAIN_SAMPLES="96", **settings),
            "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
@@ -23,12 +25,17 @@ def test_torchrun_two_ranks_train_the_same_task_each_step(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     tasks = [(tmp_path / f"tasks.rank{r}").read_text().split() for r in (0, 1)]
     assert len(tasks[0]) == 16 and tasks[0] == tasks[1], "ranks trained different tasks in the same step"
-    assert len(set(tasks[0])) == 3
     ranks = [torch.load(tmp_path / f"encoder.rank{r}.pt") for r in (0, 1)]
-    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     final0, final1 = ranks[0]["final"], ranks[1]["final"]
     assert all(torch.equal(final0[k], final1[k]) for k in final0), "encoder weights differ between ranks"
     assert not all(torch.equal(final0[k], ranks[0]["initial"][k]) for k in final0), "the encoder never trained"
+    return tasks, ranks
+
+
+def test_torchrun_two_ranks_train_the_same_task_each_step(tmp_path):
+    tasks, ranks = torchrun_worker(tmp_path, SAMPLING="temperature")
+    assert len(set(tasks[0])) == 3
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert (tmp_path / "out" / "metrics.json").is_file()
     assert (tmp_path / "out" / "checkpoint-16" / "checkpoint_complete.json").is_file()
 
@@ -43,23 +50,8 @@ def test_torchrun_mixes_classification_masked_lm_and_token_classification(tmp_pa
         f"  - {{name: ner, type: token_classification, labels: [{', '.join(NER_LABELS)}], train_file: ner.conll,"
         " dev_file: ner.conll}\n"
         "  - {name: text, type: masked_lm, train_file: text.txt, dev_file: text.txt}\n")
-    env = {**os.environ, **quick_env(tmp_path / "out", MAX_STEPS="16", MAX_TRAIN_SAMPLES="96", SAMPLING="uniform",
-                                     TASKS="demo_sentiment,ner,text", TASKS_FILE=str(tmp_path / "tasks.yaml"),
-                                     MAX_SEQ_LENGTH="32"),
-           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    result = subprocess.run(
-        [str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-         str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    tasks = [(tmp_path / f"tasks.rank{r}").read_text().split() for r in (0, 1)]
-    assert len(tasks[0]) == 16 and tasks[0] == tasks[1], "ranks trained different tasks in the same step"
+    tasks, _ = torchrun_worker(tmp_path, SAMPLING="uniform", TASKS="demo_sentiment,ner,text",
+                               TASKS_FILE=str(tmp_path / "tasks.yaml"), MAX_SEQ_LENGTH="32")
     assert set(tasks[0]) == {"demo_sentiment", "ner", "text"}
-    ranks = [torch.load(tmp_path / f"encoder.rank{r}.pt") for r in (0, 1)]
-    final0, final1 = ranks[0]["final"], ranks[1]["final"]
-    assert all(torch.equal(final0[k], final1[k]) for k in final0), "encoder weights differ between ranks"
-    assert not all(torch.equal(final0[k], ranks[0]["initial"][k]) for k in final0), "the encoder never trained"
-    report = __import__("json").loads((tmp_path / "out" / "metrics.json").read_text())
-    assert {"f1", "perplexity"} <= set(report["tasks"]["ner"]) | set(report["tasks"]["text"])
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert "f1" in report["tasks"]["ner"] and "perplexity" in report["tasks"]["text"]

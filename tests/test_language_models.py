@@ -26,19 +26,24 @@ MLM_ENTRY = "{name: text, type: masked_lm, train_file: train.txt, dev_file: dev.
 CLM_ENTRY = "{name: text, type: causal_lm, train_file: train.txt, dev_file: dev.txt}"
 
 
+def train_on_text(root, model, entry: str, tasks: str, **settings: str):
+    """Train a classifier beside a language-modelling task on the demo's sentences; (OUTPUT_DIR, env)."""
+    write_text(root / "train.txt", 600)
+    write_text(root / "dev.txt", 80)
+    env = {"MODEL_NAME": str(model), "TASKS_FILE": str(tasks_file(root, entry)), "TASKS": tasks,
+           "OUTPUT_DIR": str(root / "out"), "MAX_STEPS": "200", "BATCH_SIZE": "16", "MAX_TRAIN_SAMPLES": "300",
+           "MAX_EVAL_SAMPLES": "64", "MAX_SEQ_LENGTH": "32", **settings}
+    result = run_cli("train", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "out", env
+
+
 @pytest.fixture(scope="module")
 def mlm_run(tmp_path_factory):
     """A tiny BERT trained on the demo sentiment task beside a masked-LM task (PyText's setup)."""
     root = tmp_path_factory.mktemp("mlm")
-    write_text(root / "train.txt", 600)
-    write_text(root / "dev.txt", 80, seed=1)
-    model = save_tiny_pretrained(root / "tiny")
-    env = {"MODEL_NAME": str(model), "TASKS_FILE": str(tasks_file(root, MLM_ENTRY)), "TASKS": "demo_sentiment,text",
-           "OUTPUT_DIR": str(root / "out"), "MAX_STEPS": "200", "BATCH_SIZE": "16", "LEARNING_RATE": "2e-3",
-           "MAX_TRAIN_SAMPLES": "300", "MAX_EVAL_SAMPLES": "64", "MAX_SEQ_LENGTH": "32", "TASK_WEIGHTS": "text=0.5"}
-    result = run_cli("train", env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root / "out", env
+    return train_on_text(root, save_tiny_pretrained(root / "tiny"), MLM_ENTRY, "demo_sentiment,text",
+                         LEARNING_RATE="2e-3", TASK_WEIGHTS="text=0.5")
 
 
 @pytest.mark.slow
@@ -116,15 +121,7 @@ def test_wikitext2_builtin_reads_valid_as_train_and_test_as_dev():
 @pytest.fixture(scope="module")
 def gpt2_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpt2")
-    write_text(root / "train.txt", 600)
-    write_text(root / "dev.txt", 80, seed=1)
-    model = save_tiny_gpt2(root / "tiny")
-    env = {"MODEL_NAME": str(model), "TASKS_FILE": str(tasks_file(root, CLM_ENTRY)), "TASKS": "text,demo_sentiment",
-           "OUTPUT_DIR": str(root / "out"), "MAX_STEPS": "200", "BATCH_SIZE": "16", "LEARNING_RATE": "3e-3",
-           "MAX_TRAIN_SAMPLES": "300", "MAX_EVAL_SAMPLES": "64", "MAX_SEQ_LENGTH": "32"}
-    result = run_cli("train", env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root / "out", env
+    return train_on_text(root, save_tiny_gpt2(root / "tiny"), CLM_ENTRY, "text,demo_sentiment", LEARNING_RATE="3e-3")
 
 
 @pytest.mark.slow
