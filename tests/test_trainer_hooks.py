@@ -43,3 +43,34 @@ def test_precision_auto_is_fp32_on_cpu_and_half_precision_needs_a_gpu(monkeypatc
     assert precision_flags("auto") == {"bf16": True, "fp16": False, "use_cpu": False}
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert precision_flags("auto") == {"bf16": False, "fp16": True, "use_cpu": False}
+
+
+def test_each_tasks_training_loss_is_logged_as_its_mean_since_the_last_log(tmp_path):
+    torch.manual_seed(0)
+    tasks = list(DEMO_TASKS.values())
+    model = MultitaskModel(transformers.AutoModel.from_config(tiny_configs()["bert"]), tasks)
+    tokenizer = build_demo_tokenizer()
+    seen = []
+
+    class Keep(transformers.TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs))
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    trainer = MultitaskTrainer(model=model, args=args, tasks=tasks, processing_class=tokenizer,
+                               data_collator=TaskBatchCollator(tokenizer, tasks), callbacks=[Keep()],
+                               task_weights={"demo_sentiment": 3.0})
+    model.train()
+    sentiment = [{"task": "demo_sentiment", "input_ids": torch.randint(5, 300, (4, 7)),
+                  "labels": torch.tensor([0, 1, 0, 1])} for _ in range(2)]
+    similarity = {"task": "demo_similarity", "input_ids": torch.randint(5, 300, (4, 7)),
+                  "labels": torch.tensor([0.5, 1.0, 2.0, 3.0])}
+    losses = [trainer.compute_loss(model, dict(b)).item() / 3.0 for b in sentiment]
+    other = trainer.compute_loss(model, dict(similarity)).item()
+    trainer.log({"loss": 1.0})
+    logged = seen[-1]
+    assert logged["demo_sentiment_loss"] == pytest.approx(sum(losses) / 2, abs=1e-4)  # unweighted mean
+    assert logged["demo_similarity_loss"] == pytest.approx(other, abs=1e-4)
+    assert "demo_category_loss" not in logged  # not trained since the last log
+    trainer.log({"loss": 1.0})
+    assert not any(k.endswith("_loss") and k != "loss" for k in seen[-1])  # reset after each log

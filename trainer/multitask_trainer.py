@@ -98,6 +98,9 @@ class MultitaskTrainer(Trainer):
         self.add_callback(self.last_evaluation)
         self.tasks = tasks
         self.tasks_by_name = {t.name: t for t in tasks}
+        self._task_index = {t.name: i for i, t in enumerate(tasks)}
+        self._task_loss_sums = torch.zeros(len(tasks), device=self.args.device)
+        self._task_loss_counts = torch.zeros(len(tasks), dtype=torch.long)
         self.sampling = sampling
         self.sampling_temperature = sampling_temperature
         self.task_weights = task_weights or {}
@@ -170,8 +173,26 @@ class MultitaskTrainer(Trainer):
     ) -> Any:
         task = inputs["task"]
         outputs = model(**inputs)
+        if model.training:  # kept on the device: no host sync per step
+            index = self._task_index[task]
+            self._task_loss_sums[index] += outputs.loss.detach().float()
+            self._task_loss_counts[index] += 1
         loss = outputs.loss * self.task_weights.get(task, 1.0)
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add `<task>_loss`, each task's mean (unweighted) training loss since the last log, beside `loss`."""
+        if "loss" in logs and self._task_loss_counts.any():
+            sums = self._task_loss_sums.clone()
+            counts = self._task_loss_counts.to(sums.device, torch.float32)
+            if self.args.world_size > 1:  # every rank logs at the same step: a safe collective
+                sums, counts = self.accelerator.reduce(sums, "sum"), self.accelerator.reduce(counts, "sum")
+            for task, total, count in zip(self.tasks, sums.tolist(), counts.tolist(), strict=True):
+                if count:
+                    logs[f"{task.name}_loss"] = round(total / count, 4)
+            self._task_loss_sums.zero_()
+            self._task_loss_counts.zero_()
+        super().log(logs, start_time)
 
     # -- evaluation ---------------------------------------------------------------------
 
