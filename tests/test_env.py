@@ -16,6 +16,8 @@ def test_dotenv_values_are_literal(tmp_path):
                     "PASSWORD=pa$$w0rd#1 # comment\nE=\"a\\\"b\\n\"\n\n")
     assert read_dotenv(path) == {"A": "1", "B": "two words # kept", "C": "$(shell echo hi) literal",
                                  "PASSWORD": "pa$$w0rd#1", "E": 'a"b\n'}
+    path.write_text("EMPTY= # only a comment\n")
+    assert read_dotenv(path) == {"EMPTY": ""}
 
 
 @pytest.mark.parametrize(("line", "message"), [

@@ -127,7 +127,33 @@ DECLARATION_ERRORS = [
      " train_file: t.csv, dev_file: d.csv}", r"'labels' lists a value twice"),
     ("{name: t, type: regression, text_columns: [a], label_column: y, header: ture,"
      " train_file: t.csv, dev_file: d.csv}", r"header='ture' is not a boolean"),
+    ("{name: t, type: regression, text_columns: [a], label_column: y, main_metric: mse,"
+     " train_file: t.csv, dev_file: d.csv}", r"main_metric 'mse' is lower-is-better; model selection needs a "
+     r"higher-is-better one: pearson, spearman"),
+    ("{name: t, type: masked_lm, main_metric: perplexity, train_file: t.txt, dev_file: d.txt}",
+     r"'perplexity' is lower-is-better"),
 ]
+
+
+def test_review_cases_column_numbers_pos_tags_and_choices(tmp_path):
+    (tmp_path / "a.csv").write_text("0,1\nhello,1.5\n")
+    (tmp_path / "q.jsonl").write_text('{"q": "?", "c": ["x", "y"], "a": "C"}\n{"q": "?", "c": ["x", "y", "z"], '
+                                      '"a": "A"}\n')
+    tasks = load_tasks_file(str(write_tasks_file(tmp_path, """
+tasks:
+  - {name: num, type: regression, text_columns: [0], label_column: 1, train_file: a.csv, dev_file: a.csv}
+  - {name: pos, type: token_classification, labels: [NOUN, VERB], train_file: a.conll, dev_file: a.conll}
+  - {name: qa, type: multiple_choice, text_columns: [q], choices_column: c, label_column: a, labels: [A, B, C],
+     train_file: q.jsonl, dev_file: q.jsonl}
+""")))
+    assert read_split(tasks["num"], "train", None).label == [1.5]  # column names that YAML reads as numbers
+    assert tasks["pos"].metric == "accuracy"  # no B-/I- tags: no entity spans to score
+    with pytest.raises(UserError, match=r"q.jsonl:1: answer 'C' of task 'qa' points past the row's 2 choices"):
+        read_split(tasks["qa"], "train", None)
+    (tmp_path / "q.jsonl").write_text('{"q": "?", "c": ["x", "y"], "a": "A"}\n{"q": "?", "c": ["x", "y", "z"], '
+                                      '"a": "A"}\n')
+    with pytest.raises(UserError, match=r"rows have 2 or 3 choices; every row of a multiple_choice task"):
+        read_split(tasks["qa"], "train", None)
 
 
 @pytest.mark.parametrize(("entry", "message"), DECLARATION_ERRORS)

@@ -123,7 +123,7 @@ def _dotenv_value(raw: str, where: str) -> str:
             return body
         escapes = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
         return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(0)), body)
-    return re.split(r"\s+#", raw, maxsplit=1)[0].strip()
+    return re.split(r"(?:^|\s+)#", raw, maxsplit=1)[0].strip()
 
 
 def _closing_quote(raw: str, quote: str) -> int:

@@ -105,7 +105,11 @@ class TaskSpec:
         """Inverse of `to_dict`: the common fields by name, everything else is the kind's."""
         common = {f.name for f in dataclasses.fields(cls)} - {"options"}
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in common}
-        return cls(**kwargs, options={k: v for k, v in data.items() if k not in common})
+        own = {f.name for f in KINDS[data["type"]].fields} if data.get("type") in KINDS else None
+        options = {k: v for k, v in data.items() if k not in common
+                   # models saved before task kinds carry every kind's fields, empty, and hub_* columns
+                   and (own is None or k in own or (v not in ((), [], "", None) and not k.startswith("hub_")))}
+        return cls(**kwargs, options=options)
 
 
 COMMON_FIELDS = {f.name for f in dataclasses.fields(TaskSpec)} - {"options"}

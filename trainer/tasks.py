@@ -189,6 +189,10 @@ def validate_task(task: TaskSpec, where: str) -> None:
             f"{where}: main_metric {task.main_metric!r} is not a metric of this {task.type} task; choose one of "
             + ", ".join(allowed)
         )
+    if not task.higher_is_better:  # eval_average and model selection take higher as better
+        better = [m for m in allowed if task.kind.metrics[m]]
+        raise UserError(f"{where}: main_metric {task.main_metric!r} is lower-is-better; model selection needs a "
+                        f"higher-is-better one: {', '.join(better)}")
     try:
         "".encode(task.encoding)
     except LookupError:
@@ -287,6 +291,7 @@ def read_local_split(task: TaskSpec, path: str) -> TaskData:
         data.append(task.kind.normalise(task, row, where))
     if not len(data):
         raise UserError(f"task {task.name!r}: split file {path} has no rows; each split needs at least one")
+    task.kind.check_split(task, data.columns, path)
     return data
 
 
@@ -369,6 +374,7 @@ def normalise_hub_rows(task: TaskSpec, rows: Any) -> TaskData:
         normalised = task.kind.normalise_hub(hub_task, row, f"{task.hub_path}[{i}]")
         if normalised is not None:  # None: a row the kind skips (blank lines of raw text)
             data.append(normalised)
+    task.kind.check_split(task, data.columns, task.hub_path)
     return data
 
 

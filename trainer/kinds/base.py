@@ -35,6 +35,8 @@ class Field:
     list_of_str: bool = False  # normalised to a tuple of strings
 
     def parse(self, value: Any) -> Any:
+        if isinstance(self.default, str) or (self.required and not self.list_of_str):
+            return str(value)  # column names: `label_column: 1` means the column named "1"
         if not self.list_of_str:
             return value
         if isinstance(value, (list, tuple)):
@@ -52,7 +54,6 @@ class TaskKind:
     auxiliary: bool = False  # an objective beside the real tasks: kept out of eval_average by default
     file_formats: tuple[str, ...] = ("csv", "tsv", "jsonl")
     pipeline: str = ""  # the `transformers.pipeline` task its export works with
-    packs: bool = False  # rows are concatenated into MAX_SEQ_LENGTH blocks (language modelling)
 
     # -- declaration --------------------------------------------------------------------
 
@@ -87,10 +88,14 @@ class TaskKind:
         """One row of a hub dataset -> the normalised columns (built-in tasks); None skips the row."""
         return self.normalise(task, row, where)
 
+    def check_split(self, task: TaskSpec, columns: dict[str, list[Any]], where: str) -> None:
+        """Refuse what no single row shows (a kind may need rows to agree); errors name `where`."""
+
     def tokenize(
         self, batch: dict[str, list[Any]], task: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int
     ) -> dict[str, list[Any]]:
-        """Tokenise a batch of normalised rows, without padding; must add `labels` and `length`."""
+        """Tokenise a batch of normalised rows, without padding; adds `length` and (unless `collate` derives
+        them) `labels`."""
         raise NotImplementedError
 
     def collate(
@@ -142,6 +147,20 @@ class TaskKind:
 
     def compute_metrics(self, task: TaskSpec, predictions: Any, labels: np.ndarray) -> dict[str, float]:
         raise NotImplementedError
+
+    def token_lengths(self, task: TaskSpec, columns: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase
+                      ) -> np.ndarray:
+        """Untruncated token lengths of a split's examples, tokenised in memory (for `check`)."""
+        size = len(next(iter(columns.values())))
+        lengths: list[int] = []
+        for start in range(0, size, 1000):
+            batch = {k: v[start:start + 1000] for k, v in columns.items()}
+            lengths += self.tokenize(batch, task, tokenizer, max_length=10**9)["length"]
+        return np.asarray(lengths)
+
+    def length_note(self, task: TaskSpec, lengths: np.ndarray, max_length: int) -> str:
+        """What MAX_SEQ_LENGTH does to those lengths (for `check`)."""
+        return f"truncated at {max_length}: {np.mean(lengths > max_length):.1%}"
 
     def label_summary(self, task: TaskSpec, columns: dict[str, list[Any]]) -> str:
         """One line about a split's labels for `python -m trainer check` (the default: counts per label)."""

@@ -48,6 +48,8 @@ class CausalLM(LanguageModelKind):
     ) -> list[dict[str, Any]]:
         results = []
         for item in inputs:
+            if not item["text"].strip():
+                raise UserError(f"task {task.name!r} continues a text: --text must not be empty")
             encoded = tokenizer(item["text"], return_tensors="pt", add_special_tokens=False)
             room = max(1, min(CONTINUATION_TOKENS, max_length - encoded["input_ids"].shape[1]))
             out = model.generate(**encoded, max_new_tokens=room, do_sample=False,

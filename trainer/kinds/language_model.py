@@ -15,7 +15,6 @@ import datasets
 import numpy as np
 import torch
 
-from trainer.errors import UserError
 from trainer.kinds.base import IGNORE_INDEX, Field, TaskKind, lookup, pad_sequences
 
 if TYPE_CHECKING:
@@ -31,7 +30,6 @@ class LanguageModelKind(TaskKind):
     fields = (TEXT_COLUMN,)
     metrics = {"accuracy": True, "perplexity": False, "loss": False}
     auxiliary = True
-    packs = True  # rows are packed into blocks: `check` reports tokens and blocks, not truncation
     file_formats = ("txt", "csv", "tsv", "jsonl")
 
     def features(self, task: TaskSpec) -> datasets.Features:
@@ -45,6 +43,15 @@ class LanguageModelKind(TaskKind):
 
     def normalise(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
         return {"text": str(lookup(row, task.text_column, where))}
+
+    def token_lengths(self, task: TaskSpec, columns: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase
+                      ) -> np.ndarray:
+        """Each text's token count (texts are packed, not truncated)."""
+        return np.asarray([len(ids) for ids in self.token_stream(columns["text"], tokenizer)])
+
+    def length_note(self, task: TaskSpec, lengths: np.ndarray, max_length: int) -> str:
+        tokens = int(lengths.sum())
+        return f"{tokens} tokens -> about {-(-tokens // max_length)} blocks of {max_length}"
 
     def label_summary(self, task: TaskSpec, columns: dict[str, list[Any]]) -> str:
         return f"{len(columns['text'])} texts, {sum(len(t) for t in columns['text'])} characters"
@@ -62,7 +69,7 @@ class LanguageModelKind(TaskKind):
     ) -> dict[str, list[Any]]:
         ids = [i for text in self.token_stream(batch["text"], tokenizer) for i in text]
         blocks = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
-        return {"input_ids": blocks, "length": [len(b) for b in blocks], "labels": blocks}
+        return {"input_ids": blocks, "length": [len(b) for b in blocks]}  # labels: the ids, set by collate
 
     def collate(
         self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None
@@ -107,10 +114,3 @@ class LanguageModelKind(TaskKind):
         loss = float(nll[scored].mean())
         return {"accuracy": float(correct[scored].mean()), "perplexity": float(math.exp(min(loss, 700.0))),
                 "loss": loss}
-
-    def validate(self, task: TaskSpec, where: str) -> None:
-        if task.in_average and not task.kind.metrics.get(task.metric, True):
-            raise UserError(
-                f"{where}: in_average needs a higher-is-better main_metric; {task.metric} is lower-is-better "
-                "(use accuracy)"
-            )

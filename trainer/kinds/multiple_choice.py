@@ -53,8 +53,13 @@ class MultipleChoice(TaskKind):
         else:
             choices = [str(lookup(row, c, where)) for c in task.choice_columns]
         raw = lookup(row, task.label_column, where)
+        if len(choices) < 2:
+            raise UserError(f"{where}: a multiple-choice row needs at least two choices, found {len(choices)}")
         if task.labels:
             label = label_index(task, raw, where)
+            if label >= len(choices):
+                raise UserError(f"{where}: answer {raw!r} of task {task.name!r} points past the row's "
+                                f"{len(choices)} choices")
         else:
             text = str(raw).strip()
             if not text.isdigit() or int(text) >= len(choices):
@@ -63,6 +68,12 @@ class MultipleChoice(TaskKind):
                 )
             label = int(text)
         return {"text_a": str(lookup(row, task.text_columns[0], where)), "choices": choices, "label": label}
+
+    def check_split(self, task: TaskSpec, columns: dict[str, list[Any]], where: str) -> None:
+        counts = sorted({len(c) for c in columns["choices"]})
+        if len(counts) > 1:
+            raise UserError(f"{where}: rows have {' or '.join(map(str, counts))} choices; every row of a "
+                            "multiple_choice task needs the same number")
 
     def tokenize(
         self, batch: dict[str, list[Any]], task: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int

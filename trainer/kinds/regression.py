@@ -27,9 +27,6 @@ class Regression(SentenceKind):
     dummy_label = 0.0
     pipeline = "text-classification"
 
-    def is_pair(self, task: TaskSpec, batch: dict[str, list[Any]]) -> bool:
-        return True  # kept as before: regression tasks always tokenise as pairs (an empty second text)
-
     def label(self, task: TaskSpec, raw: Any, where: str) -> float:
         try:
             value = float(raw)

@@ -44,7 +44,7 @@ class SentenceKind(TaskKind):
                 "label": self.label(task, lookup(row, task.label_column, where), where)}
 
     def is_pair(self, task: TaskSpec, batch: dict[str, list[Any]]) -> bool:
-        return any(batch["text_b"])
+        return len(task.text_columns) == 2
 
     def tokenize(
         self, batch: dict[str, list[Any]], task: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int

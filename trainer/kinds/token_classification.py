@@ -129,7 +129,8 @@ class TokenClassification(TaskKind):
             raise UserError(f"{where}: 'conll_columns' takes two column numbers [word, tag], e.g. [0, 3]")
 
     def default_metric(self, task: TaskSpec) -> str:
-        return "f1"
+        """Entity F1 for BIO tags; token accuracy for tag sets without B-/I- prefixes (POS), which have no spans."""
+        return "f1" if any(t.startswith(("B-", "I-")) for t in task.labels) else "accuracy"
 
     def num_labels(self, task: TaskSpec) -> int:
         return len(task.labels)
