@@ -179,7 +179,7 @@ def test_ner_trains_predicts_and_exports(ner_run, tmp_path):
 
 def test_token_classification_predict_matches_export_logits():
     """The multitask model and its export give the same tags (the pipeline test above uses a trained one)."""
-    from trainer.inference import export_tasks, predict
+    from trainer.inference import export_tasks, predict_inputs
     from trainer.modeling import MultitaskModel
 
     from .tiny import encoder_configs
@@ -187,7 +187,8 @@ def test_token_classification_predict_matches_export_logits():
     tokenizer = build_demo_tokenizer()
     torch.manual_seed(0)
     model = MultitaskModel(transformers.AutoModel.from_config(encoder_configs(len(tokenizer))["bert"]), [NER]).eval()
-    ours = predict(model, tokenizer, "ner", ["alice lives in paris", "bob met carol at acme"])
+    ours = predict_inputs(NER, model.task_models["ner"], tokenizer,
+                          [{"text": t} for t in ("alice lives in paris", "bob met carol at acme")], 128)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -104,26 +104,6 @@ def export_tasks(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, expo
 
 
 @torch.no_grad()
-def predict(
-    model: MultitaskModel,
-    tokenizer: PreTrainedTokenizerBase,
-    task_name: str,
-    texts: list[str],
-    text_pairs: list[str] | None = None,
-    choices: list[list[str]] | None = None,
-    max_length: int = 128,
-) -> list[dict[str, Any]]:
-    """Predict one task of a multitask model for a list of inputs (one dict per input)."""
-    if task_name not in model.tasks:
-        raise UserError(f"task {task_name!r} is not in this model; it has: {', '.join(model.tasks)}")
-    inputs = [
-        {"text": text, "text_pair": text_pairs[i] if text_pairs else None, "choices": choices[i] if choices else None}
-        for i, text in enumerate(texts)
-    ]
-    return predict_inputs(model.tasks[task_name], model.task_models[task_name].eval(), tokenizer, inputs, max_length)
-
-
-@torch.no_grad()
 def predict_inputs(
     task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, inputs: list[dict[str, Any]],
     max_length: int,
