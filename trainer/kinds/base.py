@@ -102,14 +102,18 @@ class TaskKind:
         self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None
     ) -> dict[str, Any]:
         """Pad one batch to its longest sequence and make tensors (the default: one sequence per example)."""
-        keys = [k for k in features[0] if k in tokenizer.model_input_names]
-        batch = dict(
-            tokenizer.pad([{k: f[k] for k in keys} for f in features], padding=True,
-                          pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")
-        )
+        batch = pad_inputs(features, tokenizer, pad_to_multiple_of)
         labels = [f["labels"] for f in features]
         batch["labels"] = torch.tensor(labels, dtype=torch.float32 if isinstance(labels[0], float) else torch.long)
         return batch
+
+    def encode(
+        self, task: TaskSpec, columns: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> dict[str, Any]:
+        """Normalised rows -> one collated batch, as training sees it (for `predict`)."""
+        encoded = self.tokenize(columns, task, tokenizer, max_length)
+        size = len(encoded["input_ids"])
+        return self.collate([{k: v[i] for k, v in encoded.items()} for i in range(size)], tokenizer, None)
 
     def prepare_inputs(
         self, batch: dict[str, Any], tokenizer: PreTrainedTokenizerBase, generator: torch.Generator
@@ -219,6 +223,15 @@ def label_index(task: TaskSpec, raw: Any, where: str, what: str = "label",
     if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(values):
         return raw
     raise UserError(f"{where}: {what} {text!r} of task {task.name!r} is not in its label list ({', '.join(values)})")
+
+
+def pad_inputs(
+    features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None
+) -> dict[str, torch.Tensor]:
+    """The model inputs of a batch (input_ids, attention_mask, ...) padded to its longest sequence."""
+    keys = [k for k in features[0] if k in tokenizer.model_input_names]
+    return dict(tokenizer.pad([{k: f[k] for k in keys} for f in features], padding=True,
+                              pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt"))
 
 
 def batch_logits(model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:

@@ -69,9 +69,7 @@ class SentenceKind(TaskKind):
         if len(task.text_columns) == 2 and not all(i.get("text_pair") for i in inputs):
             raise UserError(f"task {task.name!r} takes sentence pairs: give --text_pair (or JSON lines with "
                             "\"text\" and \"text_pair\" on stdin)")
-        encoded = self.tokenize(self.rows_for_prediction(task, inputs), task, tokenizer, max_length)
-        features = [{k: v[i] for k, v in encoded.items()} for i in range(len(inputs))]
-        logits = batch_logits(model, self.collate(features, tokenizer, None))
+        logits = batch_logits(model, self.encode(task, self.rows_for_prediction(task, inputs), tokenizer, max_length))
         return [self.format_prediction(task, row) for row in logits]
 
     def format_prediction(self, task: TaskSpec, logits: Any) -> dict[str, Any]:

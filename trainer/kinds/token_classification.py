@@ -26,6 +26,7 @@ from trainer.kinds.base import (
     batch_logits,
     label_index,
     lookup,
+    pad_inputs,
     pad_sequences,
 )
 
@@ -208,8 +209,7 @@ class TokenClassification(TaskKind):
         self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None
     ) -> dict[str, Any]:
         labels = [f["labels"] for f in features]
-        batch = dict(tokenizer.pad([{k: f[k] for k in f if k in tokenizer.model_input_names} for f in features],
-                                   padding=True, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt"))
+        batch = pad_inputs(features, tokenizer, pad_to_multiple_of)
         batch["labels"] = pad_sequences(labels, IGNORE_INDEX, batch["input_ids"].shape[1], tokenizer.padding_side)
         return batch
 
@@ -253,10 +253,7 @@ class TokenClassification(TaskKind):
         words = [i["text"].split() for i in inputs]
         if not all(words):
             raise UserError(f"task {task.name!r} tags words: --text must hold at least one word")
-        encoded = self.tokenize({"tokens": words, "tags": [[0] * len(w) for w in words]}, task, tokenizer,
-                                max_length)
-        features = [{k: v[i] for k, v in encoded.items()} for i in range(len(inputs))]
-        batch = self.collate(features, tokenizer, None)
+        batch = self.encode(task, {"tokens": words, "tags": [[0] * len(w) for w in words]}, tokenizer, max_length)
         first = batch["labels"] != IGNORE_INDEX
         best = batch_logits(model, batch).argmax(-1)
         results = []
