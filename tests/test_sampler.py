@@ -83,6 +83,34 @@ def test_ranks_share_the_task_and_split_the_examples(strategy, world):
         assert seen == set(range(sum(sizes)))  # nothing dropped across ranks
 
 
+def test_all_tasks_steps_take_one_batch_of_every_task_until_the_largest_is_exhausted():
+    sampler = MultitaskBatchSampler(SIZES, 16, strategy="all_tasks", seed=3)
+    steps = epoch(sampler, 1)
+    assert len(sampler) == len(steps) == 19  # the largest task's batches: ceil(300 / 16)
+    for step in steps:
+        tasks = [task_of(i) for i in step]
+        assert sorted(set(tasks)) == [0, 1, 2] and tasks == sorted(tasks)  # a batch per task, in task order
+    largest = [i for step in steps for i in step if task_of(i) == 0]
+    assert sorted(largest) == list(range(300))  # the largest task: every example once
+    smallest = Counter(i for step in steps for i in step if task_of(i) == 2)
+    assert set(smallest) == set(range(400, 440)) and max(smallest.values()) <= 8  # the small ones cycle
+    assert epoch(sampler, 1) == steps and epoch(sampler, 2) != steps
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_all_tasks_ranks_split_every_tasks_batch(world):
+    sizes = [96, 48, 30]
+    ranks = [MultitaskBatchSampler(sizes, 8, strategy="all_tasks", seed=7, num_replicas=world, rank=r)
+             for r in range(world)]
+    per_rank = [epoch(s, 0) for s in ranks]
+    assert {len(p) for p in per_rank} == {len(ranks[0])} == {96 // (8 * world) + (96 % (8 * world) > 0)}
+    for step in zip(*per_rank, strict=True):
+        for b in step:  # every rank trains every task in every step
+            assert {task_of(i, sizes) for i in b} == {0, 1, 2}
+        flat = [i for b in step for i in b]
+        assert len(flat) == len(set(flat))
+
+
 def test_group_by_length_keeps_similar_lengths_together():
     rng = np.random.default_rng(0)
     lengths = [rng.integers(5, 120, size=n).tolist() for n in SIZES]

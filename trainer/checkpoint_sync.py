@@ -21,7 +21,7 @@ from google.cloud import storage
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trainer import gcs
-from trainer.checkpoints import checkpoint_dir
+from trainer.checkpoints import checkpoint_dir, link_tree
 from trainer.errors import UserError
 from trainer.gcs import GcsUri
 
@@ -91,20 +91,6 @@ def resume_from_bucket(
     return None
 
 
-def _snapshot(src: Path, dest: Path) -> None:
-    """Hard-link every file of `src` into `dest` (copy where links are impossible)."""
-    for path in sorted(src.rglob("*")):
-        target = dest / path.relative_to(src)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)
-
-
 @dataclass
 class _Job:
     step: int
@@ -163,7 +149,7 @@ class GcsCheckpointCallback(TrainerCallback):
         self._seq += 1
         staged = Path(args.output_dir) / STAGING_DIR / f"{local.name}.{self._seq}"
         try:
-            _snapshot(local, staged)
+            link_tree(local, staged)
         except OSError as err:
             shutil.rmtree(staged, ignore_errors=True)
             self._fail(step, f"could not snapshot {local}: {err}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,21 @@ COMPLETE_MARKER = "checkpoint_complete.json"
 
 def checkpoint_dir(output_dir: str | os.PathLike[str], step: int) -> Path:
     return Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def link_tree(src: Path, dest: Path) -> None:
+    """Hard-link every file of `src` into `dest` (copy where links are impossible): a snapshot that
+    costs no disk and that deleting or rotating `src` cannot pull away."""
+    for path in sorted(src.rglob("*")):
+        target = dest / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
 
 
 def file_sizes(directory: Path) -> dict[str, int]:

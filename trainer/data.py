@@ -80,20 +80,23 @@ class MultitaskDataset(Dataset):
         return {"task": name, **self.splits[name][local]}
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        """Fetch a whole batch with one Arrow read (all indices come from one task)."""
+        """Fetch a batch with one Arrow read per task (a step of SAMPLING=all_tasks spans every task)."""
         located = [self.locate(i) for i in indices]
-        names = {name for name, _ in located}
-        if len(names) != 1:
-            return [self[i] for i in indices]
-        (name,) = names
-        columns = self.splits[name][[local for _, local in located]]
-        return [{"task": name, **{k: v[j] for k, v in columns.items()}} for j in range(len(indices))]
+        by_task: dict[str, list[int]] = {}
+        for name, local in located:
+            by_task.setdefault(name, []).append(local)
+        items = []
+        for name, locals_ in by_task.items():
+            columns = self.splits[name][locals_]
+            items += [{"task": name, **{k: v[j] for k, v in columns.items()}} for j in range(len(locals_))]
+        return items
 
 
 class TaskBatchCollator:
     """Pad a batch of one task to its longest sequence (never to MAX_SEQ_LENGTH), as its kind does it.
 
-    The batch keeps its task name under `task`, which the model uses to pick the head.
+    The batch keeps its task name under `task`, which the model uses to pick the head. Features of
+    several tasks (a SAMPLING=all_tasks step) become `{"batches": {task: batch, ...}}`.
     """
 
     def __init__(
@@ -104,12 +107,13 @@ class TaskBatchCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        tasks = {f.get("task") for f in features}
-        if len(tasks) != 1:
-            raise ValueError(f"a batch must come from one task, got {sorted(map(str, tasks))}")
-        (name,) = tasks
-        task = self.tasks[name]
-        batch = task.kind.collate([{k: v for k, v in f.items() if k != "task"} for f in features], self.tokenizer,
-                                  self.pad_to_multiple_of)
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for feature in features:
+            by_task.setdefault(feature["task"], []).append({k: v for k, v in feature.items() if k != "task"})
+        batches = {name: self._collate(name, rows) for name, rows in by_task.items()}
+        return next(iter(batches.values())) if len(batches) == 1 else {"batches": batches}
+
+    def _collate(self, name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.tasks[name].kind.collate(rows, self.tokenizer, self.pad_to_multiple_of)
         batch["task"] = name
         return batch

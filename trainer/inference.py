@@ -80,6 +80,13 @@ def load_task_model(output_dir: str, model_dir: str | None, task: str) -> tuple[
     return model.tasks[task], model.task_models[task].eval(), tokenizer
 
 
+def save_task(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, name: str, directory: Path) -> None:
+    """One task as a standalone Transformers directory, with its declaration for `predict`."""
+    model.standalone_task_model(name).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / TASK_FILE).write_text(json.dumps(model.tasks[name].to_dict(), indent=2), encoding="utf-8")
+
+
 def export_tasks(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, export_dir: str) -> list[Path]:
     """Write one standalone directory per task, loadable with plain `AutoModelFor...`.
 
@@ -91,10 +98,7 @@ def export_tasks(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, expo
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     try:
         for name in model.tasks:
-            task_dir = staging / name
-            model.standalone_task_model(name).save_pretrained(task_dir)
-            tokenizer.save_pretrained(task_dir)
-            (task_dir / TASK_FILE).write_text(json.dumps(model.tasks[name].to_dict(), indent=2), encoding="utf-8")
+            save_task(model, tokenizer, name, staging / name)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

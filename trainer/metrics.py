@@ -15,3 +15,14 @@ def aggregate_score(per_task: dict[str, dict[str, float]], tasks: list[TaskSpec]
     """
     counted = [t for t in tasks if t.counts_in_average] or tasks
     return float(np.mean([per_task[t.name][t.metric] for t in counted]))
+
+
+def metrics_by_task(metrics: dict[str, float], tasks: list[TaskSpec], prefix: str = "eval") -> dict[str, dict]:
+    """`{"eval_rte_accuracy": x}` -> `{"rte": {"accuracy": x}}`."""
+    by_task: dict[str, dict[str, float]] = {t.name: {} for t in tasks}
+    longest_first = sorted(by_task, key=len, reverse=True)  # eval_rte_x_f1 belongs to rte_x, not rte
+    for key, value in metrics.items():
+        name = next((n for n in longest_first if key.startswith(f"{prefix}_{n}_")), None)
+        if name is not None:
+            by_task[name][key.removeprefix(f"{prefix}_{name}_")] = value
+    return by_task

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
 from trainer.spec import TaskSpec
+from trainer.weighting import WEIGHTINGS
 
 MULTITASK_FILE = "multitask.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -41,10 +43,23 @@ def _attach_encoder(task_model: PreTrainedModel, encoder: nn.Module) -> None:
         output.weight = encoder.get_input_embeddings().weight
 
 
-class MultitaskModel(nn.Module):
-    """`forward(task=..., **inputs)` runs the named task's model on the shared encoder."""
+@dataclass
+class TrainingLoss(ModelOutput):
+    """What a training forward returns: the weighted loss to backpropagate and each task's own loss."""
 
-    def __init__(self, encoder: PreTrainedModel, tasks: list[TaskSpec]):
+    loss: torch.Tensor | None = None
+    task_losses: dict[str, torch.Tensor] | None = None
+
+
+class MultitaskModel(nn.Module):
+    """`forward(task=..., **inputs)` runs the named task's model on the shared encoder.
+
+    In training, the forward weights the task's loss (`trainer.weighting`), and `forward(batches=...)`
+    runs one batch of several tasks and sums their weighted losses (SAMPLING=all_tasks).
+    """
+
+    def __init__(self, encoder: PreTrainedModel, tasks: list[TaskSpec], task_weighting: str = "static",
+                 task_weights: dict[str, float] | None = None):
         super().__init__()
         self.encoder = encoder
         self.config = encoder.config
@@ -54,6 +69,8 @@ class MultitaskModel(nn.Module):
             model = task.kind.model_class().from_config(task.kind.config(encoder.config, task))
             _attach_encoder(model, encoder)
             self.task_models[task.name] = model
+        self.task_weighting = task_weighting
+        self.loss_weighting = WEIGHTINGS[task_weighting](list(self.tasks), task_weights)
 
     def _tied_aliases(self) -> dict[str, str]:
         """Parameter names that are another name's tensor (LM heads tied to the shared embeddings)."""
@@ -83,6 +100,24 @@ class MultitaskModel(nn.Module):
 
     def forward(
         self,
+        task: str | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        batches: dict[str, dict[str, Any]] | None = None,
+    ) -> ModelOutput:
+        if batches is not None:  # one batch per task: the sum of their weighted losses
+            losses = {name: self._task_forward(**batch).loss for name, batch in batches.items()}
+            total = sum(self.loss_weighting(name, loss) for name, loss in losses.items())
+            return TrainingLoss(loss=total, task_losses=losses)
+        output = self._task_forward(task, input_ids, attention_mask, token_type_ids, labels)
+        if not self.training or output.loss is None:
+            return output
+        return TrainingLoss(loss=self.loss_weighting(task, output.loss), task_losses={task: output.loss})
+
+    def _task_forward(
+        self,
         task: str,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -100,7 +135,7 @@ class MultitaskModel(nn.Module):
         """Write what is needed to rebuild the model: the encoder config and the task specs."""
         os.makedirs(directory, exist_ok=True)
         self.config.save_pretrained(directory)
-        payload = {"tasks": [t.to_dict() for t in self.tasks.values()]}
+        payload = {"tasks": [t.to_dict() for t in self.tasks.values()], "task_weighting": self.task_weighting}
         Path(directory, MULTITASK_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
     @classmethod
@@ -109,7 +144,7 @@ class MultitaskModel(nn.Module):
         payload = json.loads(Path(directory, MULTITASK_FILE).read_text(encoding="utf-8"))
         tasks = [TaskSpec.from_dict(t) for t in payload["tasks"]]
         encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))
-        model = cls(encoder, tasks)
+        model = cls(encoder, tasks, payload.get("task_weighting", "static"))
         model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_FILE)), strict=True)
         return model.eval()
 

@@ -6,6 +6,7 @@ The training loop, progress bars, logging, checkpointing and resume are the stoc
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -18,23 +19,13 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import EvalPrediction, has_length
 
 from trainer.data import MultitaskDataset
-from trainer.metrics import aggregate_score
+from trainer.metrics import aggregate_score, metrics_by_task
 from trainer.modeling import MultitaskModel
 from trainer.sampler import MultitaskBatchSampler
 from trainer.spec import TaskSpec
 
 AGGREGATE_METRIC = "average"
-
-
-def metrics_by_task(metrics: dict[str, float], tasks: list[TaskSpec], prefix: str = "eval") -> dict[str, dict]:
-    """`{"eval_rte_accuracy": x}` -> `{"rte": {"accuracy": x}}`."""
-    by_task: dict[str, dict[str, float]] = {t.name: {} for t in tasks}
-    longest_first = sorted(by_task, key=len, reverse=True)  # eval_rte_x_f1 belongs to rte_x, not rte
-    for key, value in metrics.items():
-        name = next((n for n in longest_first if key.startswith(f"{prefix}_{n}_")), None)
-        if name is not None:
-            by_task[name][key.removeprefix(f"{prefix}_{name}_")] = value
-    return by_task
+logger = logging.getLogger(__name__)
 
 
 class TaskProgressCallback(ProgressCallback):
@@ -85,8 +76,8 @@ class MultitaskTrainer(Trainer):
         tasks: list[TaskSpec],
         sampling: str = "proportional",
         sampling_temperature: float = 2.0,
-        task_weights: dict[str, float] | None = None,
         group_by_length: bool = False,
+        weighting_learning_rate: float | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, compute_metrics=self._task_metrics, preprocess_logits_for_metrics=self._reduce_logits,
@@ -103,7 +94,7 @@ class MultitaskTrainer(Trainer):
         self._task_loss_counts = torch.zeros(len(tasks), dtype=torch.long)
         self.sampling = sampling
         self.sampling_temperature = sampling_temperature
-        self.task_weights = task_weights or {}
+        self.weighting_learning_rate = weighting_learning_rate
         self.group_by_length = group_by_length
         self._eval_task: TaskSpec | None = None
         self._eval_batches = 0
@@ -130,13 +121,41 @@ class MultitaskTrainer(Trainer):
         would shard it again by handing whole consecutive batches to different ranks,
         which puts different tasks (heads) on different ranks in the same step.
         """
+        sampler = self.make_batch_sampler()
+        if not sampler.strategy.one_task_per_step:
+            self._freeze_unused_parameters(sampler)
         return EpochDataLoader(
             self.train_dataset,
-            batch_sampler=self.make_batch_sampler(),
+            batch_sampler=sampler,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
         )
+
+    def _freeze_unused_parameters(self, sampler: MultitaskBatchSampler) -> None:
+        """Freeze parameters that no task's loss uses (RoBERTa's pooler, say), found with one probe step.
+
+        Every step of SAMPLING=all_tasks uses every head, so DDP runs with find_unused_parameters off;
+        a parameter that never gets a gradient would stall its gradient reduction. It happens before
+        the optimizer and DDP are built (the Trainer asks for the dataloader first), and changes
+        nothing else: such a parameter would never have been updated.
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        first_step = [i for _, batch in sampler.global_schedule()[0] for i in batch[:2].tolist()]
+        inputs = self._prepare_inputs(self.data_collator(self.train_dataset.__getitems__(first_step)))
+        with torch.random.fork_rng():
+            generator = torch.Generator().manual_seed(0)
+            batches = {n: self._kind_prepare(b, generator) for n, b in inputs["batches"].items()} \
+                if "batches" in inputs else {inputs["task"]: self._kind_prepare(inputs, generator)}
+            model(batches=batches).loss.backward()
+        unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        for name, param in model.named_parameters():
+            param.grad = None
+            if name in unused:
+                param.requires_grad_(False)
+        if unused:
+            logger.info("SAMPLING=all_tasks: %d parameter tensor(s) no task uses are frozen: %s", len(unused),
+                        ", ".join(unused[:4]) + (" ..." if len(unused) > 4 else ""))
 
     # -- inputs and loss ----------------------------------------------------------------
 
@@ -153,8 +172,12 @@ class MultitaskTrainer(Trainer):
             self._eval_batches += 1
             entropy = [self.args.seed, 1, self._eval_batches, self.args.process_index]
         generator.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1))
-        task = self.tasks_by_name[inputs["task"]]
-        return task.kind.prepare_inputs(inputs, self.processing_class, generator)
+        if "batches" in inputs:  # a SAMPLING=all_tasks step: every task's batch, in task order
+            return {"batches": {n: self._kind_prepare(batch, generator) for n, batch in inputs["batches"].items()}}
+        return self._kind_prepare(inputs, generator)
+
+    def _kind_prepare(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        return self.tasks_by_name[batch["task"]].kind.prepare_inputs(batch, self.processing_class, generator)
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None):
         return super().training_step(model, self._kind_inputs(inputs, training=True), num_items_in_batch)
@@ -171,14 +194,14 @@ class MultitaskTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | None = None,
     ) -> Any:
-        task = inputs["task"]
+        """The model weights each task's loss (and sums them in an all_tasks step); this keeps the
+        unweighted per-task losses for the log."""
         outputs = model(**inputs)
-        if model.training:  # kept on the device: no host sync per step
+        for task, task_loss in (outputs.get("task_losses") or {}).items():  # training only
             index = self._task_index[task]
-            self._task_loss_sums[index] += outputs.loss.detach().float()
+            self._task_loss_sums[index] += task_loss.detach().float()  # on the device: no host sync per step
             self._task_loss_counts[index] += 1
-        loss = outputs.loss * self.task_weights.get(task, 1.0)
-        return (loss, outputs) if return_outputs else loss
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add `<task>_loss`, each task's mean (unweighted) training loss since the last log, beside `loss`."""
@@ -192,7 +215,32 @@ class MultitaskTrainer(Trainer):
                     logs[f"{task.name}_loss"] = round(total / count, 4)
             self._task_loss_sums.zero_()
             self._task_loss_counts.zero_()
+            if self._weighting.task_weighting != "static":  # learned weights change: log them
+                logs.update({f"{t}_weight": round(w, 4) for t, w in self._weighting.loss_weighting.current().items()})
         super().log(logs, start_time)
+
+    @property
+    def _weighting(self) -> MultitaskModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """The stock optimizer, with learned loss weights in their own group: no weight decay, and their
+        own learning rate (they start at 0 and must move much further than the encoder's weights)."""
+        weighting = [p for p in self._weighting.loss_weighting.parameters() if p.requires_grad]
+        if self.optimizer is not None or not weighting:
+            return super().create_optimizer(model)
+        ids = {id(p) for p in weighting}
+        for p in weighting:
+            p.requires_grad_(False)  # keeps them out of the stock groups
+        try:
+            optimizer = super().create_optimizer(model)
+        finally:
+            for p in weighting:
+                p.requires_grad_(True)
+        assert not any(id(p) in ids for g in optimizer.param_groups for p in g["params"])
+        optimizer.add_param_group({"params": weighting, "weight_decay": 0.0,
+                                   "lr": self.weighting_learning_rate or self.args.learning_rate})
+        return optimizer
 
     # -- evaluation ---------------------------------------------------------------------
 

@@ -16,10 +16,12 @@ from typing import Any, Literal
 
 from trainer.env import parse_bool, parse_float, parse_int, read_dotenv
 from trainer.errors import UserError
+from trainer.sampling import STRATEGIES
 
-# The sampler's strategies; trainer.sampler takes its list from here.
-SamplingStrategy = Literal["proportional", "temperature", "uniform", "round_robin"]
+SamplingStrategy = Literal[tuple(STRATEGIES)]  # one module per strategy in trainer/sampling/
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+TaskWeighting = Literal["static", "uncertainty"]  # trainer.weighting.WEIGHTINGS
+SelectBest = Literal["per_task", "average", "last"]  # trainer.selection
 
 DEMO_MODEL = "demo"
 
@@ -50,13 +52,28 @@ class Settings:
     )
     max_seq_length: int = field(default=128, metadata={"help": "Truncation bound in tokens (padding is dynamic)."})
     sampling: SamplingStrategy = field(
-        default="proportional", metadata={"help": "Task sampling: proportional, temperature, uniform, round_robin."}
+        default="proportional",
+        metadata={"help": "Task sampling: proportional, temperature, uniform, round_robin, or all_tasks (every step "
+                  "sums one batch of every task)."},
     )
     sampling_temperature: float = field(
         default=2.0, metadata={"help": "T for SAMPLING=temperature: p(task) ~ batches^(1/T)."}
     )
     task_weights: dict[str, float] = field(
         default_factory=dict, metadata={"help": "Loss weight per task, e.g. 'rte=2,stsb=0.5' (default 1)."}
+    )
+    task_weighting: TaskWeighting = field(
+        default="static",
+        metadata={"help": "static (TASK_WEIGHTS) or uncertainty: a learned log-variance per task scales its loss "
+                  "(Kendall et al., 2018)."},
+    )
+    task_weighting_lr: float = field(
+        default=0.01, metadata={"help": "Learning rate of the learned loss weights (TASK_WEIGHTING=uncertainty)."}
+    )
+    select_best: SelectBest = field(
+        default="per_task",
+        metadata={"help": "What export/<task> holds: per_task (each task's best dev step), average (the best "
+                  "eval_average step) or last (the final weights)."},
     )
     group_by_length: bool = field(
         default=False, metadata={"help": "Batch examples of similar length together within a task."}
@@ -192,6 +209,11 @@ def _validate(s: Settings) -> None:
         raise UserError(f"NUM_EPOCHS={s.num_epochs} must be > 0 (or set MAX_STEPS)")
     if s.learning_rate is not None and not s.learning_rate > 0:
         raise UserError(f"LEARNING_RATE={s.learning_rate} must be > 0")
+    if s.task_weighting != "static" and s.task_weights:
+        raise UserError(f"TASK_WEIGHTS is for TASK_WEIGHTING=static; TASK_WEIGHTING={s.task_weighting} learns the "
+                        "weights: unset one of them")
+    if not s.task_weighting_lr > 0:
+        raise UserError(f"TASK_WEIGHTING_LR={s.task_weighting_lr} must be > 0")
     if not s.sampling_temperature > 0:
         raise UserError(f"SAMPLING_TEMPERATURE={s.sampling_temperature} must be > 0")
     if not 0 <= s.warmup_ratio < 1:

@@ -26,10 +26,13 @@ from trainer.checkpoint_sync import CloudDirs, GcsCheckpointCallback, resolve_cl
 from trainer.checkpoints import CompleteMarkerCallback, resolve_resume
 from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
-from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR, export_tasks
+from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR
+from trainer.metrics import metrics_by_task
 from trainer.modeling import MultitaskModel
-from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer, metrics_by_task
+from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer
 from trainer.preemption import PreemptionCallback
+from trainer.sampling import STRATEGIES
+from trainer.selection import BestSelection
 from trainer.settings import DEMO_MODEL, Settings
 from trainer.spec import SPLITS, TaskData, TaskSpec
 from trainer.tasks import describe_choice, read_split, resolve_tasks
@@ -130,12 +133,11 @@ def training_arguments(settings: Settings) -> TrainingArguments:
         logging_strategy="steps",
         logging_steps=settings.logging_steps,
         save_total_limit=settings.save_total_limit,
-        metric_for_best_model=AGGREGATE_METRIC,
-        greater_is_better=True,
         report_to=["tensorboard"],
         seed=settings.seed,
         remove_unused_columns=False,
-        ddp_find_unused_parameters=True,  # each step trains one head; the others get no gradient
+        # one head per step leaves the others without a gradient; all_tasks steps use every head
+        ddp_find_unused_parameters=STRATEGIES[settings.sampling].one_task_per_step,
         dataloader_num_workers=0,
         **precision_flags(settings.precision),
     )
@@ -162,13 +164,16 @@ def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDi
     return resolve_resume(mode, settings.output_dir)
 
 
-def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], step: int) -> dict[str, Any]:
+def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], step: int,
+                  selection: BestSelection) -> dict[str, Any]:
+    """The final dev metrics (`tasks`, `average`) and the selected ones (`selected`: step and metrics per task)."""
     per_task = metrics_by_task(metrics, tasks)
     report = {
         "global_step": step,
         AGGREGATE_METRIC: metrics[f"eval_{AGGREGATE_METRIC}"],
         "main_metric": {t.name: t.metric for t in tasks},
         "tasks": per_task,
+        **selection.report(per_task, step),
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -200,7 +205,10 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     train_set = MultitaskDataset(tokenized["train"])
     eval_sets = {name: MultitaskDataset({name: ds}) for name, ds in tokenized["dev"].items()}
 
-    model = MultitaskModel(encoder, tasks)
+    model = MultitaskModel(encoder, tasks, settings.task_weighting, settings.task_weights)
+    selection = BestSelection(settings.select_best, tasks, tokenizer, settings.output_dir)
+    if args.should_save:
+        selection.restore(resume)
     trainer = MultitaskTrainer(
         model=model,
         args=args,
@@ -208,13 +216,13 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         eval_dataset=eval_sets,
         processing_class=tokenizer,
         data_collator=TaskBatchCollator(tokenizer, tasks, pad_to_multiple_of=8 if not args.use_cpu else None),
-        callbacks=[FinalSaveCallback(), CompleteMarkerCallback(), preemption, *([sync] if sync else []),
+        callbacks=[FinalSaveCallback(), selection, CompleteMarkerCallback(), preemption, *([sync] if sync else []),
                    *(callbacks or [])],
         tasks=tasks,
         sampling=settings.sampling,
         sampling_temperature=settings.sampling_temperature,
-        task_weights=settings.task_weights,
         group_by_length=settings.group_by_length,
+        weighting_learning_rate=settings.task_weighting_lr,
     )
     steps_per_epoch = max(1, math.ceil(len(trainer.make_batch_sampler()) / args.gradient_accumulation_steps))
     args.save_steps = settings.save_steps or steps_per_epoch
@@ -236,12 +244,17 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     if args.should_save:
         output = Path(settings.output_dir)
         trainer.save_model(str(output / FINAL_MODEL_DIR))
-        export_tasks(trainer.accelerator.unwrap_model(trainer.model), tokenizer, str(output / EXPORT_DIR))
-        report = write_metrics(output / METRICS_FILE, metrics, tasks, trainer.state.global_step)
+        selection.export(trainer.accelerator.unwrap_model(trainer.model), output / EXPORT_DIR)
+        report = write_metrics(output / METRICS_FILE, metrics, tasks, trainer.state.global_step, selection)
         if sync:
             sync.upload_final(output / FINAL_MODEL_DIR, settings.effective_log_dir, output / METRICS_FILE,
                               export_dir=output / EXPORT_DIR)
         summary = ", ".join(f"{t.name} {t.metric}={report['tasks'][t.name][t.metric]:.3f}" for t in tasks)
         print(f"final: {summary}; average={report[AGGREGATE_METRIC]:.3f} -> {output / METRICS_FILE}", flush=True)
+        if settings.select_best != "last":
+            chosen = ", ".join(f"{t.name} {t.metric}={report['selected'][t.name]['metrics'][t.metric]:.3f} "
+                               f"(step {report['selected'][t.name]['step']})" for t in tasks)
+            print(f"selected ({settings.select_best}): {chosen}; average={report['selected_average']:.3f} -> "
+                  f"{output / EXPORT_DIR}", flush=True)
     return report
 
