@@ -15,7 +15,6 @@ from trainer.train import precision_flags
 
 from .tiny import tiny_configs
 
-
 TASKS = list(DEMO_TASKS.values())
 
 
@@ -120,7 +119,6 @@ def test_precision_auto_is_fp32_on_cpu_and_half_precision_needs_a_gpu(monkeypatc
 
 
 def test_each_tasks_training_loss_is_logged_as_its_mean_since_the_last_log(tmp_path):
-    tasks = TASKS
     seen = []
 
     class Keep(transformers.TrainerCallback):
