@@ -19,7 +19,7 @@ from trainer import demo
 from trainer.env import parse_bool
 from trainer.errors import UserError
 from trainer.kinds import KINDS
-from trainer.spec import COMMON_FIELDS, SPLITS, TaskData, TaskSpec
+from trainer.spec import ALL_SPLITS, COMMON_FIELDS, SPLITS, TaskData, TaskSpec
 
 __all__ = ["BUILTIN_TASKS", "DEMO_TASKS", "SPLITS", "TaskData", "TaskSpec", "load_tasks_file", "read_split",
            "resolve_tasks"]
@@ -354,7 +354,7 @@ def read_hub_split(task: TaskSpec, split: str) -> TaskData:
     """Load a built-in task's split from the Hugging Face hub and normalise it."""
     import datasets
 
-    hub_split = task.hub_splits[SPLITS.index(split)]
+    hub_split = task.hub_splits[ALL_SPLITS.index(split)]
     try:
         rows = datasets.load_dataset(task.hub_path, task.hub_name, split=hub_split)
     except Exception as err:  # network, auth, missing dataset: all mean "can't get it"
