@@ -80,6 +80,12 @@ class TaskSpec:
         return self.kind.metrics[self.metric]
 
     @property
+    def declared_source(self) -> bool:
+        """Declared with `source:` in TASKS_FILE (no files): read with `datasets` only, never from DATA_DIR;
+        the source's features may complete it (ClassLabel names as `labels`)."""
+        return bool(self.hub_path) and not self.train_file
+
+    @property
     def counts_in_average(self) -> bool:
         return (not self.kind.auxiliary) if self.in_average is None else self.in_average
 
