@@ -156,8 +156,9 @@ def test_a_missing_dataset_is_one_error_line(tmp_path):
     env = {"TASKS_FILE": str(tasks_file), "OUTPUT_DIR": str(tmp_path / "out"), "MODEL_NAME": "demo",
            "HF_DATASETS_CACHE": str(tmp_path / "hf-cache")}
     line = one_error_line(run_cli("train", env=env))
-    assert line.startswith("error: task 'emotion': could not load split 'train' of the dataset './no_such_dir' "
-                           "(config 'emotion') ("), line
+    missing = tmp_path / "no_such_dir"  # relative to the TASKS_FILE, not the working directory
+    assert line.startswith(f"error: task 'emotion': could not load split 'train' of the dataset '{missing}' "
+                           "(config 'emotion') (Couldn't find any data file"), line
     assert "a directory relative to the TASKS_FILE or a hub dataset id" in line and "DATA_DIR" not in line
     assert not (tmp_path / "out").exists()
 

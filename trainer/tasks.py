@@ -193,7 +193,8 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
 
 def _source(source: Any, where: str, base: Path) -> dict[str, Any]:
     """`source: {dataset, config, train, dev, test}` as the spec's hub fields, with no files. A dataset that
-    is a path relative to the TASKS_FILE becomes that path; anything else goes to `datasets` as given."""
+    exists relative to the TASKS_FILE, or starts with '.' or '/', is a path from there; anything else (a hub
+    id) goes to `datasets` as given."""
     if not isinstance(source, dict) or "dataset" not in source:
         raise UserError(f"{where}: 'source' must be a mapping with at least 'dataset' (a directory or a hub "
                         f"dataset id); its keys: {', '.join(_SOURCE_KEYS)}")
@@ -201,10 +202,11 @@ def _source(source: Any, where: str, base: Path) -> dict[str, Any]:
     if extra:
         raise UserError(f"{where}: source key(s) {', '.join(extra)} are not allowed; allowed: "
                         + ", ".join(_SOURCE_KEYS))
-    local = base / str(source["dataset"])
+    dataset = str(source["dataset"])
+    local = base / dataset
     config = source.get("config")
     return {
-        "hub_path": str(local) if local.exists() else str(source["dataset"]),
+        "hub_path": str(local) if local.exists() or dataset.startswith((".", "/")) else dataset,
         "hub_name": None if config is None else str(config),
         "hub_splits": (str(source.get("train", "train")), str(source.get("dev", "validation")),
                        str(source.get("test") or "")),
@@ -381,7 +383,7 @@ def _iter_rows(task: TaskSpec, path: str) -> Iterator[tuple[str, dict[str, Any]]
             yield f"{path}:{lineno}", dict(zip(header, cells, strict=True))
 
 
-# ---- the Hugging Face hub --------------------------------------------------------------
+# ---- the Hugging Face hub and declared datasets sources --------------------------------
 
 
 def load_hub_split(task: TaskSpec, split: str) -> Any:

@@ -22,8 +22,8 @@ class Classification(SentenceKind):
     name = "classification"
     summary = "one label per sentence or sentence pair"
     fields = (TEXT_COLUMNS, LABEL_COLUMN,
-              Field("labels", "the label values as the files hold them, in order (at least two)", list_of_str=True,
-                    default=()),
+              Field("labels", "the label values as the files hold them, in order (at least two); a source's "
+                    "ClassLabel gives them", list_of_str=True, default=()),
               Field("label_names", "names for integer labels 0..n-1 (as a datasets ClassLabel); labels may then "
                     "be left out", list_of_str=True, default=()))
     metrics = {"accuracy": True, "f1": True, "macro_f1": True, "mcc": True}
