@@ -52,3 +52,14 @@ def test_the_readme_tasks_file_example_works(tmp_path):
     assert read_split(tasks["ner"], "dev", None).tags == [[1, 2]]
     assert read_split(tasks["wiki"], "train", None).text == ["first line", "second line"]
     assert not tasks["wiki"].counts_in_average and tasks["story"].metric == "accuracy"
+
+
+def test_the_readme_source_example_declares_the_tweeteval_tasks(tmp_path):
+    block = re.search(r"```yaml\n(tasks:\n  - name: emotion.*?)```", README, re.S).group(1)
+    (tmp_path / "tasks.yaml").write_text(block)
+    tasks = load_tasks_file(str(tmp_path / "tasks.yaml"))  # declared offline: the labels come when read
+    for name in ("emotion", "sentiment"):
+        task = tasks[name]
+        assert (task.hub_path, task.hub_name) == ("cardiffnlp/tweet_eval", name) and task.declared_source
+        assert task.hub_splits == ("train", "validation", "test" if name == "emotion" else "")
+        assert task.labels == () and task.text_columns == ("text",) and task.main_metric == "macro_f1"

@@ -170,6 +170,7 @@ def test_tasks_command_lists_builtin_tasks_and_every_kinds_fields():
 
     result = run_cli("tasks")
     assert result.returncode == 0, result.stderr
+    assert "\n  source " in result.stdout and "datasets.load_dataset" in result.stdout
     for name in BUILTIN_TASKS:
         assert f"\n  {name} " in result.stdout
     for kind in KINDS.values():

@@ -14,7 +14,7 @@ def check(settings: Settings) -> str:
     from trainer.train import load_tokenizer, read_all_splits
 
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
-    rows = read_all_splits(tasks, settings)
+    tasks, rows = read_all_splits(tasks, settings)
     tokenizer, _ = load_tokenizer(settings.model_name, tasks)
     limit = settings.max_seq_length
     lines = [describe_choice(tasks, settings.tasks, settings.tasks_file),

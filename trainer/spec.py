@@ -15,7 +15,8 @@ from typing import Any
 from trainer.errors import UserError
 from trainer.kinds import KINDS, TaskKind
 
-SPLITS = ("train", "dev")
+SPLITS = ("train", "dev")  # the splits training reads
+ALL_SPLITS = ("train", "dev", "test")  # the order of `hub_splits`
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,12 @@ class TaskSpec:
     column_names: tuple[str, ...] = ()
     encoding: str = "utf-8"
     format: str = ""  # the files' format when their suffix doesn't say (csv, tsv, jsonl, txt, conll)
-    # Hugging Face hub source (built-in tasks): dataset path, config, split names, and the
-    # kind's options for hub rows where the hub's columns differ from the local files'.
+    # A `datasets` source (built-in tasks, or `source:` in TASKS_FILE): dataset path, config, the split
+    # names for ALL_SPLITS ("" where there is none), and the kind's options for hub rows where the hub's
+    # columns differ from the local files' (built-in tasks only).
     hub_path: str = ""
     hub_name: str | None = None
-    hub_splits: tuple[str, str] = ("train", "validation")
+    hub_splits: tuple[str, ...] = ("train", "validation", "test")
     hub_options: dict[str, Any] = field(default_factory=dict, hash=False)
     # Generated offline by trainer.demo.
     demo: bool = False
@@ -76,6 +78,12 @@ class TaskSpec:
     @property
     def higher_is_better(self) -> bool:
         return self.kind.metrics[self.metric]
+
+    @property
+    def declared_source(self) -> bool:
+        """Declared with `source:` in TASKS_FILE (no files): read with `datasets` only, never from DATA_DIR;
+        the source's features may complete it (ClassLabel names as `labels`)."""
+        return bool(self.hub_path) and not self.train_file
 
     @property
     def counts_in_average(self) -> bool:

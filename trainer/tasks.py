@@ -7,6 +7,7 @@ each row into its normalised columns (`trainer.kinds`). Every problem names the 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -19,10 +20,10 @@ from trainer import demo
 from trainer.env import parse_bool
 from trainer.errors import UserError
 from trainer.kinds import KINDS
-from trainer.spec import COMMON_FIELDS, SPLITS, TaskData, TaskSpec
+from trainer.spec import ALL_SPLITS, COMMON_FIELDS, SPLITS, TaskData, TaskSpec
 
 __all__ = ["BUILTIN_TASKS", "DEMO_TASKS", "SPLITS", "TaskData", "TaskSpec", "load_tasks_file", "read_split",
-           "resolve_tasks"]
+           "resolve_source", "resolve_tasks"]
 
 _GLUE = "nyu-mll/glue"
 
@@ -92,7 +93,9 @@ DEMO_TASKS: dict[str, TaskSpec] = {
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 _REQUIRED = ("name", "type", "train_file", "dev_file")
-_DECLARABLE = ("main_metric", "in_average", "header", "column_names", "encoding", "format")
+_FILE_FIELDS = ("header", "column_names", "encoding", "format")
+_DECLARABLE = ("main_metric", "in_average", "source", *_FILE_FIELDS)
+_SOURCE_KEYS = ("dataset", "config", "train", "dev", "test")
 
 
 class _LiteralLoader(yaml.SafeLoader):
@@ -138,7 +141,8 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
         raise UserError(f"{where} must be a mapping with the fields {', '.join(_REQUIRED)} and its kind's fields")
     for key in ("name", "type"):
         if key not in entry:
-            raise UserError(f"{where} is missing the field {key!r}; every task needs name, type, train_file, dev_file")
+            raise UserError(f"{where} is missing the field {key!r}; every task needs name, type, train_file, dev_file "
+                            "(or source)")
     name, kind_name = str(entry["name"]), str(entry["type"])
     where = f"{where} ({name})"
     if not _NAME.match(name):
@@ -146,7 +150,10 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
     kind = KINDS.get(kind_name)
     if kind is None:
         raise UserError(f"{where}: type {kind_name!r} is not allowed; choose one of {', '.join(KINDS)}")
-    required = ["name", "type", *(f.name for f in kind.fields if f.required), "train_file", "dev_file"]
+    if "source" in entry and ("train_file" in entry or "dev_file" in entry):
+        raise UserError(f"{where}: give either 'source' or 'train_file'/'dev_file', not both")
+    files = () if "source" in entry else ("train_file", "dev_file")
+    required = ["name", "type", *(f.name for f in kind.fields if f.required), *files]
     missing = [k for k in required if k not in entry]
     if missing:
         raise UserError(f"{where} is missing the field(s) {', '.join(missing)}; required: "
@@ -161,11 +168,14 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
             f"{where}: field(s) {', '.join(extra)} are not allowed for a {kind_name} task{hint}; allowed: "
             + ", ".join(sorted(allowed))
         )
+    file_fields = [k for k in _FILE_FIELDS if k in entry]
+    if "source" in entry and file_fields:
+        raise UserError(f"{where}: {', '.join(file_fields)} describe(s) files; a task with a 'source' takes none")
     options = {k: entry[k] for k in own if k in entry}
     common: dict[str, Any] = {
         "main_metric": str(entry.get("main_metric", "")),
-        "train_file": str(base / str(entry["train_file"])),
-        "dev_file": str(base / str(entry["dev_file"])),
+        **(_source(entry["source"], where, base) if "source" in entry else
+           {"train_file": str(base / str(entry["train_file"])), "dev_file": str(base / str(entry["dev_file"]))}),
         "header": _as_bool(entry.get("header", True), where, "header"),
         "column_names": tuple(str(c) for c in entry.get("column_names", ()) or ()),
         "encoding": str(entry.get("encoding", "utf-8")),
@@ -175,9 +185,33 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
         common["in_average"] = _as_bool(entry["in_average"], where, "in_average")
     spec = TaskSpec(name=name, type=kind_name, options=options, **common)
     validate_task(spec, where)
-    spec.file_format(spec.train_file)
-    spec.file_format(spec.dev_file)
+    if not spec.declared_source:
+        spec.file_format(spec.train_file)
+        spec.file_format(spec.dev_file)
     return spec
+
+
+def _source(source: Any, where: str, base: Path) -> dict[str, Any]:
+    """`source: {dataset, config, train, dev, test}` as the spec's hub fields, with no files. A dataset that
+    exists relative to the TASKS_FILE, or starts with '.' or '/', is a path from there; anything else (a hub
+    id) goes to `datasets` as given."""
+    if not isinstance(source, dict) or "dataset" not in source:
+        raise UserError(f"{where}: 'source' must be a mapping with at least 'dataset' (a directory or a hub "
+                        f"dataset id); its keys: {', '.join(_SOURCE_KEYS)}")
+    extra = sorted(set(map(str, source)) - set(_SOURCE_KEYS))
+    if extra:
+        raise UserError(f"{where}: source key(s) {', '.join(extra)} are not allowed; allowed: "
+                        + ", ".join(_SOURCE_KEYS))
+    dataset = str(source["dataset"])
+    local = base / dataset
+    config = source.get("config")
+    return {
+        "hub_path": str(local) if local.exists() or dataset.startswith((".", "/")) else dataset,
+        "hub_name": None if config is None else str(config),
+        "hub_splits": (str(source.get("train", "train")), str(source.get("dev", "validation")),
+                       str(source.get("test") or "")),
+        "train_file": "", "dev_file": "",
+    }
 
 
 def validate_task(task: TaskSpec, where: str) -> None:
@@ -242,6 +276,8 @@ COMMON_HELP = {
     "type": "the task kind: " + ", ".join(KINDS),
     "train_file": "path, relative to the TASKS_FILE",
     "dev_file": "path, relative to the TASKS_FILE",
+    "source": "instead of files, any datasets.load_dataset source: {dataset: a directory (relative to the "
+              "TASKS_FILE) or hub id, config, train, dev, test: split names (default train, validation, none)}",
     "main_metric": "the metric for eval_average and model selection (default: the kind's first)",
     "in_average": "true/false: count the task in eval_average (default: true, false for language modelling)",
     "header": "csv/tsv: the first line is a header (default true)",
@@ -347,22 +383,50 @@ def _iter_rows(task: TaskSpec, path: str) -> Iterator[tuple[str, dict[str, Any]]
             yield f"{path}:{lineno}", dict(zip(header, cells, strict=True))
 
 
-# ---- the Hugging Face hub --------------------------------------------------------------
+# ---- the Hugging Face hub and declared datasets sources --------------------------------
 
 
-def read_hub_split(task: TaskSpec, split: str) -> TaskData:
-    """Load a built-in task's split from the Hugging Face hub and normalise it."""
+def load_hub_split(task: TaskSpec, split: str) -> Any:
+    """One split of a task's `datasets` source (the hub, or a declared `source:`), as a `datasets.Dataset`."""
     import datasets
 
-    hub_split = task.hub_splits[SPLITS.index(split)]
+    hub_split = task.hub_splits[ALL_SPLITS.index(split)]
     try:
-        rows = datasets.load_dataset(task.hub_path, task.hub_name, split=hub_split)
-    except Exception as err:  # network, auth, missing dataset: all mean "can't get it"
+        return datasets.load_dataset(task.hub_path, task.hub_name, split=hub_split)
+    except Exception as err:  # network, auth, missing dataset or split: all mean "can't get it"
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if task.declared_source:
+            config = f" (config {task.hub_name!r})" if task.hub_name else ""
+            raise UserError(
+                f"task {task.name!r}: could not load split {hub_split!r} of the dataset {task.hub_path!r}{config} "
+                f"({reason}); source 'dataset' takes a directory relative to the TASKS_FILE or a hub dataset id"
+            ) from None
         raise UserError(
             f"task {task.name!r}: could not load {task.hub_path} from the Hugging Face hub ({reason}); "
             "set DATA_DIR to read local files instead"
         ) from None
+
+
+def with_source_features(task: TaskSpec, features: Any) -> TaskSpec:
+    """A declared source's task completed by its split's features (a ClassLabel's names as `labels`), validated."""
+    where = f"task {task.name!r} (dataset {task.hub_path})"
+    task = dataclasses.replace(task, options={**task.options, **task.kind.source_options(task, features, where)})
+    validate_task(task, where)
+    return task
+
+
+def resolve_source(task: TaskSpec) -> TaskSpec:
+    """The spec as the model needs it: a declared source's train split completes it; other tasks as they are."""
+    if not task.declared_source:
+        return task
+    return with_source_features(task, load_hub_split(task, "train").features)
+
+
+def read_hub_split(task: TaskSpec, split: str) -> TaskData:
+    """Load a split from the task's `datasets` source and normalise it."""
+    rows = load_hub_split(task, split)
+    if task.declared_source:
+        task = with_source_features(task, rows.features)
     return normalise_hub_rows(task, rows)
 
 
@@ -379,13 +443,13 @@ def normalise_hub_rows(task: TaskSpec, rows: Any) -> TaskData:
 
 
 def read_split(task: TaskSpec, split: str, data_dir: str | None) -> TaskData:
-    """Rows of one split, from the demo generator, DATA_DIR, a TASKS_FILE path or the hub."""
+    """Rows of one split, from the demo generator, DATA_DIR, a TASKS_FILE path, a declared source or the hub."""
     if task.demo:
         columns = demo.demo_columns(task.name, split)
         return TaskData({k: columns[k] for k in task.kind.features(task)})
+    if task.declared_source or (task.hub_path and not data_dir):
+        return read_hub_split(task, split)
     file = task.train_file if split == "train" else task.dev_file
-    if task.hub_path:  # built-in
-        if not data_dir:
-            return read_hub_split(task, split)
+    if task.hub_path:  # built-in, from DATA_DIR
         return read_local_split(task, str(Path(data_dir) / task.name / file))
     return read_local_split(task, file)

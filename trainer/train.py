@@ -35,7 +35,7 @@ from trainer.sampling import STRATEGIES
 from trainer.selection import BestSelection
 from trainer.settings import DEMO_MODEL, Settings
 from trainer.spec import SPLITS, TaskData, TaskSpec
-from trainer.tasks import describe_choice, read_split, resolve_tasks
+from trainer.tasks import describe_choice, read_split, resolve_source, resolve_tasks
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -97,13 +97,20 @@ def load_encoder(
     return tokenizer, encoder
 
 
-def read_all_splits(tasks: list[TaskSpec], settings: Settings) -> dict[str, dict[str, TaskData]]:
-    """Read and validate every split before anything is written to disk, then apply the caps."""
+def read_all_splits(
+    tasks: list[TaskSpec], settings: Settings
+) -> tuple[list[TaskSpec], dict[str, dict[str, TaskData]]]:
+    """Read and validate every split before anything is written to disk, then apply the caps.
+
+    Returns the tasks as their data completes them (a declared source's ClassLabel names become its
+    `labels`, which the model's heads need) and their rows.
+    """
+    tasks = [resolve_source(t) for t in tasks]
     rows = {t.name: {split: read_split(t, split, settings.data_dir) for split in SPLITS} for t in tasks}
     for splits in rows.values():
         splits["train"] = splits["train"].limit(settings.max_train_samples, seed=settings.seed)
         splits["dev"] = splits["dev"].limit(settings.max_eval_samples)
-    return rows
+    return tasks, rows
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -184,7 +191,7 @@ def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], 
 def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run one multitask training job; returns the final metrics report."""
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
-    rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
+    tasks, rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
     set_seed(settings.seed)
     tokenizer, encoder = load_encoder(settings.model_name, tasks)
     logger.info(describe_choice(tasks, settings.tasks, settings.tasks_file))

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import datasets
 import numpy as np
 import torch
 
 from trainer.errors import UserError
 
 if TYPE_CHECKING:
-    import datasets
     from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from trainer.spec import TaskSpec
@@ -87,6 +87,11 @@ class TaskKind:
     def normalise_hub(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any] | None:
         """One row of a hub dataset -> the normalised columns (built-in tasks); None skips the row."""
         return self.normalise(task, row, where)
+
+    def source_options(self, task: TaskSpec, features: datasets.Features, where: str) -> dict[str, Any]:
+        """Options a declared source's features supply (a ClassLabel's names as `labels`); a declared value
+        must agree with them. Errors name `where`."""
+        return {}
 
     def check_split(self, task: TaskSpec, columns: dict[str, list[Any]], where: str) -> None:
         """Refuse what no single row shows (a kind may need rows to agree); errors name `where`."""
@@ -223,6 +228,20 @@ def label_index(task: TaskSpec, raw: Any, where: str, what: str = "label",
     if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(values):
         return raw
     raise UserError(f"{where}: {what} {text!r} of task {task.name!r} is not in its label list ({', '.join(values)})")
+
+
+def class_label_names(task: TaskSpec, feature: Any, where: str, sequence: bool = False) -> tuple[str, ...] | None:
+    """The names of a `datasets.ClassLabel` feature (of a list of them with `sequence`: token tags), None for
+    any other feature; declared `labels` must be the same names in the same order."""
+    if sequence:
+        feature = getattr(feature, "feature", None)  # List(ClassLabel) -> ClassLabel
+    if not isinstance(feature, datasets.ClassLabel):
+        return None
+    names = tuple(feature.names)
+    if task.labels and task.labels != names:
+        raise UserError(f"{where}: 'labels' ({', '.join(task.labels)}) differ from the source's ClassLabel names "
+                        f"({', '.join(names)}); leave 'labels' out to take those")
+    return names
 
 
 def pad_inputs(

@@ -8,10 +8,11 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from trainer.errors import UserError
-from trainer.kinds.base import Field, label_index
+from trainer.kinds.base import Field, class_label_names, label_index
 from trainer.kinds.sentence import LABEL_COLUMN, TEXT_COLUMNS, SentenceKind
 
 if TYPE_CHECKING:
+    import datasets
     from transformers import PreTrainedConfig
 
     from trainer.spec import TaskSpec
@@ -21,8 +22,8 @@ class Classification(SentenceKind):
     name = "classification"
     summary = "one label per sentence or sentence pair"
     fields = (TEXT_COLUMNS, LABEL_COLUMN,
-              Field("labels", "the label values as the files hold them, in order (at least two)", list_of_str=True,
-                    default=()),
+              Field("labels", "the label values as the files hold them, in order (at least two); a source's "
+                    "ClassLabel gives them", list_of_str=True, default=()),
               Field("label_names", "names for integer labels 0..n-1 (as a datasets ClassLabel); labels may then "
                     "be left out", list_of_str=True, default=()))
     metrics = {"accuracy": True, "f1": True, "macro_f1": True, "mcc": True}
@@ -34,7 +35,8 @@ class Classification(SentenceKind):
             values = task.options[field]
             if len(set(values)) != len(values):
                 raise UserError(f"{where}: '{field}' lists a value twice ({', '.join(values)})")
-        if len(self.values(task)) < 2:
+        pending = task.declared_source and not self.values(task)  # the source's ClassLabel names them
+        if len(self.values(task)) < 2 and not pending:
             raise UserError(f"{where}: a classification task needs 'labels' (or 'label_names'), at least two")
         if task.labels and task.label_names and len(task.labels) != len(task.label_names):
             raise UserError(f"{where}: 'label_names' needs one name per label ({len(task.labels)})")
@@ -53,6 +55,8 @@ class Classification(SentenceKind):
         return "macro_f1" if len(self.values(task)) > 2 else "accuracy"
 
     def metrics_for(self, task: TaskSpec) -> list[str]:
+        if not self.values(task):  # labels still to come from a source: any until then
+            return list(self.metrics)
         return ["accuracy", "mcc", "f1" if len(self.values(task)) == 2 else "macro_f1"]
 
     def num_labels(self, task: TaskSpec) -> int:
@@ -61,8 +65,19 @@ class Classification(SentenceKind):
     def label(self, task: TaskSpec, raw: Any, where: str) -> int:
         return label_index(task, raw, where, values=self.values(task))
 
+    def source_options(self, task: TaskSpec, features: datasets.Features, where: str) -> dict[str, Any]:
+        feature = features.get(task.label_column)
+        names = class_label_names(task, feature, where)
+        if names is None and not self.values(task):
+            found = f"holds {feature}" if feature is not None else f"is missing (columns: {', '.join(features)})"
+            raise UserError(f"{where}: label column {task.label_column!r} {found}, not a datasets ClassLabel; "
+                            "declare 'labels' (the values in order) or 'label_names' (names for 0..n-1)")
+        return {} if names is None else {"labels": names}
+
     def normalise_hub(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
         raw = row[task.label_column]
+        if isinstance(raw, str):  # a declared source with string labels: as in files
+            return self.normalise(task, row, where)
         if not isinstance(raw, int) or not 0 <= raw < task.num_labels:
             raise UserError(f"{where}: label {raw!r} is outside 0..{task.num_labels - 1} (unlabelled split?)")
         return self.normalise(task, {**row, task.label_column: self.values(task)[raw]}, where)

@@ -24,6 +24,7 @@ from trainer.kinds.base import (
     Field,
     TaskKind,
     batch_logits,
+    class_label_names,
     label_index,
     lookup,
     pad_inputs,
@@ -111,7 +112,8 @@ class TokenClassification(TaskKind):
     name = "token_classification"
     summary = "one tag per word (NER, POS); CoNLL or JSONL files"
     fields = (
-        Field("labels", "the tag set, e.g. [O, B-PER, I-PER]", required=True, list_of_str=True),
+        Field("labels", "the tag set, e.g. [O, B-PER, I-PER] (required, unless a source's ClassLabel tags name it)",
+              list_of_str=True, default=()),
         Field("tokens_column", "JSONL: the column with the list of words", default="tokens"),
         Field("tags_column", "JSONL: the column with the list of tags", default="tags"),
         Field("conll_columns", "CoNLL: the 0-based columns of the word and its tag", default=(0, -1)),
@@ -121,7 +123,8 @@ class TokenClassification(TaskKind):
     pipeline = "token-classification"
 
     def validate(self, task: TaskSpec, where: str) -> None:
-        if len(task.labels) < 2:
+        pending = task.declared_source and not task.labels  # the source's ClassLabel tags name them
+        if len(task.labels) < 2 and not pending:
             raise UserError(f"{where}: a token_classification task needs 'labels' (its tag set), at least two")
         if len(set(task.labels)) != len(task.labels):
             raise UserError(f"{where}: 'labels' lists a tag twice ({', '.join(task.labels)})")
@@ -176,6 +179,15 @@ class TokenClassification(TaskKind):
                 lines.append(lineno)
         if words:
             yield f"{path}:{start}", {task.tokens_column: words, task.tags_column: tags, LINES: lines}
+
+    def source_options(self, task: TaskSpec, features: datasets.Features, where: str) -> dict[str, Any]:
+        feature = features.get(task.tags_column)
+        names = class_label_names(task, feature, where, sequence=True)
+        if names is None and not task.labels:
+            found = f"holds {feature}" if feature is not None else f"is missing (columns: {', '.join(features)})"
+            raise UserError(f"{where}: tags column {task.tags_column!r} {found}, not a list of datasets ClassLabel; "
+                            "declare 'labels' (the tag set)")
+        return {} if names is None else {"labels": names}
 
     def normalise(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
         words = lookup(row, task.tokens_column, where)
