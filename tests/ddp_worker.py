@@ -15,12 +15,14 @@ from trainer.settings import load_settings
 from trainer.train import train
 
 STEP_TASKS: list[str] = []
+FIND_UNUSED: set = set()  # the DDP wrapper's find_unused_parameters, as seen in every step
 _compute_loss = MultitaskTrainer.compute_loss
 
 
 def _logging_compute_loss(self, model, inputs, *args, **kwargs):
     if model.training:
-        STEP_TASKS.append(inputs["task"])
+        STEP_TASKS.append("+".join(inputs["batches"]) if "batches" in inputs else inputs["task"])
+        FIND_UNUSED.add(getattr(model, "find_unused_parameters", None))
     return _compute_loss(self, model, inputs, *args, **kwargs)
 
 
@@ -51,6 +53,8 @@ def main(out_dir: str) -> None:
     torch.save(keep.states, os.path.join(out_dir, f"encoder.rank{os.environ['RANK']}.pt"))
     with open(os.path.join(out_dir, f"tasks.rank{os.environ['RANK']}"), "w", encoding="utf-8") as log:
         log.write("\n".join(STEP_TASKS) + "\n")
+    with open(os.path.join(out_dir, f"find_unused.rank{os.environ['RANK']}"), "w", encoding="utf-8") as log:
+        log.write(",".join(map(str, sorted(FIND_UNUSED, key=str))))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def torchrun_worker(tmp_path, **settings: str) -> tuple[list[list[str]], list[di
 def test_torchrun_two_ranks_train_the_same_task_each_step(tmp_path):
     tasks, ranks = torchrun_worker(tmp_path, SAMPLING="temperature")
     assert len(set(tasks[0])) == 3
+    assert (tmp_path / "find_unused.rank0").read_text() == "True"  # one head per step: the others get no grad
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert (tmp_path / "out" / "metrics.json").is_file()
     assert (tmp_path / "out" / "checkpoint-16" / "checkpoint_complete.json").is_file()
@@ -55,3 +56,23 @@ def test_torchrun_mixes_classification_masked_lm_and_token_classification(tmp_pa
     assert set(tasks[0]) == {"demo_sentiment", "ner", "text"}
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert "f1" in report["tasks"]["ner"] and "perplexity" in report["tasks"]["text"]
+
+
+def test_torchrun_all_tasks_steps_run_ddp_without_finding_unused_parameters(tmp_path):
+    """Token classification and masked LM leave BERT's pooler unused: it is frozen before DDP is built,
+    so every parameter that DDP reduces gets a gradient in every step."""
+    from .tiny import NER_LABELS, ner_sentences, write_conll, write_text
+
+    write_conll(tmp_path / "ner.conll", ner_sentences(96))
+    write_text(tmp_path / "text.txt", 300)
+    (tmp_path / "tasks.yaml").write_text(
+        "tasks:\n"
+        f"  - {{name: ner, type: token_classification, labels: [{', '.join(NER_LABELS)}], train_file: ner.conll,"
+        " dev_file: ner.conll}\n"
+        "  - {name: text, type: masked_lm, train_file: text.txt, dev_file: text.txt}\n")
+    tasks, ranks = torchrun_worker(tmp_path, SAMPLING="all_tasks", TASK_WEIGHTING="uncertainty",
+                                   TASKS_FILE=str(tmp_path / "tasks.yaml"), MAX_SEQ_LENGTH="32")
+    assert set(tasks[0]) == {"ner+text"}  # every step: one batch of each task
+    assert [(tmp_path / f"find_unused.rank{r}").read_text() for r in (0, 1)] == ["False", "False"]
+    final, initial = ranks[0]["final"], ranks[0]["initial"]
+    assert torch.equal(final["pooler.dense.weight"], initial["pooler.dense.weight"])  # frozen: no task uses it

@@ -70,7 +70,7 @@ def test_kill_9_then_resume_from_the_bucket_matches_an_uninterrupted_run(tmp_pat
     # A checkpoint every 20 steps: as in production, an upload finishes well within one save interval,
     # so a kill loses at most SAVE_STEPS steps (more only if uploads could not keep up at all).
     common = {"MODEL_NAME": str(model), "MAX_STEPS": "80", "SAVE_STEPS": "20", "BATCH_SIZE": "32",
-              "MAX_TRAIN_SAMPLES": "400", "MAX_EVAL_SAMPLES": "16", "EVAL_STEPS": "1000", "SEED": "5"}
+              "MAX_TRAIN_SAMPLES": "400", "MAX_EVAL_SAMPLES": "16", "EVAL_STEPS": "10", "SEED": "5"}
     straight = run_cli("train", env={**common, "OUTPUT_DIR": str(tmp_path / "straight")})
     assert straight.returncode == 0, straight.stderr[-3000:]
 
@@ -99,6 +99,12 @@ def test_kill_9_then_resume_from_the_bucket_matches_an_uninterrupted_run(tmp_pat
     a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
     b = load_file(tmp_path / "second" / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged"
+    # the per-task selection travelled through the bucket with the checkpoint (SELECT_BEST=per_task)
+    selected = [json.loads((tmp_path / run / "metrics.json").read_text())["selected"] for run in ("straight", "second")]
+    assert selected[0] == selected[1]
+    for task, chosen in selected[0].items():
+        a, b = (load_file(tmp_path / run / "export" / task / "model.safetensors") for run in ("straight", "second"))
+        assert all(torch.equal(a[k], b[k]) for k in a), f"export/{task} (step {chosen['step']}) differs"
     print(f"kill -9 at step {done}; resumed from checkpoint-{last_committed}; lost {done - last_committed} steps")
 
 
