@@ -7,8 +7,10 @@ SHELL := /bin/bash
 # (standard library only, so any python3 runs it before .venv exists); values are taken literally.
 PROJECT_ROOT := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 DOTENV = PYTHONPATH="$(PROJECT_ROOT)" python3 -m trainer.env
-ifneq (,$(wildcard .env))
-$(shell mkdir -p .make && $(DOTENV) make .env > .make/env.mk)
+# ENV_FILE=examples/<recipe>.env reads a recipe instead (make run-local ENV_FILE=...; python reads it too).
+ENV_FILE ?= .env
+ifneq (,$(wildcard $(ENV_FILE)))
+$(shell mkdir -p .make && $(DOTENV) make $(ENV_FILE) > .make/env.mk)
 include .make/env.mk
 endif
 
@@ -45,8 +47,8 @@ test: install-dev ## Run the offline test suite
 lint: install-dev ## ruff
 	$(VENV)/bin/ruff check trainer tests benchmarks scripts
 
-run-local: install ## Train with .env if present (no settings: the offline demo)
-	$(PY) -m trainer train
+run-local: install ## Train with .env if present (no settings: the offline demo); ENV_FILE=examples/x.env: a recipe
+	ENV_FILE='$(ENV_FILE)' $(PY) -m trainer train
 
 settings: install ## Print the effective settings and where each came from
 	$(PY) -m trainer settings
@@ -130,7 +132,7 @@ docker-push: docker-build ## Tag and push the image to Artifact Registry
 docker-local-train: docker-build ## Train in the container: GPUs if there, .env, the output dir and ADC mounted
 	@mkdir -p "$(HOST_OUTPUT_DIR)" .make
 	@# .env as docker's --env-file reads it (no quotes, no export), parsed by trainer/env.py like everything else
-	@$(if $(wildcard .env),$(DOTENV) docker .env,true) > .make/docker.env
+	@$(if $(wildcard $(ENV_FILE)),$(DOTENV) docker $(ENV_FILE),true) > .make/docker.env
 	$(DOCKER) run --rm --init --shm-size=$(DOCKER_SHM_SIZE) --user $$(id -u):$$(id -g) $(DOCKER_GPU_FLAGS) \
 		--env-file .make/docker.env -e OUTPUT_DIR=/app/outputs/run -v "$(HOST_OUTPUT_DIR)":/app/outputs/run \
 		$(DOCKER_ADC_FLAGS) $(if $(PROJECT_ID),-e GOOGLE_CLOUD_PROJECT=$(PROJECT_ID)) \

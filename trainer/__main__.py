@@ -16,7 +16,7 @@ from typing import Any
 
 import fire
 
-from trainer.env import load_dotenv
+from trainer.env import env_file, load_dotenv
 from trainer.errors import UserError, exit_on_user_error
 from trainer.settings import FIELDS, Settings, describe, load_settings
 
@@ -24,7 +24,7 @@ _REAL_ENV: dict[str, str] = dict(os.environ)  # before .env is loaded: tells 'en
 
 
 def _settings(flags: dict[str, Any]) -> tuple[Settings, dict[str, str]]:
-    return load_settings(flags, environ=_REAL_ENV, dotenv_path=".env")
+    return load_settings(flags, environ=_REAL_ENV, dotenv_path=env_file(_REAL_ENV))
 
 
 def _setup_logging() -> None:
@@ -208,7 +208,7 @@ def help_text(command: str | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     _REAL_ENV.clear()
     _REAL_ENV.update(os.environ)
-    load_dotenv(".env")  # also for libraries: credentials, STORAGE_EMULATOR_HOST, HF_TOKEN
+    load_dotenv(env_file(os.environ))  # also for libraries: credentials, STORAGE_EMULATOR_HOST, HF_TOKEN
     args = list(argv if argv is not None else sys.argv[1:])
     if not args or any(a in ("--help", "-h") for a in args):
         print(help_text(args[0] if args and not args[0].startswith("-") else None))

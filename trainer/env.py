@@ -146,6 +146,15 @@ def effective_environ(dotenv_path: str | os.PathLike[str] | None = ".env",
     return merged
 
 
+def env_file(environ: Mapping[str, str]) -> str:
+    """The settings file: ENV_FILE (a recipe such as examples/tweeteval.env), else `.env`."""
+    chosen = environ.get("ENV_FILE", "").strip()
+    if chosen and chosen != ".env" and not Path(chosen).is_file():
+        raise UserError(f"ENV_FILE={chosen} does not exist; give a settings file such as examples/<recipe>.env, "
+                        "or unset ENV_FILE to read .env")
+    return chosen or ".env"
+
+
 def load_dotenv(path: str | os.PathLike[str] = ".env") -> None:
     """Put `.env` values into `os.environ` where unset (for libraries: credentials, HF_TOKEN, ...)."""
     for name, value in read_dotenv(path).items():

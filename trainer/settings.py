@@ -248,7 +248,7 @@ def load_settings(
         elif env in environ:
             raw, source = environ[env], "env"
         elif env in dotenv:
-            raw, source = dotenv[env], ".env"
+            raw, source = dotenv[env], Path(dotenv_path).name
         else:
             sources[name] = "default"
             continue
