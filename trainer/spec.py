@@ -15,7 +15,8 @@ from typing import Any
 from trainer.errors import UserError
 from trainer.kinds import KINDS, TaskKind
 
-SPLITS = ("train", "dev")
+SPLITS = ("train", "dev")  # what training reads
+ALL_SPLITS = ("train", "dev", "test")  # `hub_splits` is indexed like this
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class TaskSpec:
     # Local files: paths, or names relative to DATA_DIR/<name>/ for built-in tasks.
     train_file: str = "train.tsv"
     dev_file: str = "dev.tsv"
+    test_file: str = ""  # optional: no test split without one (GLUE's and CommonsenseQA's have no labels)
     header: bool = True
     column_names: tuple[str, ...] = ()
     encoding: str = "utf-8"
@@ -38,7 +40,7 @@ class TaskSpec:
     # kind's options for hub rows where the hub's columns differ from the local files'.
     hub_path: str = ""
     hub_name: str | None = None
-    hub_splits: tuple[str, str] = ("train", "validation")
+    hub_splits: tuple[str, ...] = ("train", "validation", "test")  # in ALL_SPLITS order
     hub_options: dict[str, Any] = field(default_factory=dict, hash=False)
     # Generated offline by trainer.demo.
     demo: bool = False
