@@ -33,6 +33,13 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _quiet_model_loading() -> None:
+    """No "Loading weights" bar on stderr when a saved model loads: predictions and one-line errors stay clean."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 class CLI:
     """Multitask NLP trainer: python -m trainer COMMAND --help shows a command's flags."""
 
@@ -103,10 +110,39 @@ class CLI:
         from trainer.inference import load_task_model, predict_inputs
 
         settings, _ = _settings(flags)
+        _quiet_model_loading()
         spec, model, tokenizer = load_task_model(settings.output_dir, model_dir, task)
         for chunk in _chunks(_predict_inputs(text, text_pair, choices), 64):  # stdin streams: flat memory
             for result in predict_inputs(spec, model, tokenizer, chunk, settings.max_seq_length):
                 print(json.dumps(result, ensure_ascii=False), flush=True)
+
+    def predict_file(self, task: str, input: str, output: str, model_dir: str | None = None, **flags: Any) -> None:  # noqa: A002
+        """Predict every row of --input (the task's own file format, labels optional) into a TSV at --output.
+
+        The TSV has a header, then per row its index (the file's index/idx column, else the row number) and the
+        prediction (classification and multiple choice: the label and its probability; regression: the value;
+        token classification: the tags). Rows stream in batches; nothing is left behind on failure.
+        """
+        from trainer.inference import load_task_model, predict_file
+
+        settings, _ = _settings(flags)
+        _quiet_model_loading()
+        spec, model, tokenizer = load_task_model(settings.output_dir, model_dir, task)
+        count = predict_file(spec, model, tokenizer, str(input), str(output), settings.max_seq_length)
+        print(f"{count} predictions -> {output}")
+
+    def evaluate(self, split: str = "test", model_dir: str | None = None, **flags: Any) -> None:
+        """Score each task of a trained run on its test (or dev) split; writes OUTPUT_DIR/metrics_<split>.json.
+
+        The models are OUTPUT_DIR/export/<task> (or --model_dir's); TASKS picks some of them. A split without
+        labels (GLUE's test splits) is refused before anything is scored.
+        """
+        from trainer.evaluate import describe_report, evaluate, metrics_path
+
+        settings, _ = _settings(flags)
+        _quiet_model_loading()
+        report = evaluate(settings, str(split), model_dir)
+        print(describe_report(report, metrics_path(settings.output_dir, report["split"])))
 
     def export(self, model_dir: str | None = None, export_dir: str | None = None, **flags: Any) -> None:
         """Write one standalone Transformers directory per task (default OUTPUT_DIR/export)."""
@@ -169,12 +205,20 @@ _OWN_FLAGS = {
     "predict": {"task": "the task to predict (required)", "text": "a text, a list of texts, or - for stdin",
                 "text_pair": "the second text of a pair task", "choices": "candidate answers (multiple choice)",
                 "model_dir": "an OUTPUT_DIR, a model or checkpoint directory, or export/<task>"},
+    "predict-file": {"task": "the task to predict (required)",
+                     "input": "a file in the task's format: csv/tsv/jsonl/conll/... as its kind reads (required)",
+                     "output": "the TSV to write: index, prediction (required)",
+                     "model_dir": "an OUTPUT_DIR, a model or checkpoint directory, or export/<task> "
+                                  "(default OUTPUT_DIR/export/<task>)"},
+    "evaluate": {"split": "test (default) or dev",
+                 "model_dir": "an OUTPUT_DIR, its export/ or an export/<task> (default OUTPUT_DIR)"},
     "export": {"model_dir": "an OUTPUT_DIR, a model or a checkpoint (default OUTPUT_DIR)",
                "export_dir": "where to write (default OUTPUT_DIR/export)"},
     "job-spec": {"output": "write the YAML here instead of printing it"},
 }
-_TAKES_SETTINGS = ("train", "launch", "settings", "check", "predict", "export")
-_COMMANDS = ("train", "launch", "check", "settings", "tasks", "predict", "export", "job-spec", "create-bucket")
+_TAKES_SETTINGS = ("train", "launch", "settings", "check", "predict", "predict-file", "evaluate", "export")
+_COMMANDS = ("train", "launch", "check", "settings", "tasks", "predict", "predict-file", "evaluate", "export",
+             "job-spec", "create-bucket")
 
 
 def help_text(command: str | None) -> str:

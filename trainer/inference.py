@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer.checkpoints import latest_complete_checkpoint
 from trainer.errors import UserError
 from trainer.modeling import MULTITASK_FILE, MultitaskModel
-from trainer.spec import TaskSpec
+from trainer.spec import TaskData, TaskSpec
+from trainer.tasks import iter_file_rows
 
 FINAL_MODEL_DIR = "model"
 EXPORT_DIR = "export"
+PREDICT_BATCH = 64  # rows per batch of predict-file
 
 
 TASK_FILE = "trainer_task.json"  # in each export/<task>: the task's declaration, so predict can use it
@@ -63,21 +69,46 @@ def load_trained(directory: Path) -> tuple[MultitaskModel, PreTrainedTokenizerBa
     return MultitaskModel.from_checkpoint(directory), AutoTokenizer.from_pretrained(directory)
 
 
-def load_task_model(output_dir: str, model_dir: str | None, task: str) -> tuple[Any, PreTrainedModel, Any]:
-    """(task spec, its Transformers model, tokenizer) for predicting one task.
+def find_task(output_dir: str, model_dir: str | None, task: str) -> tuple[TaskSpec, Path]:
+    """A task's spec and where its model is: an `export/<task>` directory, else a multitask model directory.
 
-    `model_dir` may be an OUTPUT_DIR, a multitask model or checkpoint, or an `export/<task>` directory.
+    `model_dir` may be an OUTPUT_DIR, a multitask model or checkpoint, or an `export/<task>` directory. Without
+    it, OUTPUT_DIR/export/<task> (the task's selected model) when there is one, else OUTPUT_DIR's multitask model.
     """
-    if model_dir and (exported := _export_dir(Path(model_dir), task)):
+    if exported := _export_dir(Path(model_dir or Path(output_dir, EXPORT_DIR)), task):
         spec = TaskSpec.from_dict(json.loads((exported / TASK_FILE).read_text(encoding="utf-8")))
         if spec.name != task:
             raise UserError(f"{exported} is the export of task {spec.name!r}, not {task!r}")
-        model = spec.kind.model_class().from_pretrained(exported)
-        return spec, model.eval(), AutoTokenizer.from_pretrained(exported)
-    model, tokenizer = load_trained(find_model_dir(output_dir, model_dir))
-    if task not in model.tasks:
-        raise UserError(f"task {task!r} is not in this model; it has: {', '.join(model.tasks)}")
-    return model.tasks[task], model.task_models[task].eval(), tokenizer
+        return spec, exported
+    directory = find_model_dir(output_dir, model_dir)
+    specs = {t["name"]: t for t in json.loads((directory / MULTITASK_FILE).read_text(encoding="utf-8"))["tasks"]}
+    if task not in specs:
+        raise UserError(f"task {task!r} is not in this model; it has: {', '.join(specs)}")
+    return TaskSpec.from_dict(specs[task]), directory
+
+
+def load_task_model(output_dir: str, model_dir: str | None, task: str) -> tuple[TaskSpec, PreTrainedModel, Any]:
+    """(task spec, its Transformers model, tokenizer) for predicting one task, found by `find_task`."""
+    spec, directory = find_task(output_dir, model_dir, task)
+    if (directory / TASK_FILE).is_file():
+        model = spec.kind.model_class().from_pretrained(directory)
+        return spec, model.eval(), AutoTokenizer.from_pretrained(directory)
+    model, tokenizer = load_trained(directory)
+    return spec, model.task_models[task].eval(), tokenizer
+
+
+def task_names(output_dir: str, model_dir: str | None = None) -> list[str]:
+    """The tasks a run has models for: its export/<task> directories (or the one `model_dir` is), else the tasks
+    of its multitask model."""
+    root = Path(model_dir or output_dir)
+    if (root / TASK_FILE).is_file():
+        return [json.loads((root / TASK_FILE).read_text(encoding="utf-8"))["name"]]
+    for folder in (root / EXPORT_DIR, root):
+        names = sorted(p.parent.name for p in folder.glob(f"*/{TASK_FILE}"))
+        if names:
+            return names
+    payload = json.loads((find_model_dir(output_dir, model_dir) / MULTITASK_FILE).read_text(encoding="utf-8"))
+    return [t["name"] for t in payload["tasks"]]
 
 
 def save_task(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, name: str, directory: Path) -> None:
@@ -116,3 +147,53 @@ def predict_inputs(
     results = task.kind.predict(task, model, tokenizer, inputs, max_length)
     return [{"task": task.name, "input": {k: v for k, v in item.items() if v is not None}, **result}
             for item, result in zip(inputs, results, strict=True)]
+
+
+@torch.no_grad()
+def predict_file(
+    task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, input_path: str, output_path: str,
+    max_length: int,
+) -> int:
+    """Predict every row of `input_path` (in the task's own format; labels optional) into a TSV: `index` (the row's
+    `index`/`idx` column, else its 0-based number) and the kind's `prediction_columns`. Returns the row count.
+
+    Rows stream through in batches, so memory stays flat; the TSV is written to `<output>.partial` and renamed at
+    the end, so a failure leaves nothing behind.
+    """
+    target = Path(output_path)
+    if not target.parent.is_dir():
+        raise UserError(f"--output {output_path}: the folder {target.parent} does not exist")
+    partial = target.with_name(target.name + ".partial")
+    count = 0
+    try:
+        with open(partial, "w", encoding="utf-8", newline="") as handle, \
+                tqdm(desc=f"predicting {task.name}", unit=" rows", file=sys.stderr) as bar:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(["index", *task.kind.prediction_columns])
+            for indices, columns in _unlabelled_batches(task, input_path):
+                predictions = task.kind.predict_rows(task, model, tokenizer, columns, max_length)
+                writer.writerows([index, *cells] for index, cells in zip(indices, predictions, strict=True))
+                count += len(indices)
+                bar.update(len(indices))
+        if not count:
+            raise UserError(f"task {task.name!r}: {input_path} has no rows to predict")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return count
+
+
+def _unlabelled_batches(task: TaskSpec, path: str) -> Iterator[tuple[list[str], dict[str, list[Any]]]]:
+    """`(indices, normalised columns)` of PREDICT_BATCH rows at a time, read lazily; labels are not read."""
+    indices: list[str] = []
+    batch = TaskData()
+    for number, (where, row) in enumerate(iter_file_rows(task, path)):
+        indices.append(str(row.get("index", row.get("idx", number))))
+        batch.append(task.kind.normalise(task, row, where, labelled=False))
+        if len(indices) == PREDICT_BATCH:
+            task.kind.check_split(task, batch.columns, path)
+            yield indices, batch.columns
+            indices, batch = [], TaskData()
+    if indices:
+        task.kind.check_split(task, batch.columns, path)
+        yield indices, batch.columns

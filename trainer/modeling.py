@@ -59,18 +59,27 @@ class MultitaskModel(nn.Module):
     """
 
     def __init__(self, encoder: PreTrainedModel, tasks: list[TaskSpec], task_weighting: str = "static",
-                 task_weights: dict[str, float] | None = None):
+                 task_weights: dict[str, float] | None = None, task_models: dict[str, PreTrainedModel] | None = None):
+        """New task models on `encoder`, or the given ones (built on it already) when `task_models` is set."""
         super().__init__()
         self.encoder = encoder
         self.config = encoder.config
         self.tasks = {t.name: t for t in tasks}
         self.task_models = nn.ModuleDict()
         for task in tasks:
-            model = task.kind.model_class().from_config(task.kind.config(encoder.config, task))
+            if task_models:
+                model = task_models[task.name]
+            else:
+                model = task.kind.model_class().from_config(task.kind.config(encoder.config, task))
             _attach_encoder(model, encoder)
             self.task_models[task.name] = model
         self.task_weighting = task_weighting
         self.loss_weighting = WEIGHTINGS[task_weighting](list(self.tasks), task_weights)
+
+    @classmethod
+    def from_task_model(cls, task: TaskSpec, model: PreTrainedModel) -> MultitaskModel:
+        """A one-task model around a standalone task model (an export), sharing nothing: its own encoder."""
+        return cls(getattr(model, model.base_model_prefix), [task], task_models={task.name: model})
 
     def _tied_aliases(self) -> dict[str, str]:
         """Parameter names that are another name's tensor (LM heads tied to the shared embeddings)."""

@@ -31,6 +31,7 @@ class TaskSpec:
     # Local files: paths, or names relative to DATA_DIR/<name>/ for built-in tasks.
     train_file: str = "train.tsv"
     dev_file: str = "dev.tsv"
+    test_file: str = ""  # optional: no test split without one (GLUE's and CommonsenseQA's have no labels)
     header: bool = True
     column_names: tuple[str, ...] = ()
     encoding: str = "utf-8"
@@ -40,7 +41,7 @@ class TaskSpec:
     # columns differ from the local files' (built-in tasks only).
     hub_path: str = ""
     hub_name: str | None = None
-    hub_splits: tuple[str, ...] = ("train", "validation", "test")
+    hub_splits: tuple[str, ...] = ("train", "validation", "test")  # in ALL_SPLITS order
     hub_options: dict[str, Any] = field(default_factory=dict, hash=False)
     # Generated offline by trainer.demo.
     demo: bool = False

@@ -22,8 +22,8 @@ from trainer.errors import UserError
 from trainer.kinds import KINDS
 from trainer.spec import ALL_SPLITS, COMMON_FIELDS, SPLITS, TaskData, TaskSpec
 
-__all__ = ["BUILTIN_TASKS", "DEMO_TASKS", "SPLITS", "TaskData", "TaskSpec", "load_tasks_file", "read_split",
-           "resolve_source", "resolve_tasks"]
+__all__ = ["ALL_SPLITS", "BUILTIN_TASKS", "DEMO_TASKS", "SPLITS", "TaskData", "TaskSpec", "UnlabelledSplit",
+           "iter_file_rows", "load_tasks_file", "read_split", "resolve_source", "resolve_tasks"]
 
 _GLUE = "nyu-mll/glue"
 
@@ -33,7 +33,8 @@ def _glue(name: str, kind: str, text_columns: tuple[str, ...], label_column: str
     common = {k: extra.pop(k) for k in list(extra) if k in COMMON_FIELDS}
     return TaskSpec(
         name=name, type=kind, options={"text_columns": text_columns, "label_column": label_column, **extra},
-        hub_path=_GLUE, hub_name=name, hub_options={"text_columns": hub_text, "label_column": "label"}, **common,
+        test_file="test.tsv", hub_path=_GLUE, hub_name=name,
+        hub_options={"text_columns": hub_text, "label_column": "label"}, **common,
     )
 
 
@@ -52,6 +53,7 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
                  "choice_columns": tuple(f"question.choices.{i}.text" for i in range(5)),
                  "label_column": "answerKey", "labels": ("A", "B", "C", "D", "E")},
         train_file="train_rand_split.jsonl", dev_file="dev_rand_split.jsonl",
+        test_file="test_rand_split_no_answers.jsonl",
         hub_path="tau/commonsense_qa",
         hub_options={"text_columns": ("question",), "choice_columns": (), "choices_column": "choices.text"},
     ),
@@ -62,11 +64,12 @@ WNUT17_TAGS = ("O", "B-corporation", "I-corporation", "B-creative-work", "I-crea
                "B-location", "I-location", "B-person", "I-person", "B-product", "I-product")
 BUILTIN_TASKS["wnut17"] = TaskSpec(
     name="wnut17", type="token_classification", options={"labels": WNUT17_TAGS},
-    train_file="wnut17train.conll", dev_file="emerging.dev.conll", format="conll",
+    train_file="wnut17train.conll", dev_file="emerging.dev.conll", test_file="emerging.test.annotated",
+    format="conll",
     hub_path="leondz/wnut_17", hub_options={"tags_column": "ner_tags"},
 )
 # WikiText-2's train split is missing from ../shared/data (SOURCES.md): locally valid.txt trains and
-# test.txt evaluates; the hub has all three splits (the raw text).
+# test.txt evaluates (no local test split); the hub has all three splits (the raw text).
 BUILTIN_TASKS["wikitext2"] = TaskSpec(
     name="wikitext2", type="masked_lm", train_file="valid.txt", dev_file="test.txt",
     hub_path="Salesforce/wikitext", hub_name="wikitext-2-raw-v1",
@@ -94,7 +97,7 @@ DEMO_TASKS: dict[str, TaskSpec] = {
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 _REQUIRED = ("name", "type", "train_file", "dev_file")
 _FILE_FIELDS = ("header", "column_names", "encoding", "format")
-_DECLARABLE = ("main_metric", "in_average", "source", *_FILE_FIELDS)
+_DECLARABLE = ("test_file", "main_metric", "in_average", "source", *_FILE_FIELDS)
 _SOURCE_KEYS = ("dataset", "config", "train", "dev", "test")
 
 
@@ -176,6 +179,7 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
         "main_metric": str(entry.get("main_metric", "")),
         **(_source(entry["source"], where, base) if "source" in entry else
            {"train_file": str(base / str(entry["train_file"])), "dev_file": str(base / str(entry["dev_file"]))}),
+        "test_file": str(base / str(entry["test_file"])) if entry.get("test_file") else "",
         "header": _as_bool(entry.get("header", True), where, "header"),
         "column_names": tuple(str(c) for c in entry.get("column_names", ()) or ()),
         "encoding": str(entry.get("encoding", "utf-8")),
@@ -185,9 +189,9 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
         common["in_average"] = _as_bool(entry["in_average"], where, "in_average")
     spec = TaskSpec(name=name, type=kind_name, options=options, **common)
     validate_task(spec, where)
-    if not spec.declared_source:
-        spec.file_format(spec.train_file)
-        spec.file_format(spec.dev_file)
+    for file in (spec.train_file, spec.dev_file, spec.test_file):
+        if file:
+            spec.file_format(file)
     return spec
 
 
@@ -278,6 +282,8 @@ COMMON_HELP = {
     "dev_file": "path, relative to the TASKS_FILE",
     "source": "instead of files, any datasets.load_dataset source: {dataset: a directory (relative to the "
               "TASKS_FILE) or hub id, config, train, dev, test: split names (default train, validation, none)}",
+    "test_file": "optional path, relative to the TASKS_FILE: the split `evaluate --split=test` scores (labels "
+                 "optional for predict-file)",
     "main_metric": "the metric for eval_average and model selection (default: the kind's first)",
     "in_average": "true/false: count the task in eval_average (default: true, false for language modelling)",
     "header": "csv/tsv: the first line is a header (default true)",
@@ -310,25 +316,46 @@ def describe_tasks() -> str:
 
 # ---- reading local files ---------------------------------------------------------------
 
+# Who withholds the test labels of a built-in task's source, for the error that refuses to score them.
+_WITHHELD = {_GLUE: "GLUE", "tau/commonsense_qa": "CommonsenseQA"}
 
-def read_local_split(task: TaskSpec, path: str) -> TaskData:
-    """Read and validate one split file; every problem names the file and line."""
-    if not Path(path).is_file():
-        raise UserError(f"task {task.name!r}: data file {path} not found")
+
+class UnlabelledSplit(UserError):
+    """A split whose rows carry no labels (GLUE's and CommonsenseQA's test splits): it can only be predicted."""
+
+    def __init__(self, task: TaskSpec, split: str, where: str):
+        self.task = task
+        owner = f" ({_WITHHELD[task.hub_path]} withholds them)" if task.hub_path in _WITHHELD else ""
+        dev = "score the dev split, or " if split != "dev" else ""
+        super().__init__(f"task {task.name!r}: the {split} split ({where}) has no labels{owner}; {dev}write "
+                         "predictions with predict-file")
+
+
+def read_local_split(task: TaskSpec, path: str, split: str = "train") -> TaskData:
+    """Read and validate one labelled split file; every problem names the file and line."""
     data = TaskData()
-    rows = _iter_rows(task, path)
-    while True:
-        try:
-            where, row = next(rows)
-        except StopIteration:
-            break
-        except UnicodeDecodeError as err:
-            raise UserError(_decode_error(task, path, err)) from None
+    for where, row in iter_file_rows(task, path):
+        if not len(data) and not task.kind.has_label(task, row):
+            raise UnlabelledSplit(task, split, path)
         data.append(task.kind.normalise(task, row, where))
     if not len(data):
         raise UserError(f"task {task.name!r}: split file {path} has no rows; each split needs at least one")
     task.kind.check_split(task, data.columns, path)
     return data
+
+
+def iter_file_rows(task: TaskSpec, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The raw rows of a file in the task's format, lazily, as `(where, row)`: `where` is "path:line"."""
+    if not Path(path).is_file():
+        raise UserError(f"task {task.name!r}: data file {path} not found")
+    rows = _iter_rows(task, path)
+    while True:
+        try:
+            yield next(rows)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as err:
+            raise UserError(_decode_error(task, path, err)) from None
 
 
 def _decode_error(task: TaskSpec, path: str, err: UnicodeDecodeError) -> str:
@@ -390,7 +417,10 @@ def load_hub_split(task: TaskSpec, split: str) -> Any:
     """One split of a task's `datasets` source (the hub, or a declared `source:`), as a `datasets.Dataset`."""
     import datasets
 
-    hub_split = task.hub_splits[ALL_SPLITS.index(split)]
+    index = ALL_SPLITS.index(split)
+    hub_split = task.hub_splits[index] if index < len(task.hub_splits) else ""
+    if not hub_split:
+        raise UserError(f"task {task.name!r} has no {split} split on the hub ({task.hub_path})")
     try:
         return datasets.load_dataset(task.hub_path, task.hub_name, split=hub_split)
     except Exception as err:  # network, auth, missing dataset or split: all mean "can't get it"
@@ -427,6 +457,9 @@ def read_hub_split(task: TaskSpec, split: str) -> TaskData:
     rows = load_hub_split(task, split)
     if task.declared_source:
         task = with_source_features(task, rows.features)
+    hub_split = task.hub_splits[ALL_SPLITS.index(split)]
+    if len(rows) and not task.kind.hub_has_label(task.with_hub_options(), rows[0]):
+        raise UnlabelledSplit(task, split, f"{task.hub_path} {hub_split}")
     return normalise_hub_rows(task, rows)
 
 
@@ -442,14 +475,25 @@ def normalise_hub_rows(task: TaskSpec, rows: Any) -> TaskData:
     return data
 
 
+def split_file(task: TaskSpec, split: str) -> str:
+    """The task's local file of `split` ("" when it declares none)."""
+    return {"train": task.train_file, "dev": task.dev_file, "test": task.test_file}[split]
+
+
 def read_split(task: TaskSpec, split: str, data_dir: str | None) -> TaskData:
-    """Rows of one split, from the demo generator, DATA_DIR, a TASKS_FILE path, a declared source or the hub."""
+    """Labelled rows of one split (train, dev or test), from the demo generator, DATA_DIR, a TASKS_FILE path, a
+    declared source or the hub. A split without labels raises `UnlabelledSplit`."""
     if task.demo:
+        if split not in SPLITS:
+            raise UserError(f"task {task.name!r} is an offline demo task: it has only the splits {', '.join(SPLITS)}")
         columns = demo.demo_columns(task.name, split)
         return TaskData({k: columns[k] for k in task.kind.features(task)})
     if task.declared_source or (task.hub_path and not data_dir):
         return read_hub_split(task, split)
-    file = task.train_file if split == "train" else task.dev_file
+    file = split_file(task, split)
+    if not file:
+        hint = "the hub has one: leave DATA_DIR unset" if task.hub_path else "declare 'test_file:' for it in TASKS_FILE"
+        raise UserError(f"task {task.name!r} has no local {split} split; {hint}")
     if task.hub_path:  # built-in, from DATA_DIR
-        return read_local_split(task, str(Path(data_dir) / task.name / file))
-    return read_local_split(task, file)
+        return read_local_split(task, str(Path(data_dir) / task.name / file), split)
+    return read_local_split(task, file, split)

@@ -54,6 +54,7 @@ class TaskKind:
     auxiliary: bool = False  # an objective beside the real tasks: kept out of eval_average by default
     file_formats: tuple[str, ...] = ("csv", "tsv", "jsonl")
     pipeline: str = ""  # the `transformers.pipeline` task its export works with
+    prediction_columns: tuple[str, ...] = ("prediction",)  # what predict-file writes after `index`
 
     # -- declaration --------------------------------------------------------------------
 
@@ -80,8 +81,19 @@ class TaskKind:
         """Rows of a file in a format only this kind reads (`txt`, `conll`): `(where, row)` pairs."""
         raise NotImplementedError
 
-    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
-        """One row of a local file -> the kind's normalised columns. Errors name `where`."""
+    def has_label(self, task: TaskSpec, row: dict[str, Any]) -> bool:
+        """Whether a raw row of a local file carries its label (test files may not: GLUE, CommonsenseQA)."""
+        return True
+
+    def hub_has_label(self, task: TaskSpec, row: dict[str, Any]) -> bool:
+        """Whether a hub row carries its label (GLUE marks a withheld label -1, CommonsenseQA leaves it empty)."""
+        return self.has_label(task, row)
+
+    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str, labelled: bool = True) -> dict[str, Any]:
+        """One row of a local file -> the kind's normalised columns. Errors name `where`.
+
+        `labelled=False` (rows only predicted): the label is not read; a placeholder stands in for it.
+        """
         raise NotImplementedError
 
     def normalise_hub(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any] | None:
@@ -196,6 +208,13 @@ class TaskKind:
         """One JSON-able result per input (`{"text": ..., "text_pair": ..., "choices": ...}`)."""
         raise NotImplementedError
 
+    def predict_rows(
+        self, task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+        columns: dict[str, list[Any]], max_length: int,
+    ) -> list[tuple[str, ...]]:
+        """For predict-file: the `prediction_columns` of each normalised row of one batch."""
+        raise NotImplementedError
+
 
 # ---- helpers the kinds share -------------------------------------------------------------------
 
@@ -213,6 +232,15 @@ def lookup(row: dict[str, Any], column: str, where: str) -> Any:
         else:
             raise UserError(f"{where}: column {column!r} is missing; the row has {', '.join(map(str, row))}")
     return value
+
+
+def has_column(row: dict[str, Any], column: str) -> bool:
+    """Whether `lookup` finds the column in the row."""
+    try:
+        lookup(row, column, "")
+    except UserError:
+        return False
+    return True
 
 
 def label_index(task: TaskSpec, raw: Any, where: str, what: str = "label",

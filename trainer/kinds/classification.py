@@ -28,6 +28,7 @@ class Classification(SentenceKind):
                     "be left out", list_of_str=True, default=()))
     metrics = {"accuracy": True, "f1": True, "macro_f1": True, "mcc": True}
     pipeline = "text-classification"
+    prediction_columns = ("prediction", "probability")
 
     def validate(self, task: TaskSpec, where: str) -> None:
         super().validate(task, where)
@@ -109,6 +110,11 @@ class Classification(SentenceKind):
         names = self.names(task)
         return {"label": names[int(probs.argmax())], "scores": {n: round(float(p), 4) for n, p in zip(names, probs,
                                                                                                      strict=True)}}
+
+    def prediction_cells(self, task: TaskSpec, logits: Any) -> tuple[str, ...]:
+        probs = logits.softmax(-1)
+        best = int(probs.argmax())
+        return self.names(task)[best], f"{float(probs[best]):.4f}"
 
     def label_summary(self, task: TaskSpec, columns: dict[str, list[Any]]) -> str:
         counts = np.bincount(columns["label"], minlength=task.num_labels)

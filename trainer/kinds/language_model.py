@@ -15,6 +15,7 @@ import datasets
 import numpy as np
 import torch
 
+from trainer.errors import UserError
 from trainer.kinds.base import IGNORE_INDEX, Field, TaskKind, lookup, pad_sequences
 
 if TYPE_CHECKING:
@@ -41,8 +42,15 @@ class LanguageModelKind(TaskKind):
                 if line.strip():
                     yield f"{path}:{lineno}", {task.text_column: line.rstrip("\r\n")}
 
-    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
-        return {"text": str(lookup(row, task.text_column, where))}
+    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str, labelled: bool = True) -> dict[str, Any]:
+        return {"text": str(lookup(row, task.text_column, where))}  # the text is its own label
+
+    def predict_rows(
+        self, task: TaskSpec, model: Any, tokenizer: PreTrainedTokenizerBase, columns: dict[str, list[Any]],
+        max_length: int,
+    ) -> list[tuple[str, ...]]:
+        raise UserError(f"task {task.name!r} is {self.name}: it has no per-row prediction to write; score it with "
+                        "evaluate, or use predict for single texts")
 
     def token_lengths(self, task: TaskSpec, columns: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase
                       ) -> np.ndarray:

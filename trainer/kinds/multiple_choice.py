@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForMultipleChoice
 
 from trainer.errors import UserError
-from trainer.kinds.base import Field, TaskKind, batch_logits, label_index, lookup
+from trainer.kinds.base import Field, TaskKind, batch_logits, has_column, label_index, lookup
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -31,6 +31,7 @@ class MultipleChoice(TaskKind):
     )
     metrics = {"accuracy": True}
     pipeline = ""  # Transformers has no multiple-choice pipeline
+    prediction_columns = ("prediction", "probability")
 
     def validate(self, task: TaskSpec, where: str) -> None:
         if len(task.text_columns) != 1:
@@ -47,27 +48,37 @@ class MultipleChoice(TaskKind):
                                   "choices": datasets.Sequence(datasets.Value("string")),
                                   "label": datasets.Value("int64")})
 
-    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
+    def has_label(self, task: TaskSpec, row: dict[str, Any]) -> bool:
+        return has_column(row, task.label_column)
+
+    def hub_has_label(self, task: TaskSpec, row: dict[str, Any]) -> bool:
+        return row.get(task.label_column) not in (None, "", -1)
+
+    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str, labelled: bool = True) -> dict[str, Any]:
         if task.choices_column:
             choices = [str(c) for c in lookup(row, task.choices_column, where)]
         else:
             choices = [str(lookup(row, c, where)) for c in task.choice_columns]
-        raw = lookup(row, task.label_column, where)
         if len(choices) < 2:
             raise UserError(f"{where}: a multiple-choice row needs at least two choices, found {len(choices)}")
+        label = self.answer(task, row, choices, where) if labelled else 0  # 0: a placeholder, the row is only predicted
+        return {"text_a": str(lookup(row, task.text_columns[0], where)), "choices": choices, "label": label}
+
+    def answer(self, task: TaskSpec, row: dict[str, Any], choices: list[str], where: str) -> int:
+        """The index of the row's right answer among its choices."""
+        raw = lookup(row, task.label_column, where)
         if task.labels:
             label = label_index(task, raw, where)
             if label >= len(choices):
                 raise UserError(f"{where}: answer {raw!r} of task {task.name!r} points past the row's "
                                 f"{len(choices)} choices")
-        else:
-            text = str(raw).strip()
-            if not text.isdigit() or int(text) >= len(choices):
-                raise UserError(
-                    f"{where}: label {text!r} of task {task.name!r} must be a choice index 0..{len(choices) - 1}"
-                )
-            label = int(text)
-        return {"text_a": str(lookup(row, task.text_columns[0], where)), "choices": choices, "label": label}
+            return label
+        text = str(raw).strip()
+        if not text.isdigit() or int(text) >= len(choices):
+            raise UserError(
+                f"{where}: label {text!r} of task {task.name!r} must be a choice index 0..{len(choices) - 1}"
+            )
+        return int(text)
 
     def check_split(self, task: TaskSpec, columns: dict[str, list[Any]], where: str) -> None:
         counts = sorted({len(c) for c in columns["choices"]})
@@ -130,6 +141,18 @@ class MultipleChoice(TaskKind):
             results.append({"label": item["choices"][best],
                             "scores": {c: round(float(p), 4) for c, p in zip(item["choices"], probs, strict=True)}})
         return results
+
+    def predict_rows(
+        self, task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+        columns: dict[str, list[Any]], max_length: int,
+    ) -> list[tuple[str, ...]]:
+        """The chosen answer as the files name it (`labels`, else the choice index) and its probability."""
+        probs = batch_logits(model, self.encode(task, columns, tokenizer, max_length)).softmax(-1)
+        rows = []
+        for row in probs:
+            best = int(row.argmax())
+            rows.append((task.labels[best] if task.labels else str(best), f"{float(row[best]):.4f}"))
+        return rows
 
 
 KIND = MultipleChoice()

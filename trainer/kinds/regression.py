@@ -58,5 +58,8 @@ class Regression(SentenceKind):
     def format_prediction(self, task: TaskSpec, logits: Any) -> dict[str, Any]:
         return {"score": float(logits[0])}
 
+    def prediction_cells(self, task: TaskSpec, logits: Any) -> tuple[str, ...]:
+        return (f"{float(logits[0]):.6g}",)
+
 
 KIND = Regression()

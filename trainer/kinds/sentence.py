@@ -8,7 +8,7 @@ import datasets
 from transformers import AutoModelForSequenceClassification
 
 from trainer.errors import UserError
-from trainer.kinds.base import Field, TaskKind, batch_logits, lookup
+from trainer.kinds.base import Field, TaskKind, batch_logits, has_column, lookup
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -38,10 +38,16 @@ class SentenceKind(TaskKind):
     def label(self, task: TaskSpec, raw: Any, where: str) -> Any:
         raise NotImplementedError
 
-    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
+    def has_label(self, task: TaskSpec, row: dict[str, Any]) -> bool:
+        return has_column(row, task.label_column)
+
+    def hub_has_label(self, task: TaskSpec, row: dict[str, Any]) -> bool:
+        return row.get(task.label_column) not in (None, "", -1)
+
+    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str, labelled: bool = True) -> dict[str, Any]:
         texts = [str(lookup(row, c, where)) for c in task.text_columns]
-        return {"text_a": texts[0], "text_b": texts[1] if len(texts) > 1 else "",
-                "label": self.label(task, lookup(row, task.label_column, where), where)}
+        label = self.label(task, lookup(row, task.label_column, where), where) if labelled else self.dummy_label
+        return {"text_a": texts[0], "text_b": texts[1] if len(texts) > 1 else "", "label": label}
 
     def is_pair(self, task: TaskSpec, batch: dict[str, list[Any]]) -> bool:
         return len(task.text_columns) == 2
@@ -73,6 +79,17 @@ class SentenceKind(TaskKind):
         return [self.format_prediction(task, row) for row in logits]
 
     def format_prediction(self, task: TaskSpec, logits: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def predict_rows(
+        self, task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+        columns: dict[str, list[Any]], max_length: int,
+    ) -> list[tuple[str, ...]]:
+        logits = batch_logits(model, self.encode(task, columns, tokenizer, max_length))
+        return [self.prediction_cells(task, row) for row in logits]
+
+    def prediction_cells(self, task: TaskSpec, logits: Any) -> tuple[str, ...]:
+        """One example's logits -> its `prediction_columns`."""
         raise NotImplementedError
 
     def config(self, encoder_config: PreTrainedConfig, task: TaskSpec) -> PreTrainedConfig:

@@ -25,6 +25,7 @@ from trainer.kinds.base import (
     TaskKind,
     batch_logits,
     class_label_names,
+    has_column,
     label_index,
     lookup,
     pad_inputs,
@@ -189,8 +190,15 @@ class TokenClassification(TaskKind):
                             "declare 'labels' (the tag set)")
         return {} if names is None else {"labels": names}
 
-    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any]:
+    def has_label(self, task: TaskSpec, row: dict[str, Any]) -> bool:
+        return has_column(row, task.tags_column)
+
+    def normalise(self, task: TaskSpec, row: dict[str, Any], where: str, labelled: bool = True) -> dict[str, Any]:
         words = lookup(row, task.tokens_column, where)
+        if not labelled:
+            if not isinstance(words, list) or not words:
+                raise UserError(f"{where}: {task.tokens_column!r} must be a non-empty list of words")
+            return {"tokens": [str(w) for w in words], "tags": [0] * len(words)}  # placeholder tags
         tags = lookup(row, task.tags_column, where)
         if not isinstance(words, list) or not isinstance(tags, list):
             raise UserError(f"{where}: {task.tokens_column!r} and {task.tags_column!r} must be lists")
@@ -266,16 +274,32 @@ class TokenClassification(TaskKind):
         if not all(words):
             raise UserError(f"task {task.name!r} tags words: --text must hold at least one word")
         batch = self.encode(task, {"tokens": words, "tags": [[0] * len(w) for w in words]}, tokenizer, max_length)
-        first = batch["labels"] != IGNORE_INDEX
-        best = batch_logits(model, batch).argmax(-1)
         results = []
-        for i, sentence in enumerate(words):
-            tags = [task.labels[int(t)] for t in best[i][first[i]]]
-            tags += ["O" if "O" in task.labels else task.labels[0]] * (len(sentence) - len(tags))  # truncated words
+        for sentence, tags in zip(words, self.word_tags(task, model, batch, words), strict=True):
             entities = [{"type": kind, "text": " ".join(sentence[s:e]), "start": s, "end": e}
                         for kind, s, e in bio_spans(tags)]
             results.append({"tokens": [[w, t] for w, t in zip(sentence, tags, strict=True)], "entities": entities})
         return results
+
+    def predict_rows(
+        self, task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+        columns: dict[str, list[Any]], max_length: int,
+    ) -> list[tuple[str, ...]]:
+        """Each sentence's tags, space-joined, one per word."""
+        batch = self.encode(task, columns, tokenizer, max_length)
+        return [(" ".join(tags),) for tags in self.word_tags(task, model, batch, columns["tokens"])]
+
+    def word_tags(self, task: TaskSpec, model: PreTrainedModel, batch: dict[str, Any], sentences: list[list[str]]
+                  ) -> list[list[str]]:
+        """Each word's predicted tag, read at its first sub-word; words cut off by truncation get O."""
+        first = batch["labels"] != IGNORE_INDEX
+        best = batch_logits(model, batch).argmax(-1)
+        fill = "O" if "O" in task.labels else task.labels[0]
+        tags = []
+        for i, sentence in enumerate(sentences):
+            found = [task.labels[int(t)] for t in best[i][first[i]]]
+            tags.append(found + [fill] * (len(sentence) - len(found)))
+        return tags
 
 
 def align_tags(word_ids: list[int | None], tags: list[int]) -> list[int]:

@@ -1,0 +1,125 @@
+"""`python -m trainer evaluate`: score each task model of a trained run on its test (or dev) split.
+
+Each task's model is its standalone export, wrapped in a one-task `MultitaskModel` and scored by
+`MultitaskTrainer.evaluate`, so metrics, masking and progress bars are those of training's evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
+
+from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
+from trainer.errors import UserError
+from trainer.inference import find_task, load_task_model, task_names
+from trainer.metrics import aggregate_score
+from trainer.modeling import MultitaskModel
+from trainer.multitask_trainer import AGGREGATE_METRIC, MultitaskTrainer, metrics_by_task
+from trainer.settings import Settings
+from trainer.spec import TaskData, TaskSpec
+from trainer.tasks import UnlabelledSplit, read_split
+from trainer.train import precision_flags
+
+EVAL_SPLITS = ("dev", "test")
+
+
+def metrics_path(output_dir: str, split: str) -> Path:
+    return Path(output_dir) / f"metrics_{split}.json"
+
+
+def evaluate(settings: Settings, split: str = "test", model_dir: str | None = None) -> dict[str, Any]:
+    """Score every task of the run (or those in TASKS) on `split`; writes OUTPUT_DIR/metrics_<split>.json.
+
+    Every split is read before anything is scored: one without labels stops the command with one line.
+    """
+    if split not in EVAL_SPLITS:
+        raise UserError(f"--split={split!r} is not allowed; choose one of {', '.join(EVAL_SPLITS)}")
+    tasks = [find_task(settings.output_dir, model_dir, name)[0] for name in chosen_tasks(settings, model_dir)]
+    rows = read_labelled_splits(tasks, split, settings)
+    metrics: dict[str, float] = {}
+    for task in tasks:  # one model in memory at a time
+        _, model, tokenizer = load_task_model(settings.output_dir, model_dir, task.name)
+        metrics.update(score_task(task, model, tokenizer, rows[task.name], split, settings))
+    per_task = metrics_by_task(metrics, tasks, prefix=split)
+    report = {
+        "split": split,
+        AGGREGATE_METRIC: aggregate_score(per_task, tasks),
+        "main_metric": {t.name: t.metric for t in tasks},
+        "examples": {name: len(data) for name, data in rows.items()},
+        "tasks": per_task,
+    }
+    path = metrics_path(settings.output_dir, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+    return report
+
+
+def chosen_tasks(settings: Settings, model_dir: str | None) -> list[str]:
+    """Every task the run has a model for, or those TASKS names."""
+    available = task_names(settings.output_dir, model_dir)
+    if settings.tasks is None:
+        return available
+    missing = [n for n in settings.tasks if n not in available]
+    if missing:
+        raise UserError(f"TASKS names {', '.join(missing)}, which this run has no model for; it has: "
+                        f"{', '.join(available)}")
+    return list(settings.tasks)
+
+
+def read_labelled_splits(tasks: list[TaskSpec], split: str, settings: Settings) -> dict[str, TaskData]:
+    """Each task's `split`, capped at MAX_EVAL_SAMPLES; refuses, naming them, if any of them has no labels."""
+    rows: dict[str, TaskData] = {}
+    unlabelled: list[UnlabelledSplit] = []
+    for task in tasks:
+        try:
+            rows[task.name] = read_split(task, split, settings.data_dir).limit(settings.max_eval_samples)
+        except UnlabelledSplit as err:
+            unlabelled.append(err)
+    if unlabelled:
+        message = str(unlabelled[0])
+        if len(unlabelled) > 1:
+            message += f"; nor do the {split} splits of {', '.join(e.task.name for e in unlabelled[1:])}"
+        if rows:
+            message += f"; --tasks={','.join(rows)} scores the labelled ones"
+        raise UserError(message)
+    return rows
+
+
+def score_task(
+    task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: TaskData, split: str,
+    settings: Settings,
+) -> dict[str, float]:
+    """`<split>_<task>_<metric>` of one task model, from the training's evaluation loop."""
+    dataset = tokenize_split(task, rows, tokenizer, settings.max_seq_length)
+    with tempfile.TemporaryDirectory(prefix="trainer-evaluate-") as scratch:  # the Trainer writes nothing we keep
+        args = TrainingArguments(
+            output_dir=scratch, per_device_eval_batch_size=settings.batch_size, report_to=[], seed=settings.seed,
+            remove_unused_columns=False, dataloader_num_workers=0, **precision_flags(settings.precision),
+        )
+        trainer = MultitaskTrainer(
+            model=MultitaskModel.from_task_model(task, model),
+            args=args,
+            eval_dataset={task.name: MultitaskDataset({task.name: dataset})},
+            processing_class=tokenizer,
+            data_collator=TaskBatchCollator(tokenizer, [task], pad_to_multiple_of=8 if not args.use_cpu else None),
+            tasks=[task],
+        )
+        metrics = trainer.evaluate(metric_key_prefix=split)
+    return {k: v for k, v in metrics.items() if k != f"{split}_{AGGREGATE_METRIC}"}
+
+
+def describe_report(report: dict[str, Any], path: Path) -> str:
+    """The table `evaluate` prints: task, main metric, value, examples; then the average and the file."""
+    lines = [f"{'task':<20} {'metric':<10} {'value':>8} {'examples':>9}"]
+    for name, metric in report["main_metric"].items():
+        lines.append(f"{name:<20} {metric:<10} {report['tasks'][name][metric]:>8.4f} {report['examples'][name]:>9}")
+    lines.append(f"{AGGREGATE_METRIC:<20} {'':<10} {report[AGGREGATE_METRIC]:>8.4f}")
+    lines.append(f"{report['split']} metrics -> {path}")
+    return "\n".join(lines)
