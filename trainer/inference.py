@@ -112,8 +112,19 @@ def task_names(output_dir: str, model_dir: str | None = None) -> list[str]:
 
 
 def save_task(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, name: str, directory: Path) -> None:
-    """One task as a standalone Transformers directory, with its declaration for `predict`."""
-    model.standalone_task_model(name).save_pretrained(directory)
+    """One task as a standalone Transformers directory, with its declaration for `predict`.
+
+    Without the "Writing model shards" bar: during training it would nest under the Trainer's bar.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        model.standalone_task_model(name).save_pretrained(directory)
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
     tokenizer.save_pretrained(directory)
     (directory / TASK_FILE).write_text(json.dumps(model.tasks[name].to_dict(), indent=2), encoding="utf-8")
 
