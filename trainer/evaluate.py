@@ -17,9 +17,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArgum
 from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
 from trainer.inference import find_task, load_task_model, task_names
-from trainer.metrics import aggregate_score
+from trainer.metrics import aggregate_score, metrics_by_task
 from trainer.modeling import MultitaskModel
-from trainer.multitask_trainer import AGGREGATE_METRIC, MultitaskTrainer, metrics_by_task
+from trainer.multitask_trainer import AGGREGATE_METRIC, MultitaskTrainer
 from trainer.settings import Settings
 from trainer.spec import TaskData, TaskSpec
 from trainer.tasks import UnlabelledSplit, read_split
