@@ -134,7 +134,7 @@ def test_only_main_process_uploads(gcs_client, gcs_bucket: str, tmp_path: Path) 
     args = callback_args(tmp_path)
     fake_checkpoint(args, 1)
     save(cb, args, 1, main=False)
-    assert cb.pending == [] and cb._thread is None
+    assert cb.pending == [] and cb.uploads._thread is None
     cb.wait(5)
     assert list(gcs_client.list_blobs(gcs_bucket)) == []
 
@@ -176,7 +176,7 @@ def test_wait_times_out_loudly(gcs_client, gcs_emulator: GcsEmulator, gcs_bucket
         cb.wait(1)
     assert time.monotonic() - started < 5
     gcs_emulator.start()  # let the worker finish instead of retrying in the background
-    assert cb._drain(30)
+    assert cb.uploads.drain(30)
 
 
 def test_missing_local_checkpoint_is_an_error(gcs_client, gcs_bucket: str, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from tests.gcs_emulator import GcsEmulator
 from trainer import gcs
 from trainer.checkpoint_sync import resume_from_bucket
+from trainer.checkpoints import checkpoint_step
 from trainer.gcs import GcsUri
 
 
@@ -174,7 +175,7 @@ def test_resume_empty_bucket_returns_none(gcs_client, ckpts: GcsUri, tmp_path: P
 
 def steps_in_bucket(client, ckpts: GcsUri) -> set[int]:
     names = (b.name.removeprefix(ckpts.prefix + "/") for b in client.list_blobs(ckpts.bucket, prefix=ckpts.prefix))
-    return {gcs.checkpoint_step(n.split("/")[0]) for n in names}
+    return {checkpoint_step(n.split("/")[0]) for n in names}
 
 
 def test_rotation_keeps_newest_committed(gcs_client, ckpts: GcsUri, tmp_path: Path) -> None:

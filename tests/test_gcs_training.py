@@ -12,6 +12,7 @@ import google_crc32c
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainer import gcs
 from trainer.preemption import EXIT_PREEMPTED
@@ -27,6 +28,14 @@ def crc32c_b64(path) -> str:
 
 def remote_objects(client, prefix: str) -> dict[str, object]:
     return {b.name.removeprefix(prefix): b for b in client.list_blobs(BUCKET, prefix=prefix)}
+
+
+def download_logs(client, prefix: str, directory) -> EventAccumulator:
+    """The bucket's TensorBoard files under `prefix`, read as TensorBoard reads a log directory."""
+    for name, blob in remote_objects(client, prefix).items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        blob.download_to_filename(str(directory / name))
+    return EventAccumulator(str(directory)).Reload()
 
 
 def committed_steps(client, job: str) -> list[int]:
@@ -70,27 +79,38 @@ def test_kill_9_then_resume_from_the_bucket_matches_an_uninterrupted_run(tmp_pat
     # A checkpoint every 20 steps: as in production, an upload finishes well within one save interval,
     # so a kill loses at most SAVE_STEPS steps (more only if uploads could not keep up at all).
     common = {"MODEL_NAME": str(model), "MAX_STEPS": "80", "SAVE_STEPS": "20", "BATCH_SIZE": "32",
-              "MAX_TRAIN_SAMPLES": "400", "MAX_EVAL_SAMPLES": "16", "EVAL_STEPS": "10", "SEED": "5"}
+              "MAX_TRAIN_SAMPLES": "400", "MAX_EVAL_SAMPLES": "16", "EVAL_STEPS": "10", "SEED": "5",
+              "LOGGING_STEPS": "1", "LOG_UPLOAD_SECONDS": "1"}
     straight = run_cli("train", env={**common, "OUTPUT_DIR": str(tmp_path / "straight")})
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     job = f"gs://{BUCKET}/jobs/kill9"
     task_log = tmp_path / "first.log"
-    env = {**common, "OUTPUT_DIR": str(tmp_path / "first"), "JOB_DIR": job, "LOGGING_STEPS": "1",
-           "PYTHONUNBUFFERED": "1"}
+    env = {**common, "OUTPUT_DIR": str(tmp_path / "first"), "JOB_DIR": job, "PYTHONUNBUFFERED": "1"}
     with open(tmp_path / "first.log", "w") as log:
         proc = _train_process(env, log)
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None and not [s for s in committed_steps(gcs_client, job)
                                                                         if s >= 20]:
             time.sleep(0.05)
+        # wait for one more log upload after that checkpoint: the bucket's history then runs past it
+        sizes = lambda: sum(b.size for n, b in remote_objects(gcs_client, "jobs/kill9/logs/").items())  # noqa: E731
+        before = sizes()
+        while time.time() < deadline and proc.poll() is None and sizes() == before:
+            time.sleep(0.05)
+        streamed = [n for n in remote_objects(gcs_client, "jobs/kill9/logs/") if "tfevents" in n]
+        running = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    assert running and streamed, "no TensorBoard events reached the bucket while the run was training"
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-2000:]
     done = _steps_done(task_log)
     last_committed = max(committed_steps(gcs_client, job))
     assert 20 <= last_committed < 80
     assert done - last_committed <= 20, f"lost {done - last_committed} steps (trained {done})"
+
+    killed = download_logs(gcs_client, "jobs/kill9/logs/", tmp_path / "killed")
+    assert max(e.step for e in killed.Scalars("train/loss")) > last_committed  # steps to be logged twice
 
     resumed = run_cli("train", env={**common, "OUTPUT_DIR": str(tmp_path / "second"), "JOB_DIR": job,
                                     "RESUME": "auto"})
@@ -105,6 +125,12 @@ def test_kill_9_then_resume_from_the_bucket_matches_an_uninterrupted_run(tmp_pat
     for task, chosen in selected[0].items():
         a, b = (load_file(tmp_path / run / "export" / task / "model.safetensors") for run in ("straight", "second"))
         assert all(torch.equal(a[k], b[k]) for k in a), f"export/{task} (step {chosen['step']}) differs"
+    # the training history in the bucket: every logged step once, 1..80, across the killed run's event
+    # files and the resumed run's (whose purge marker drops the killed run's steps after its checkpoint)
+    events = download_logs(gcs_client, "jobs/kill9/logs/", tmp_path / "history")
+    assert len(list((tmp_path / "history").rglob("events.out.tfevents.*"))) >= 2
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 81))
+    assert [e.step for e in events.Scalars("eval/average")] == list(range(10, 81, 10))
     print(f"kill -9 at step {done}; resumed from checkpoint-{last_committed}; lost {done - last_committed} steps")
 
 

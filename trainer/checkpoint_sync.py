@@ -1,7 +1,10 @@
-"""Mirror Trainer checkpoints to Cloud Storage in the background, and resume from the bucket.
+"""Mirror a run to Cloud Storage in the background (checkpoints, TensorBoard logs, the final model), and
+resume from the bucket.
 
 Layout: `JOB_DIR/checkpoints/checkpoint-<step>/`, `JOB_DIR/model/`, `JOB_DIR/logs/`. On Vertex AI,
 `AIP_CHECKPOINT_DIR`, `AIP_MODEL_DIR` and `AIP_TENSORBOARD_LOG_DIR` take precedence.
+
+The uploads run in one `BackgroundUploader` thread; the callback here only decides what to send when.
 """
 
 from __future__ import annotations
@@ -10,11 +13,11 @@ import contextlib
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from google.api_core.retry import Retry
 from google.cloud import storage
@@ -24,6 +27,7 @@ from trainer import gcs
 from trainer.checkpoints import checkpoint_dir, link_tree
 from trainer.errors import UserError
 from trainer.gcs import GcsUri
+from trainer.uploader import BackgroundUploader, UploadError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ STAGING_DIR = ".gcs-staging"
 VERTEX_VARS = {"checkpoints": "AIP_CHECKPOINT_DIR", "model": "AIP_MODEL_DIR", "logs": "AIP_TENSORBOARD_LOG_DIR"}
 
 
-class CheckpointUploadError(RuntimeError):
+class CheckpointUploadError(UploadError):
     """At least one upload to Cloud Storage failed for good, or did not finish in time."""
 
 
@@ -91,20 +95,42 @@ def resume_from_bucket(
     return None
 
 
-@dataclass
-class _Job:
-    step: int
-    staged: Path
-    keep: int | None
-    protect: tuple[int, ...]
+class LogMirror:
+    """Sends a TensorBoard log directory to the bucket: the files that changed since the last time.
+
+    Event files grow while the run writes them, so each is copied first and the copy is checksummed
+    and uploaded (the reader tolerates a torn last record). Runs in the uploader's thread.
+    """
+
+    def __init__(self, local: Path, dest: GcsUri, client: storage.Client, retry: Retry, scratch: Path) -> None:
+        self.local, self.dest, self.client, self.retry, self.scratch = local, dest, client, retry, scratch
+        self.sent: dict[str, dict[str, Any]] = {}  # relative path -> checksums of what the bucket holds
+
+    def sync(self) -> None:
+        if not self.local.is_dir():
+            return
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        copy = self.scratch / "log-snapshot"
+        try:
+            for path in sorted(p for p in self.local.rglob("*") if p.is_file()):
+                rel = path.relative_to(self.local).as_posix()
+                shutil.copyfile(path, copy)
+                sums = gcs.file_checksums(copy)
+                if self.sent.get(rel) != sums:
+                    gcs.upload_file(self.client, copy, self.dest.child(rel), self.retry)
+                    self.sent[rel] = sums
+        finally:
+            copy.unlink(missing_ok=True)
 
 
 class GcsCheckpointCallback(TrainerCallback):
-    """Upload each saved checkpoint to `dirs.checkpoints` in one background thread, then commit it.
+    """Upload each saved checkpoint to `dirs.checkpoints` and commit it, and stream the TensorBoard logs to
+    `dirs.logs` every `log_upload_seconds` and at each checkpoint; all in the background. Only the main
+    process acts.
 
     On save, the checkpoint's files are hard-linked into `OUTPUT_DIR/.gcs-staging/` at once (local
     rotation cannot pull them away mid-upload) and queued; training does not wait. After each
-    commit, remote checkpoints are rotated with `save_total_limit`. Only the main process acts.
+    commit, remote checkpoints are rotated with `save_total_limit`.
 
     `on_train_end` waits up to `upload_timeout` seconds. Failures are logged as errors when they
     happen and raised as `CheckpointUploadError` by `wait()` and `upload_final()`: call one of them
@@ -117,17 +143,24 @@ class GcsCheckpointCallback(TrainerCallback):
         client: storage.Client | None = None,
         upload_timeout: float = 600.0,
         retry: Retry = gcs.GCS_RETRY,
+        log_dir: str | os.PathLike[str] | None = None,
+        log_upload_seconds: float = 60.0,
     ) -> None:
         self.dirs = dirs
         self.client = client or gcs.make_client()
         self.upload_timeout = upload_timeout
         self.retry = retry
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.log_upload_seconds = log_upload_seconds
         self.committed: list[int] = []
-        self.errors: list[str] = []
-        self._queue: list[_Job] = []
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self.uploads = BackgroundUploader("gcs-upload")
+        self._logs: LogMirror | None = None
+        self._last_log_upload = time.monotonic()
         self._seq = 0
+
+    @property
+    def errors(self) -> list[str]:
+        return self.uploads.errors
 
     # ---------------------------------------------------------------- Trainer events
 
@@ -137,6 +170,13 @@ class GcsCheckpointCallback(TrainerCallback):
         if state.is_world_process_zero:
             # Fail before training when the bucket is missing or not ours to list.
             gcs.list_committed_checkpoints(self.client, self.dirs.checkpoints, self.retry)
+            if self.log_dir is not None:
+                scratch = Path(args.output_dir) / STAGING_DIR
+                self._logs = LogMirror(self.log_dir, self.dirs.logs, self.client, self.retry, scratch)
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        if state.is_world_process_zero and time.monotonic() - self._last_log_upload >= self.log_upload_seconds:
+            self.sync_logs()
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
         if not state.is_world_process_zero:
@@ -155,26 +195,36 @@ class GcsCheckpointCallback(TrainerCallback):
             self._fail(step, f"could not snapshot {local}: {err}")
             return
         protect = (state.best_global_step,) if getattr(state, "best_global_step", None) else ()
-        self._enqueue(_Job(step, staged, args.save_total_limit, protect))
+        self.sync_logs()  # first: once checkpoint-<step> is committed, the bucket has the history up to it
+        self.uploads.submit(f"checkpoint-{step}", lambda: self._upload(step, staged, args.save_total_limit, protect),
+                            cleanup=lambda: _remove_staged(staged))
+        logger.info("queued checkpoint-%d for upload to %s", step, self.dirs.checkpoints)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs
     ) -> None:
-        if state.is_world_process_zero and not self._drain(self.upload_timeout):
-            logger.error("checkpoint uploads still pending after %.0f s: %s", self.upload_timeout, self.pending)
+        if state.is_world_process_zero:
+            self.sync_logs()
+            if not self.uploads.drain(self.upload_timeout):
+                logger.error("uploads still pending after %.0f s: %s", self.upload_timeout, self.pending)
 
     # ---------------------------------------------------------------- public helpers
 
     @property
     def pending(self) -> list[int]:
-        """Steps queued or being uploaded."""
-        with self._cond:
-            return [job.step for job in self._queue]
+        """Steps of the checkpoints queued or being uploaded."""
+        return [int(n.removeprefix("checkpoint-")) for n in self.uploads.pending if n.startswith("checkpoint-")]
+
+    def sync_logs(self) -> None:
+        """Queue a log upload (replacing one that has not started: the newest snapshot is all that matters)."""
+        if self._logs is not None:
+            self._last_log_upload = time.monotonic()
+            self.uploads.submit(f"logs -> {self.dirs.logs}", self._logs.sync, key="logs")
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait for queued checkpoint uploads; raise `CheckpointUploadError` on timeout or any failure."""
-        self._finish_pending(self.upload_timeout if timeout is None else timeout)
-        self._raise_errors()
+        """Wait for queued uploads; raise `CheckpointUploadError` on timeout or any failure."""
+        self.uploads.finish(self.upload_timeout if timeout is None else timeout, self._describe)
+        self.uploads.raise_errors(CheckpointUploadError)
 
     def upload_final(
         self,
@@ -189,7 +239,6 @@ class GcsCheckpointCallback(TrainerCallback):
         Call it on the main process only. Raises `CheckpointUploadError` if any upload failed,
         including earlier checkpoints; the final model is uploaded regardless.
         """
-        self._finish_pending(self.upload_timeout)
         model = Path(model_dir)
         uploads: list[tuple[Path, GcsUri, Callable[..., object]]] = [(model, self.dirs.model, gcs.upload_tree)]
         if export_dir is not None:
@@ -197,87 +246,43 @@ class GcsCheckpointCallback(TrainerCallback):
         if metrics_file is not None and not Path(metrics_file).resolve().is_relative_to(model.resolve()):
             metrics = Path(metrics_file)
             uploads.append((metrics, self.dirs.model.child(metrics.name), gcs.upload_file))
-        if logs_dir is not None:
-            if Path(logs_dir).is_dir():
-                uploads.append((Path(logs_dir), self.dirs.logs, gcs.upload_tree))
-            else:
-                logger.info("no logs to upload: %s is not a directory", logs_dir)
         for local, dest, upload in uploads:
-            try:
-                upload(self.client, local, dest, self.retry)
-                logger.info("uploaded %s -> %s", local, dest)
-            except Exception as err:
-                self._record(f"{local} -> {dest}: {type(err).__name__}: {err}")
-        self._raise_errors()
+            self.uploads.submit(f"{local} -> {dest}", lambda u=upload, src=local, to=dest: self._send(u, src, to))
+        if logs_dir is not None and self._logs is None:  # not streamed during the run: send them now
+            self._logs = LogMirror(Path(logs_dir), self.dirs.logs, self.client, self.retry, model.parent / STAGING_DIR)
+        if logs_dir is not None and not Path(logs_dir).is_dir():
+            logger.info("no logs to upload: %s is not a directory", logs_dir)
+        self.sync_logs()
+        self.uploads.finish(self.upload_timeout, self._describe)
+        self.uploads.raise_errors(CheckpointUploadError)
 
-    # ---------------------------------------------------------------- internals
+    # ---------------------------------------------------------------- internals (the upload thread)
 
-    def _record(self, message: str) -> None:
-        logger.error("UPLOAD FAILED: %s", message)
-        with self._cond:
-            self.errors.append(message)
+    def _describe(self, name: str) -> str:
+        return f"{name} -> {self.dirs.checkpoints}" if name.startswith("checkpoint-") else name
 
     def _fail(self, step: int, reason: str) -> None:
-        self._record(f"checkpoint-{step} -> {self.dirs.checkpoints}: {reason}")
+        self.uploads.record(f"checkpoint-{step} -> {self.dirs.checkpoints}: {reason}")
 
-    def _finish_pending(self, timeout: float) -> None:
-        """Wait for queued uploads; record those still running after `timeout` as failed."""
-        if not self._drain(timeout):
-            for step in self.pending:
-                self._fail(step, f"still uploading after {timeout:.0f} s")
+    def _send(self, upload: Callable[..., object], local: Path, dest: GcsUri) -> None:
+        upload(self.client, local, dest, self.retry)
+        logger.info("uploaded %s -> %s", local, dest)
 
-    def _raise_errors(self) -> None:
-        with self._cond:
-            errors = list(self.errors)
-        if errors:
-            raise CheckpointUploadError(f"{len(errors)} upload(s) to Cloud Storage failed: " + "; ".join(errors))
-
-    def _enqueue(self, job: _Job) -> None:
-        with self._cond:
-            self._queue.append(job)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._worker, name="gcs-checkpoint-upload", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-        logger.info("queued checkpoint-%d for upload to %s", job.step, self.dirs.checkpoints)
-
-    def _drain(self, timeout: float) -> bool:
-        """Wait until the queue is empty; False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._queue:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
-
-    def _worker(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                job = self._queue[0]
-            try:
-                self._upload(job)
-            finally:
-                shutil.rmtree(job.staged, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    job.staged.parent.rmdir()  # the staging root, once empty
-                with self._cond:
-                    self._queue.pop(0)
-                    self._cond.notify_all()
-
-    def _upload(self, job: _Job) -> None:
-        """Upload and commit one staged checkpoint, then rotate; failures are recorded, not raised."""
+    def _upload(self, step: int, staged: Path, keep: int | None, protect: tuple[int, ...]) -> None:
+        """Upload and commit one staged checkpoint, then rotate."""
         try:
-            gcs.upload_checkpoint(self.client, job.staged, self.dirs.checkpoints, job.step, self.retry)
+            gcs.upload_checkpoint(self.client, staged, self.dirs.checkpoints, step, self.retry)
         except Exception as err:
-            self._fail(job.step, f"{type(err).__name__}: {err}")
+            self._fail(step, f"{type(err).__name__}: {err}")
             return
-        with self._cond:
-            self.committed.append(job.step)
+        self.committed.append(step)
         try:
-            gcs.rotate_remote_checkpoints(self.client, self.dirs.checkpoints, job.keep, job.protect, self.retry)
+            gcs.rotate_remote_checkpoints(self.client, self.dirs.checkpoints, keep, protect, self.retry)
         except Exception as err:  # not data loss: the next rotation catches up
             logger.warning("rotating %s failed: %s", self.dirs.checkpoints, err)
+
+
+def _remove_staged(staged: Path) -> None:
+    shutil.rmtree(staged, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        staged.parent.rmdir()  # the staging root, once empty

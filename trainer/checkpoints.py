@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,16 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trainer.errors import UserError
-from trainer.gcs import CHECKPOINT_PREFIX, checkpoint_step
 
 COMPLETE_MARKER = "checkpoint_complete.json"
+CHECKPOINT_PREFIX = "checkpoint-"  # the Trainer's name for a checkpoint directory, also used in the bucket
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step of a `checkpoint-<step>` name, else None."""
+    match = _CHECKPOINT_RE.match(name)
+    return int(match.group(1)) if match else None
 
 
 def checkpoint_dir(output_dir: str | os.PathLike[str], step: int) -> Path:

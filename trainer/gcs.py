@@ -29,6 +29,7 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from trainer.checkpoints import CHECKPOINT_PREFIX, checkpoint_step
 from trainer.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ logger = logging.getLogger(__name__)
 SCHEME = "gs://"
 MANIFEST = "manifest.json"
 MARKER = "COMMITTED"
-CHECKPOINT_PREFIX = "checkpoint-"
 MANIFEST_FORMAT = 1
 
 # Exponential backoff (1 s doubling up to 30 s) for up to 10 minutes per request. Passed explicitly to
@@ -44,7 +44,6 @@ MANIFEST_FORMAT = 1
 # retried uploads only with if_generation_match, which we do not use).
 GCS_RETRY: Retry = DEFAULT_RETRY.with_delay(initial=1.0, maximum=30.0, multiplier=2.0).with_timeout(600.0)
 
-_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 _BUCKET_CHARS = re.compile(r"^[a-z0-9._-]+$")
 _GOOGLE_LIKE = re.compile(r"g[o0][o0]g[l1]e")
 _READ_CHUNK = 8 * 1024 * 1024
@@ -235,12 +234,6 @@ def upload_file(
     sums = file_checksums(local_file)
     _upload_file(client.bucket(dest.bucket).blob(dest.prefix), Path(local_file), sums, retry)
     return sums
-
-
-def checkpoint_step(name: str) -> int | None:
-    """The step of a `checkpoint-<step>` name, else None."""
-    match = _CHECKPOINT_RE.match(name)
-    return int(match.group(1)) if match else None
 
 
 def upload_checkpoint(

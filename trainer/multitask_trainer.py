@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import EvalPrediction, has_length
 
@@ -46,6 +47,29 @@ class TaskProgressCallback(ProgressCallback):
             self.prediction_bar = tqdm(total=len(eval_dataloader), leave=self.training_bar is None,
                                        dynamic_ncols=True, desc=f"eval {self.task_name}")
         super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+
+
+class ResumableTensorBoard(TensorBoardCallback):
+    """The stock TensorBoard callback, except that a resumed run's first event file starts with a purge
+    marker at the first step it trains (the checkpoint's step + 1).
+
+    The steps logged after that checkpoint and before the run stopped (a kill, a preemption) are in an
+    earlier event file, and the resumed run logs them again. The marker (`SummaryWriter(purge_step=…)`,
+    a SessionLog START) tells TensorBoard's readers to drop the earlier files' events from that step on,
+    so every step appears once, whether the earlier files are on local disk or in the bucket beside the
+    new ones.
+    """
+
+    purge_step: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.purge_step = state.global_step + 1 if state.global_step else None
+        super().on_train_begin(args, state, control, **kwargs)
+
+    def _init_summary_writer(self, args):  # noqa: ANN001
+        if self._SummaryWriter is not None:
+            self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir, purge_step=self.purge_step)
+            self.purge_step = None  # only the resumed run's first file purges
 
 
 class LastEvaluation(TrainerCallback):
@@ -85,6 +109,10 @@ class MultitaskTrainer(Trainer):
         self.progress = TaskProgressCallback()
         if self.pop_callback(ProgressCallback) is not None:
             self.add_callback(self.progress)
+        callbacks = self.callback_handler.callbacks  # replaced in place: it logs before our callbacks run
+        for i, callback in enumerate(callbacks):
+            if type(callback) is TensorBoardCallback:
+                callbacks[i] = ResumableTensorBoard()
         self.last_evaluation = LastEvaluation()
         self.add_callback(self.last_evaluation)
         self.tasks = tasks

@@ -105,6 +105,10 @@ class Settings:
     job_dir: str | None = field(
         default=None, metadata={"help": "gs://bucket/prefix for checkpoints, the final model and logs."}
     )
+    log_upload_seconds: float = field(
+        default=60.0, metadata={"help": "With JOB_DIR: send the TensorBoard logs to the bucket this often (and at "
+                                "each checkpoint) while training."}
+    )
     upload_timeout: float = field(
         default=600.0, metadata={"help": "Seconds to wait for pending checkpoint uploads at the end."}
     )
@@ -218,6 +222,8 @@ def _validate(s: Settings) -> None:
         raise UserError(f"SAMPLING_TEMPERATURE={s.sampling_temperature} must be > 0")
     if not 0 <= s.warmup_ratio < 1:
         raise UserError(f"WARMUP_RATIO={s.warmup_ratio} must be in [0, 1)")
+    if not s.log_upload_seconds > 0:
+        raise UserError(f"LOG_UPLOAD_SECONDS={s.log_upload_seconds} must be > 0 seconds")
     if s.upload_timeout <= 0:
         raise UserError(f"UPLOAD_TIMEOUT={s.upload_timeout} must be > 0 seconds")
     if s.resume not in ("", "auto", "never") and not (s.resume.startswith("gs://") or Path(s.resume).is_dir()):

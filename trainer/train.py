@@ -23,7 +23,7 @@ from transformers.trainer_utils import set_seed
 
 from trainer import demo, gcs
 from trainer.checkpoint_sync import CloudDirs, GcsCheckpointCallback, resolve_cloud_dirs, resume_from_bucket
-from trainer.checkpoints import CompleteMarkerCallback, resolve_resume
+from trainer.checkpoints import CompleteMarkerCallback, checkpoint_step, resolve_resume
 from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
 from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR
@@ -162,7 +162,7 @@ def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDi
     local = resolve_resume(mode, settings.output_dir)
     if mode != "auto" or dirs is None:
         return local
-    local_step = gcs.checkpoint_step(Path(local).name) if local else -1
+    local_step = checkpoint_step(Path(local).name) if local else -1
     with args.main_process_first(local=True, desc="looking for checkpoints in the bucket"):
         if args.local_process_index == 0:
             found = resume_from_bucket(gcs.make_client(), dirs.checkpoints, settings.output_dir, newer_than=local_step)
@@ -198,7 +198,8 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     args = training_arguments(settings)
     dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
     resume = resume_checkpoint(settings, args, dirs)
-    sync = GcsCheckpointCallback(dirs, upload_timeout=settings.upload_timeout) if dirs else None
+    sync = GcsCheckpointCallback(dirs, upload_timeout=settings.upload_timeout, log_dir=settings.effective_log_dir,
+                                 log_upload_seconds=settings.log_upload_seconds) if dirs else None
     # once preempted, pending uploads get only what is left of the 30 s grace period
     preemption = PreemptionCallback(
         on_preempt=(lambda: setattr(sync, "upload_timeout", PREEMPTION_UPLOAD_TIMEOUT)) if sync else None
