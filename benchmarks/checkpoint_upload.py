@@ -28,7 +28,9 @@ from transformers import TrainerCallback  # noqa: E402
 
 from tests.gcs_emulator import GcsEmulator  # noqa: E402
 from trainer import gcs  # noqa: E402
-from trainer.checkpoint_sync import CloudDirs, GcsCheckpointCallback  # noqa: E402
+from trainer import remote_checkpoints as remote  # noqa: E402
+from trainer.checkpoint_sync import CloudDirs, CloudSyncCallback  # noqa: E402
+from trainer.gcs import GcsStore  # noqa: E402
 from trainer.settings import load_settings  # noqa: E402
 from trainer.train import train  # noqa: E402
 
@@ -57,7 +59,7 @@ class BlockingUpload(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            gcs.upload_checkpoint(self.client, local, self.dirs.checkpoints, state.global_step)
+            remote.upload_checkpoint(GcsStore(self.client), local, self.dirs.checkpoints, state.global_step)
 
 
 def run(mode: str, base: dict, work: Path) -> tuple[int, float]:
@@ -65,7 +67,7 @@ def run(mode: str, base: dict, work: Path) -> tuple[int, float]:
     job = gcs.parse_gcs_uri(f"gs://bench-bucket/{mode}")
     dirs = CloudDirs(job.child("checkpoints"), job.child("model"), job.child("logs"))
     clock = StepClock()
-    extra = {"none": [], "async": [GcsCheckpointCallback(dirs)], "blocking": [BlockingUpload(dirs)]}[mode]
+    extra = {"none": [], "async": [CloudSyncCallback(dirs)], "blocking": [BlockingUpload(dirs)]}[mode]
     settings, _ = load_settings({**base, "output_dir": str(out)}, environ={}, dotenv_path=None)
     train(settings, callbacks=[clock, *extra])
     shutil.rmtree(out, ignore_errors=True)

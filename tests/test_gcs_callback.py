@@ -1,4 +1,4 @@
-"""GcsCheckpointCallback: background committed uploads from a real Trainer, failures, final upload."""
+"""CloudSyncCallback: background committed uploads from a real Trainer, failures, final upload."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from transformers import Trainer, TrainerControl, TrainerState, TrainingArgument
 
 from tests.gcs_emulator import GcsEmulator
 from trainer import checkpoint_sync, gcs
-from trainer.checkpoint_sync import CheckpointUploadError, GcsCheckpointCallback, resolve_cloud_dirs
-from trainer.gcs import GcsUri
+from trainer import remote_checkpoints as remote
+from trainer.checkpoint_sync import CheckpointUploadError, CloudSyncCallback, resolve_cloud_dirs
+from trainer.checksums import file_checksums
+from trainer.gcs import GcsStore, GcsUri
 
 FAST_RETRY = gcs.GCS_RETRY.with_delay(initial=0.1, maximum=0.5).with_timeout(2.0)
 
@@ -37,11 +39,11 @@ def tiny_dataset(n: int = 32) -> list[dict[str, torch.Tensor]]:
 
 
 def local_sums(ckpt: Path) -> dict[str, dict]:
-    return {p.relative_to(ckpt).as_posix(): gcs.file_checksums(p) for p in ckpt.rglob("*") if p.is_file()}
+    return {p.relative_to(ckpt).as_posix(): file_checksums(p) for p in ckpt.rglob("*") if p.is_file()}
 
 
 def manifest_sums(client, uri: GcsUri) -> dict[str, dict]:
-    manifest = json.loads(client.bucket(uri.bucket).blob(uri.child(gcs.MANIFEST).prefix).download_as_bytes())
+    manifest = json.loads(client.bucket(uri.bucket).blob(uri.child(remote.MANIFEST).prefix).download_as_bytes())
     return {f["path"]: {k: f[k] for k in ("size", "crc32c")} for f in manifest["files"]}
 
 
@@ -58,7 +60,7 @@ def fake_checkpoint(args: TrainingArguments, step: int) -> Path:
     return ckpt
 
 
-def save(cb: GcsCheckpointCallback, args: TrainingArguments, step: int, main: bool = True) -> float:
+def save(cb: CloudSyncCallback, args: TrainingArguments, step: int, main: bool = True) -> float:
     """Call on_save as the Trainer does; returns how long it blocked."""
     state = TrainerState(global_step=step, is_world_process_zero=main)
     started = time.monotonic()
@@ -68,7 +70,7 @@ def save(cb: GcsCheckpointCallback, args: TrainingArguments, step: int, main: bo
 
 def test_trainer_run_uploads_commits_and_rotates(gcs_client, gcs_bucket: str, tmp_path: Path) -> None:
     dirs = resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {})
-    cb = GcsCheckpointCallback(dirs, gcs_client, upload_timeout=60)
+    cb = CloudSyncCallback(dirs, GcsStore(gcs_client), upload_timeout=60)
     out = tmp_path / "out"
     args = TrainingArguments(
         output_dir=str(out), max_steps=8, save_strategy="steps", save_steps=2, save_total_limit=2,
@@ -80,7 +82,7 @@ def test_trainer_run_uploads_commits_and_rotates(gcs_client, gcs_bucket: str, tm
     cb.wait(60)
 
     assert sorted(cb.committed) == [2, 4, 6, 8]
-    committed = gcs.list_committed_checkpoints(gcs_client, dirs.checkpoints)
+    committed = remote.list_committed_checkpoints(GcsStore(gcs_client), dirs.checkpoints)
     assert [s for s, _ in committed] == [6, 8]  # SAVE_TOTAL_LIMIT=2 remotely as well as locally
     for step, uri in committed:
         local = out / f"checkpoint-{step}"
@@ -100,22 +102,22 @@ def test_trainer_run_uploads_commits_and_rotates(gcs_client, gcs_bucket: str, tm
     assert {"job/model/model.safetensors", "job/model/metrics.json", "job/model/export/task_a/config.json",
             "job/logs/run/events.out.tfevents.1"} <= names
     stored = gcs_client.bucket(gcs_bucket).get_blob("job/model/model.safetensors")
-    assert stored.crc32c == gcs.file_checksums(model_dir / "model.safetensors")["crc32c"]
+    assert stored.crc32c == file_checksums(model_dir / "model.safetensors")["crc32c"]
 
 
 def test_on_save_snapshots_so_local_rotation_cannot_break_upload(
     gcs_client, gcs_bucket: str, tmp_path: Path, monkeypatch
 ) -> None:
     release = threading.Event()
-    real = gcs.upload_checkpoint
+    real = remote.upload_checkpoint
 
     def held_upload(*a, **kw):
         assert release.wait(10)
         return real(*a, **kw)
 
-    monkeypatch.setattr(gcs, "upload_checkpoint", held_upload)
+    monkeypatch.setattr(remote, "upload_checkpoint", held_upload)
     dirs = resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {})
-    cb = GcsCheckpointCallback(dirs, gcs_client)
+    cb = CloudSyncCallback(dirs, GcsStore(gcs_client))
     args = callback_args(tmp_path)
     ckpt = fake_checkpoint(args, 3)
     expected = local_sums(ckpt)
@@ -130,7 +132,7 @@ def test_on_save_snapshots_so_local_rotation_cannot_break_upload(
 
 
 def test_only_main_process_uploads(gcs_client, gcs_bucket: str, tmp_path: Path) -> None:
-    cb = GcsCheckpointCallback(resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {}), gcs_client)
+    cb = CloudSyncCallback(resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {}), GcsStore(gcs_client))
     args = callback_args(tmp_path)
     fake_checkpoint(args, 1)
     save(cb, args, 1, main=False)
@@ -143,7 +145,7 @@ def test_failed_upload_is_loud_and_raised(
     gcs_client, gcs_emulator: GcsEmulator, gcs_bucket: str, tmp_path: Path, caplog
 ) -> None:
     dirs = resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {})
-    cb = GcsCheckpointCallback(dirs, gcs_client, upload_timeout=30, retry=FAST_RETRY)
+    cb = CloudSyncCallback(dirs, GcsStore(gcs_client, FAST_RETRY), upload_timeout=30)
     args = callback_args(tmp_path)
     fake_checkpoint(args, 1)
     gcs_emulator.stop()  # the server is gone for longer than the retry deadline
@@ -161,12 +163,12 @@ def test_failed_upload_is_loud_and_raised(
     with pytest.raises(CheckpointUploadError, match="checkpoint-1"):
         cb.upload_final(model_dir)
     assert gcs_client.bucket(gcs_bucket).get_blob("job/model/weights.bin") is not None
-    assert gcs.list_committed_checkpoints(gcs_client, dirs.checkpoints) == []
+    assert remote.list_committed_checkpoints(GcsStore(gcs_client), dirs.checkpoints) == []
 
 
 def test_wait_times_out_loudly(gcs_client, gcs_emulator: GcsEmulator, gcs_bucket: str, tmp_path: Path) -> None:
     slow_retry = gcs.GCS_RETRY.with_delay(initial=0.2, maximum=0.5).with_timeout(30.0)
-    cb = GcsCheckpointCallback(resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {}), gcs_client, retry=slow_retry)
+    cb = CloudSyncCallback(resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {}), GcsStore(gcs_client, slow_retry))
     args = callback_args(tmp_path)
     fake_checkpoint(args, 2)
     gcs_emulator.stop()
@@ -180,7 +182,7 @@ def test_wait_times_out_loudly(gcs_client, gcs_emulator: GcsEmulator, gcs_bucket
 
 
 def test_missing_local_checkpoint_is_an_error(gcs_client, gcs_bucket: str, tmp_path: Path) -> None:
-    cb = GcsCheckpointCallback(resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {}), gcs_client)
+    cb = CloudSyncCallback(resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {}), GcsStore(gcs_client))
     save(cb, callback_args(tmp_path), 9)
     with pytest.raises(CheckpointUploadError, match="checkpoint-9 .* does not exist"):
         cb.wait(5)
@@ -189,6 +191,6 @@ def test_missing_local_checkpoint_is_an_error(gcs_client, gcs_bucket: str, tmp_p
 def test_train_begin_fails_fast_on_missing_bucket(gcs_client, tmp_path: Path) -> None:
     from trainer.errors import UserError
 
-    cb = GcsCheckpointCallback(resolve_cloud_dirs("gs://missing-bucket/job", {}), gcs_client)
+    cb = CloudSyncCallback(resolve_cloud_dirs("gs://missing-bucket/job", {}), GcsStore(gcs_client))
     with pytest.raises(UserError, match="does not exist"):
         cb.on_train_begin(callback_args(tmp_path), TrainerState(is_world_process_zero=True), TrainerControl())

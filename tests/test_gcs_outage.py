@@ -11,7 +11,10 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from tests.gcs_emulator import GcsEmulator
 from trainer import gcs
-from trainer.checkpoint_sync import GcsCheckpointCallback, resolve_cloud_dirs, resume_from_bucket
+from trainer import remote_checkpoints as remote
+from trainer.checkpoint_sync import CloudSyncCallback, resolve_cloud_dirs, resume_from_bucket
+from trainer.checksums import file_checksums
+from trainer.gcs import GcsStore
 
 OUTAGE_S = 20.0
 # Production backoff shape, capped low so the retry after the restart comes within ~2 s.
@@ -28,14 +31,14 @@ def write_checkpoint(output_dir: Path, step: int, files: int = 6) -> Path:
 
 
 def local_sums(ckpt: Path) -> dict[str, dict]:
-    return {p.relative_to(ckpt).as_posix(): gcs.file_checksums(p) for p in ckpt.rglob("*") if p.is_file()}
+    return {p.relative_to(ckpt).as_posix(): file_checksums(p) for p in ckpt.rglob("*") if p.is_file()}
 
 
 def test_upload_survives_server_restart(
     gcs_client, gcs_emulator: GcsEmulator, gcs_bucket: str, tmp_path: Path, monkeypatch
 ) -> None:
     dirs = resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {})
-    cb = GcsCheckpointCallback(dirs, gcs_client, upload_timeout=120, retry=RETRY)
+    cb = CloudSyncCallback(dirs, GcsStore(gcs_client, RETRY), upload_timeout=120)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), save_total_limit=None, report_to=[], use_cpu=True)
     out = Path(args.output_dir)
 
@@ -49,25 +52,25 @@ def test_upload_survives_server_restart(
     cb.wait(60)
 
     # checkpoint-20: stop the server once two of its files are up; hold the marker until we have looked.
-    real_file, real_bytes = gcs._upload_file, gcs._upload_bytes
+    real_file, real_bytes = GcsStore.upload_file, GcsStore.upload_bytes
     uploaded, two_up, server_down = [], threading.Event(), threading.Event()
     marker_due, may_commit = threading.Event(), threading.Event()
 
-    def upload_file(blob, *a, **kw):
-        real_file(blob, *a, **kw)
-        uploaded.append(blob.name)
+    def upload_file(self, path, uri, sums):
+        real_file(self, path, uri, sums)
+        uploaded.append(uri.prefix)
         if len(uploaded) == 2:  # the first two files of checkpoint-20
             two_up.set()
             assert server_down.wait(30)
 
-    def upload_bytes(blob, *a, **kw):
-        if blob.name.endswith("checkpoint-20/" + gcs.MARKER):
+    def upload_bytes(self, data, uri):
+        if uri.prefix.endswith("checkpoint-20/" + remote.MARKER):
             marker_due.set()
             assert may_commit.wait(60)
-        real_bytes(blob, *a, **kw)
+        real_bytes(self, data, uri)
 
-    monkeypatch.setattr(gcs, "_upload_file", upload_file)
-    monkeypatch.setattr(gcs, "_upload_bytes", upload_bytes)
+    monkeypatch.setattr(GcsStore, "upload_file", upload_file)
+    monkeypatch.setattr(GcsStore, "upload_bytes", upload_bytes)
 
     expected = {20: local_sums(write_checkpoint(out, 20)), 30: local_sums(write_checkpoint(out, 30))}
     on_save(20)
@@ -88,15 +91,16 @@ def test_upload_survives_server_restart(
     assert marker_due.wait(60)
     names = {b.name for b in gcs_client.list_blobs(gcs_bucket, prefix="job/checkpoints/checkpoint-20/")}
     assert "job/checkpoints/checkpoint-20/manifest.json" in names
-    assert [s for s, _ in gcs.list_committed_checkpoints(gcs_client, dirs.checkpoints)] == [10]
-    resumed = resume_from_bucket(gcs_client, dirs.checkpoints, tmp_path / "resume")
+    assert [s for s, _ in remote.list_committed_checkpoints(GcsStore(gcs_client), dirs.checkpoints)] == [10]
+    resumed = resume_from_bucket(GcsStore(gcs_client), dirs.checkpoints, tmp_path / "resume")
     assert resumed == tmp_path / "resume" / "checkpoint-10"
 
     may_commit.set()
     cb.wait(60)
     assert sorted(cb.committed) == [10, 20, 30]
-    committed = gcs.list_committed_checkpoints(gcs_client, dirs.checkpoints)
+    committed = remote.list_committed_checkpoints(GcsStore(gcs_client), dirs.checkpoints)
     assert [s for s, _ in committed] == [10, 20, 30]
     for step in (20, 30):
-        path = gcs.download_checkpoint(gcs_client, dirs.checkpoints.child(f"checkpoint-{step}"), tmp_path / "dl")
+        ckpt = dirs.checkpoints.child(f"checkpoint-{step}")
+        path = remote.download_checkpoint(GcsStore(gcs_client), ckpt, tmp_path / "dl")
         assert local_sums(path) == expected[step]

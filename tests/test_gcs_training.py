@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainer import gcs
+from trainer import remote_checkpoints as remote
+from trainer.gcs import GcsStore
 from trainer.preemption import EXIT_PREEMPTED
 
 from .tiny import ROOT, quick_env, run_cli, save_tiny_pretrained
@@ -39,7 +41,7 @@ def download_logs(client, prefix: str, directory) -> EventAccumulator:
 
 
 def committed_steps(client, job: str) -> list[int]:
-    return [s for s, _ in gcs.list_committed_checkpoints(client, gcs.parse_gcs_uri(f"{job}/checkpoints"))]
+    return [s for s, _ in remote.list_committed_checkpoints(GcsStore(client), gcs.parse_gcs_uri(f"{job}/checkpoints"))]
 
 
 def test_run_with_job_dir_leaves_everything_in_the_bucket(tmp_path, gcs_client, gcs_bucket):
@@ -50,10 +52,10 @@ def test_run_with_job_dir_leaves_everything_in_the_bucket(tmp_path, gcs_client, 
     assert committed_steps(gcs_client, f"gs://{BUCKET}/runs/one") == [8, 12]  # rotation keeps SAVE_TOTAL_LIMIT
     ckpt = remote_objects(gcs_client, "runs/one/checkpoints/checkpoint-12/")
     assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "model.safetensors", "trainer_state.json",
-            "config.json", "multitask.json", gcs.MANIFEST, gcs.MARKER} <= set(ckpt)
+            "config.json", "multitask.json", remote.MANIFEST, remote.MARKER} <= set(ckpt)
     local_ckpt = out / "checkpoint-12"
     for name, blob in ckpt.items():
-        if name not in (gcs.MANIFEST, gcs.MARKER):
+        if name not in (remote.MANIFEST, remote.MARKER):
             assert blob.crc32c == crc32c_b64(local_ckpt / name), name
     model = remote_objects(gcs_client, "runs/one/model/")
     for local in [*(out / "model").rglob("*"), *(out / "export").rglob("*"), out / "metrics.json"]:

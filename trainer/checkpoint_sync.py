@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from google.api_core.retry import Retry
-from google.cloud import storage
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from trainer import gcs
+from trainer import remote_checkpoints as remote
+from trainer import storage
 from trainer.checkpoints import checkpoint_dir, link_tree
+from trainer.checksums import IntegrityError, file_checksums
 from trainer.errors import UserError
-from trainer.gcs import GcsUri
 from trainer.uploader import BackgroundUploader, UploadError
 
 logger = logging.getLogger(__name__)
@@ -41,24 +40,24 @@ class CheckpointUploadError(UploadError):
 
 @dataclass(frozen=True)
 class CloudDirs:
-    """Where checkpoints, the final model and the TensorBoard logs go in Cloud Storage."""
+    """Where checkpoints, the final model and the TensorBoard logs go in the bucket (URIs of its backend)."""
 
-    checkpoints: GcsUri
-    model: GcsUri
-    logs: GcsUri
+    checkpoints: Any
+    model: Any
+    logs: Any
 
 
 def resolve_cloud_dirs(job_dir: str | None, environ: Mapping[str, str] | None = None) -> CloudDirs | None:
     """Cloud destinations from JOB_DIR and the Vertex `AIP_*` variables (which win); None when neither."""
     environ = os.environ if environ is None else environ
     vertex = {key: environ.get(var, "").strip() for key, var in VERTEX_VARS.items()}
-    job = gcs.parse_gcs_uri(job_dir) if job_dir and job_dir.strip() else None
+    job = storage.parse_uri(job_dir) if job_dir and job_dir.strip() else None
     if job is None and not any(vertex.values()):
         return None
     dirs = {}
     for key, value in vertex.items():
         if value:
-            dirs[key] = gcs.parse_gcs_uri(value)
+            dirs[key] = storage.parse_uri(value)
         elif job is not None:
             dirs[key] = job.child(key)
         else:
@@ -68,10 +67,9 @@ def resolve_cloud_dirs(job_dir: str | None, environ: Mapping[str, str] | None = 
 
 
 def resume_from_bucket(
-    client: storage.Client,
-    checkpoints: GcsUri,
+    store: storage.Store,
+    checkpoints: Any,
     local_output_dir: str | os.PathLike[str],
-    retry: Retry = gcs.GCS_RETRY,
     newer_than: int = -1,
 ) -> Path | None:
     """Download the newest committed checkpoint into `local_output_dir/checkpoint-<step>`, verified.
@@ -80,18 +78,18 @@ def resume_from_bucket(
     `newer_than` (the newest one already on local disk). A checkpoint that
     fails verification is reported and the next older committed one is tried.
     """
-    committed = gcs.list_committed_checkpoints(client, checkpoints, retry)
+    committed = remote.list_committed_checkpoints(store, checkpoints)
     failures = []
     for step, uri in reversed(committed):
         if step <= newer_than:
             break
         try:
-            return gcs.download_checkpoint(client, uri, local_output_dir, retry)
-        except gcs.IntegrityError as err:
+            return remote.download_checkpoint(store, uri, local_output_dir)
+        except IntegrityError as err:
             logger.error("checkpoint-%d in %s is unusable, trying an older one: %s", step, checkpoints, err)
             failures.append(str(err))
     if failures:
-        raise gcs.IntegrityError(f"no committed checkpoint in {checkpoints} passed verification: {failures[0]}")
+        raise IntegrityError(f"no committed checkpoint in {checkpoints} passed verification: {failures[0]}")
     return None
 
 
@@ -102,8 +100,8 @@ class LogMirror:
     and uploaded (the reader tolerates a torn last record). Runs in the uploader's thread.
     """
 
-    def __init__(self, local: Path, dest: GcsUri, client: storage.Client, retry: Retry, scratch: Path) -> None:
-        self.local, self.dest, self.client, self.retry, self.scratch = local, dest, client, retry, scratch
+    def __init__(self, local: Path, dest: Any, store: storage.Store, scratch: Path) -> None:
+        self.local, self.dest, self.store, self.scratch = local, dest, store, scratch
         self.sent: dict[str, dict[str, Any]] = {}  # relative path -> checksums of what the bucket holds
 
     def sync(self) -> None:
@@ -115,15 +113,15 @@ class LogMirror:
             for path in sorted(p for p in self.local.rglob("*") if p.is_file()):
                 rel = path.relative_to(self.local).as_posix()
                 shutil.copyfile(path, copy)
-                sums = gcs.file_checksums(copy)
+                sums = file_checksums(copy)
                 if self.sent.get(rel) != sums:
-                    gcs.upload_file(self.client, copy, self.dest.child(rel), self.retry)
+                    self.store.upload_file(copy, self.dest.child(rel), sums)
                     self.sent[rel] = sums
         finally:
             copy.unlink(missing_ok=True)
 
 
-class GcsCheckpointCallback(TrainerCallback):
+class CloudSyncCallback(TrainerCallback):
     """Upload each saved checkpoint to `dirs.checkpoints` and commit it, and stream the TensorBoard logs to
     `dirs.logs` every `log_upload_seconds` and at each checkpoint; all in the background. Only the main
     process acts.
@@ -140,16 +138,14 @@ class GcsCheckpointCallback(TrainerCallback):
     def __init__(
         self,
         dirs: CloudDirs,
-        client: storage.Client | None = None,
+        store: storage.Store | None = None,
         upload_timeout: float = 600.0,
-        retry: Retry = gcs.GCS_RETRY,
         log_dir: str | os.PathLike[str] | None = None,
         log_upload_seconds: float = 60.0,
     ) -> None:
         self.dirs = dirs
-        self.client = client or gcs.make_client()
+        self.store = store or storage.open_store(dirs.checkpoints)
         self.upload_timeout = upload_timeout
-        self.retry = retry
         self.log_dir = Path(log_dir) if log_dir else None
         self.log_upload_seconds = log_upload_seconds
         self.committed: list[int] = []
@@ -169,10 +165,10 @@ class GcsCheckpointCallback(TrainerCallback):
     ) -> None:
         if state.is_world_process_zero:
             # Fail before training when the bucket is missing or not ours to list.
-            gcs.list_committed_checkpoints(self.client, self.dirs.checkpoints, self.retry)
+            remote.list_committed_checkpoints(self.store, self.dirs.checkpoints)
             if self.log_dir is not None:
                 scratch = Path(args.output_dir) / STAGING_DIR
-                self._logs = LogMirror(self.log_dir, self.dirs.logs, self.client, self.retry, scratch)
+                self._logs = LogMirror(self.log_dir, self.dirs.logs, self.store, scratch)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
         if state.is_world_process_zero and time.monotonic() - self._last_log_upload >= self.log_upload_seconds:
@@ -240,16 +236,16 @@ class GcsCheckpointCallback(TrainerCallback):
         including earlier checkpoints; the final model is uploaded regardless.
         """
         model = Path(model_dir)
-        uploads: list[tuple[Path, GcsUri, Callable[..., object]]] = [(model, self.dirs.model, gcs.upload_tree)]
+        uploads: list[tuple[Path, Any, Callable[..., object]]] = [(model, self.dirs.model, remote.upload_tree)]
         if export_dir is not None:
-            uploads.append((Path(export_dir), self.dirs.model.child("export"), gcs.upload_tree))
+            uploads.append((Path(export_dir), self.dirs.model.child("export"), remote.upload_tree))
         if metrics_file is not None and not Path(metrics_file).resolve().is_relative_to(model.resolve()):
             metrics = Path(metrics_file)
-            uploads.append((metrics, self.dirs.model.child(metrics.name), gcs.upload_file))
+            uploads.append((metrics, self.dirs.model.child(metrics.name), remote.upload_file))
         for local, dest, upload in uploads:
             self.uploads.submit(f"{local} -> {dest}", lambda u=upload, src=local, to=dest: self._send(u, src, to))
         if logs_dir is not None and self._logs is None:  # not streamed during the run: send them now
-            self._logs = LogMirror(Path(logs_dir), self.dirs.logs, self.client, self.retry, model.parent / STAGING_DIR)
+            self._logs = LogMirror(Path(logs_dir), self.dirs.logs, self.store, model.parent / STAGING_DIR)
         if logs_dir is not None and not Path(logs_dir).is_dir():
             logger.info("no logs to upload: %s is not a directory", logs_dir)
         self.sync_logs()
@@ -264,20 +260,20 @@ class GcsCheckpointCallback(TrainerCallback):
     def _fail(self, step: int, reason: str) -> None:
         self.uploads.record(f"checkpoint-{step} -> {self.dirs.checkpoints}: {reason}")
 
-    def _send(self, upload: Callable[..., object], local: Path, dest: GcsUri) -> None:
-        upload(self.client, local, dest, self.retry)
+    def _send(self, upload: Callable[..., object], local: Path, dest: Any) -> None:
+        upload(self.store, local, dest)
         logger.info("uploaded %s -> %s", local, dest)
 
     def _upload(self, step: int, staged: Path, keep: int | None, protect: tuple[int, ...]) -> None:
         """Upload and commit one staged checkpoint, then rotate."""
         try:
-            gcs.upload_checkpoint(self.client, staged, self.dirs.checkpoints, step, self.retry)
+            remote.upload_checkpoint(self.store, staged, self.dirs.checkpoints, step)
         except Exception as err:
             self._fail(step, f"{type(err).__name__}: {err}")
             return
         self.committed.append(step)
         try:
-            gcs.rotate_remote_checkpoints(self.client, self.dirs.checkpoints, keep, protect, self.retry)
+            remote.rotate_remote_checkpoints(self.store, self.dirs.checkpoints, keep, protect)
         except Exception as err:  # not data loss: the next rotation catches up
             logger.warning("rotating %s failed: %s", self.dirs.checkpoints, err)
 

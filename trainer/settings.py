@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from trainer import storage
 from trainer.env import parse_bool, parse_float, parse_int, read_dotenv
 from trainer.errors import UserError
 from trainer.sampling import STRATEGIES
@@ -226,7 +227,7 @@ def _validate(s: Settings) -> None:
         raise UserError(f"LOG_UPLOAD_SECONDS={s.log_upload_seconds} must be > 0 seconds")
     if s.upload_timeout <= 0:
         raise UserError(f"UPLOAD_TIMEOUT={s.upload_timeout} must be > 0 seconds")
-    if s.resume not in ("", "auto", "never") and not (s.resume.startswith("gs://") or Path(s.resume).is_dir()):
+    if s.resume not in ("", "auto", "never") and not (storage.is_uri(s.resume) or Path(s.resume).is_dir()):
         raise UserError(f"RESUME={s.resume!r} is not a checkpoint directory; use auto, never or a checkpoint path")
 
 

@@ -21,8 +21,9 @@ from transformers import (
 )
 from transformers.trainer_utils import set_seed
 
-from trainer import demo, gcs
-from trainer.checkpoint_sync import CloudDirs, GcsCheckpointCallback, resolve_cloud_dirs, resume_from_bucket
+from trainer import demo, storage
+from trainer import remote_checkpoints as remote
+from trainer.checkpoint_sync import CloudDirs, CloudSyncCallback, resolve_cloud_dirs, resume_from_bucket
 from trainer.checkpoints import CompleteMarkerCallback, checkpoint_step, resolve_resume
 from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
@@ -153,11 +154,11 @@ def training_arguments(settings: Settings) -> TrainingArguments:
 def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDirs | None) -> str | None:
     """The checkpoint to resume from: RESUME=auto takes the newest complete one, local or in the bucket."""
     mode = settings.effective_resume
-    if mode.startswith("gs://"):  # one given checkpoint in a bucket
-        uri = gcs.parse_gcs_uri(mode)
+    if storage.is_uri(mode):  # one given checkpoint in a bucket
+        uri = storage.parse_uri(mode)
         with args.main_process_first(local=True, desc="downloading the checkpoint"):
             if args.local_process_index == 0:
-                gcs.download_checkpoint(gcs.make_client(), uri, settings.output_dir)
+                remote.download_checkpoint(storage.open_store(uri), uri, settings.output_dir)
         return resolve_resume(str(Path(settings.output_dir) / uri.name), settings.output_dir)
     local = resolve_resume(mode, settings.output_dir)
     if mode != "auto" or dirs is None:
@@ -165,7 +166,8 @@ def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDi
     local_step = checkpoint_step(Path(local).name) if local else -1
     with args.main_process_first(local=True, desc="looking for checkpoints in the bucket"):
         if args.local_process_index == 0:
-            found = resume_from_bucket(gcs.make_client(), dirs.checkpoints, settings.output_dir, newer_than=local_step)
+            found = resume_from_bucket(storage.open_store(dirs.checkpoints), dirs.checkpoints, settings.output_dir,
+                                       newer_than=local_step)
             if found:
                 logger.info("downloaded %s from %s", found.name, dirs.checkpoints)
     return resolve_resume(mode, settings.output_dir)
@@ -198,8 +200,8 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     args = training_arguments(settings)
     dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
     resume = resume_checkpoint(settings, args, dirs)
-    sync = GcsCheckpointCallback(dirs, upload_timeout=settings.upload_timeout, log_dir=settings.effective_log_dir,
-                                 log_upload_seconds=settings.log_upload_seconds) if dirs else None
+    sync = CloudSyncCallback(dirs, upload_timeout=settings.upload_timeout, log_dir=settings.effective_log_dir,
+                             log_upload_seconds=settings.log_upload_seconds) if dirs else None
     # once preempted, pending uploads get only what is left of the 30 s grace period
     preemption = PreemptionCallback(
         on_preempt=(lambda: setattr(sync, "upload_timeout", PREEMPTION_UPLOAD_TIMEOUT)) if sync else None
