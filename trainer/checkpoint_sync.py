@@ -182,9 +182,11 @@ class GcsCheckpointCallback(TrainerCallback):
         logs_dir: str | os.PathLike[str] | None = None,
         metrics_file: str | os.PathLike[str] | None = None,
         export_dir: str | os.PathLike[str] | None = None,
+        report_file: str | os.PathLike[str] | None = None,
     ) -> None:
         """Wait for checkpoint uploads, then upload the final model dir to `dirs.model/`, the per-task
-        export to `dirs.model/export/`, `metrics_file` to `dirs.model/` and the logs to `dirs.logs/`.
+        export to `dirs.model/export/`, `metrics_file` and `report_file` to `dirs.model/` and the logs to
+        `dirs.logs/`.
 
         Call it on the main process only. Raises `CheckpointUploadError` if any upload failed,
         including earlier checkpoints; the final model is uploaded regardless.
@@ -197,6 +199,8 @@ class GcsCheckpointCallback(TrainerCallback):
         if metrics_file is not None and not Path(metrics_file).resolve().is_relative_to(model.resolve()):
             metrics = Path(metrics_file)
             uploads.append((metrics, self.dirs.model.child(metrics.name), gcs.upload_file))
+        if report_file is not None:
+            uploads.append((Path(report_file), self.dirs.model.child(Path(report_file).name), gcs.upload_file))
         if logs_dir is not None:
             if Path(logs_dir).is_dir():
                 uploads.append((Path(logs_dir), self.dirs.logs, gcs.upload_tree))
