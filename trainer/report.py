@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
 from trainer import gcs
-from trainer.checkpoint_sync import CloudDirs, resolve_cloud_dirs
+from trainer.checkpoint_sync import resolve_cloud_dirs
 from trainer.errors import UserError
 from trainer.settings import Settings
 
@@ -180,8 +180,10 @@ def build_report(scalars: dict[str, Series], metrics: dict[str, Any] | None, run
             dev.append((f"{task}: {main[task]}" if task in main else f"{task} (main metric not known yet)", lines))
     if "eval/average" in scalars:
         dev.append(("average of the main metrics", {"average": scalars["eval/average"]}))
-    sections.append(_section("dev", "Dev metrics", _image(chart(dev), "dev metrics per task over steps") if dev
-                             else "<p>No evaluation logged yet.</p>"))
+    unknown = "" if main else (f"<p>No {METRICS_FILE} or {SETTINGS_FILE} says which metric is each task's main "
+                               "one: every dev metric is drawn.</p>\n")
+    sections.append(_section("dev", "Dev metrics", unknown + (
+        _image(chart(dev), "dev metrics per task over steps") if dev else "<p>No evaluation logged yet.</p>")))
 
     losses = {"total (weighted)": scalars["train/loss"]} if "train/loss" in scalars else {}
     losses.update({task: scalars[f"train/{task}_loss"] for task in tasks if f"train/{task}_loss" in scalars})
@@ -240,12 +242,12 @@ def write_report(path: str | os.PathLike[str], log_dir: str | os.PathLike[str], 
 
 # ---- `python -m trainer report` ---------------------------------------------------------------------------
 
-def download_job(dirs: CloudDirs, target: Path) -> None:
-    """A job's logs (`logs/`), and its `metrics.json` and `settings.json` where the bucket has them."""
+def download_job(logs: gcs.GcsUri, model: gcs.GcsUri, target: Path) -> None:
+    """A job's logs into `target/logs/`, and its `metrics.json` and `settings.json` where `model` has them."""
     client = gcs.make_client()
-    prefix = f"{dirs.logs.prefix}/" if dirs.logs.prefix else ""
+    prefix = f"{logs.prefix}/" if logs.prefix else ""
     try:
-        for blob in client.list_blobs(dirs.logs.bucket, prefix=prefix):
+        for blob in client.list_blobs(logs.bucket, prefix=prefix):
             parts = blob.name[len(prefix):].split("/")
             if blob.name.endswith("/") or any(p in ("", ".", "..") for p in parts):
                 continue  # folder placeholders, and names that would leave the target
@@ -253,11 +255,11 @@ def download_job(dirs: CloudDirs, target: Path) -> None:
             local.parent.mkdir(parents=True, exist_ok=True)
             blob.download_to_filename(str(local), retry=gcs.GCS_RETRY)
         for name in (METRICS_FILE, SETTINGS_FILE):
-            blob = client.bucket(dirs.model.bucket).blob(dirs.model.child(name).prefix)
+            blob = client.bucket(model.bucket).blob(model.child(name).prefix)
             if blob.exists(retry=gcs.GCS_RETRY):
                 blob.download_to_filename(str(target / name), retry=gcs.GCS_RETRY)
     except exceptions.NotFound as err:
-        raise UserError(f"bucket gs://{dirs.logs.bucket} not found ({err.message})") from None
+        raise UserError(f"bucket gs://{logs.bucket} not found ({err.message})") from None
 
 
 def rebuild_report(settings: Settings, output: str | None = None) -> Path:
@@ -272,7 +274,7 @@ def rebuild_report(settings: Settings, output: str | None = None) -> Path:
         return write_report(target, log_dir, output_dir / METRICS_FILE, output_dir / SETTINGS_FILE, str(output_dir))
     with tempfile.TemporaryDirectory(prefix="trainer-report-") as scratch:
         scratch = Path(scratch)
-        download_job(dirs, scratch)
+        download_job(dirs.logs, dirs.model, scratch)
         if not (scratch / "logs").is_dir():
             raise UserError(f"no TensorBoard logs in {dirs.logs}: the job has not logged yet, or JOB_DIR is wrong")
         return write_report(target, scratch / "logs", scratch / METRICS_FILE, scratch / SETTINGS_FILE,
