@@ -29,7 +29,7 @@ def _settings(flags: dict[str, Any]) -> tuple[Settings, dict[str, str]]:
 
 def _setup_logging() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    for noisy in ("httpx", "urllib3", "filelock"):
+    for noisy in ("httpx", "urllib3", "filelock", "tensorboard"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -144,6 +144,16 @@ class CLI:
         report = evaluate(settings, str(split), model_dir)
         print(describe_report(report, metrics_path(settings.output_dir, report["split"])))
 
+    def report(self, output: str | None = None, **flags: Any) -> None:
+        """Rebuild OUTPUT_DIR/report.html from a run's logs, finished or still running; with JOB_DIR, the bucket's.
+
+        The report holds the dev metric, training loss and learning rate curves, the final metrics (once the run
+        has written metrics.json) and the settings, in one self-contained HTML file.
+        """
+        from trainer.report import rebuild_report
+
+        print(f"report -> {rebuild_report(_settings(flags)[0], None if output is None else str(output))}")
+
     def export(self, model_dir: str | None = None, export_dir: str | None = None, **flags: Any) -> None:
         """Write one standalone Transformers directory per task (default OUTPUT_DIR/export)."""
         from trainer.inference import EXPORT_DIR, export_tasks, find_model_dir, load_trained
@@ -215,10 +225,12 @@ _OWN_FLAGS = {
     "export": {"model_dir": "an OUTPUT_DIR, a model or a checkpoint (default OUTPUT_DIR)",
                "export_dir": "where to write (default OUTPUT_DIR/export)"},
     "job-spec": {"output": "write the YAML here instead of printing it"},
+    "report": {"output": "the HTML file to write (default OUTPUT_DIR/report.html)"},
 }
-_TAKES_SETTINGS = ("train", "launch", "settings", "check", "predict", "predict-file", "evaluate", "export")
+_TAKES_SETTINGS = ("train", "launch", "settings", "check", "predict", "predict-file", "evaluate", "export",
+                   "report")
 _COMMANDS = ("train", "launch", "check", "settings", "tasks", "predict", "predict-file", "evaluate", "export",
-             "job-spec", "create-bucket")
+             "report", "job-spec", "create-bucket")
 
 
 def help_text(command: str | None) -> str:

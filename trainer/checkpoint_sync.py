@@ -211,6 +211,10 @@ class CloudSyncCallback(TrainerCallback):
         """Steps of the checkpoints queued or being uploaded."""
         return [int(n.removeprefix("checkpoint-")) for n in self.uploads.pending if n.startswith("checkpoint-")]
 
+    def upload_soon(self, local: str | os.PathLike[str], dest: Any) -> None:
+        """Queue one file (e.g. settings.json at the start, so a running job's report knows its settings)."""
+        self.uploads.submit(f"{local} -> {dest}", lambda: self._send(remote.upload_file, Path(local), dest))
+
     def sync_logs(self) -> None:
         """Queue a log upload (replacing one that has not started: the newest snapshot is all that matters)."""
         if self._logs is not None:
@@ -228,9 +232,11 @@ class CloudSyncCallback(TrainerCallback):
         logs_dir: str | os.PathLike[str] | None = None,
         metrics_file: str | os.PathLike[str] | None = None,
         export_dir: str | os.PathLike[str] | None = None,
+        report_file: str | os.PathLike[str] | None = None,
     ) -> None:
         """Wait for checkpoint uploads, then upload the final model dir to `dirs.model/`, the per-task
-        export to `dirs.model/export/`, `metrics_file` to `dirs.model/` and the logs to `dirs.logs/`.
+        export to `dirs.model/export/`, `metrics_file` and `report_file` to `dirs.model/` and the logs to
+        `dirs.logs/`.
 
         Call it on the main process only. Raises `CheckpointUploadError` if any upload failed,
         including earlier checkpoints; the final model is uploaded regardless.
@@ -242,6 +248,8 @@ class CloudSyncCallback(TrainerCallback):
         if metrics_file is not None and not Path(metrics_file).resolve().is_relative_to(model.resolve()):
             metrics = Path(metrics_file)
             uploads.append((metrics, self.dirs.model.child(metrics.name), remote.upload_file))
+        if report_file is not None:
+            uploads.append((Path(report_file), self.dirs.model.child(Path(report_file).name), remote.upload_file))
         for local, dest, upload in uploads:
             self.uploads.submit(f"{local} -> {dest}", lambda u=upload, src=local, to=dest: self._send(u, src, to))
         if logs_dir is not None and self._logs is None:  # not streamed during the run: send them now

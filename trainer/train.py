@@ -25,6 +25,7 @@ from trainer import demo, storage
 from trainer import remote_checkpoints as remote
 from trainer.checkpoint_sync import CloudDirs, CloudSyncCallback, resolve_cloud_dirs, resume_from_bucket
 from trainer.checkpoints import CompleteMarkerCallback, checkpoint_step, resolve_resume
+from trainer.console import EvalTableCallback, summary
 from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
 from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR
@@ -32,6 +33,7 @@ from trainer.metrics import metrics_by_task
 from trainer.modeling import MultitaskModel
 from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer
 from trainer.preemption import PreemptionCallback
+from trainer.report import METRICS_FILE, REPORT_FILE, SETTINGS_FILE, write_report, write_settings
 from trainer.sampling import STRATEGIES
 from trainer.selection import BestSelection
 from trainer.settings import DEMO_MODEL, Settings
@@ -39,7 +41,6 @@ from trainer.spec import SPLITS, TaskData, TaskSpec
 from trainer.tasks import describe_choice, read_split, resolve_source, resolve_tasks
 
 logger = logging.getLogger(__name__)
-METRICS_FILE = "metrics.json"
 PREEMPTION_UPLOAD_TIMEOUT = 25.0  # seconds: Vertex AI gives a preempted worker 30 s after SIGTERM
 
 
@@ -190,6 +191,31 @@ def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], 
     return report
 
 
+def output_report(output: Path, log_dir: str) -> Path | None:
+    """`OUTPUT_DIR/report.html`; a failure to draw it is logged, and costs the run nothing else."""
+    try:
+        return write_report(output / REPORT_FILE, log_dir, output / METRICS_FILE, output / SETTINGS_FILE,
+                            str(output))
+    except Exception as err:  # the model, export and metrics are written: still upload them
+        logger.error("could not write %s: %s: %s", output / REPORT_FILE, type(err).__name__, err)
+        return None
+
+
+def outputs(settings: Settings, tasks: list[TaskSpec], report_file: Path | None,
+            dirs: CloudDirs | None) -> list[tuple[str, str]]:
+    """Where a run's outputs are, for the summary: local paths, then the bucket's."""
+    output = Path(settings.output_dir)
+    found = [("model", f"{output / FINAL_MODEL_DIR}/"),
+             *((f"export {t.name}", f"{output / EXPORT_DIR / t.name}/") for t in tasks),
+             ("metrics", str(output / METRICS_FILE)),
+             ("report", str(report_file) if report_file else "(not written, see the log)"),
+             ("logs", f"{settings.effective_log_dir}/ (tensorboard --logdir {settings.effective_log_dir})")]
+    if dirs:
+        found += [("bucket model", f"{dirs.model}/ (export/, {METRICS_FILE}, {REPORT_FILE})"),
+                  ("bucket logs", f"{dirs.logs}/"), ("bucket ckpts", f"{dirs.checkpoints}/")]
+    return found
+
+
 def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run one multitask training job; returns the final metrics report."""
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
@@ -227,7 +253,7 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         processing_class=tokenizer,
         data_collator=TaskBatchCollator(tokenizer, tasks, pad_to_multiple_of=8 if not args.use_cpu else None),
         callbacks=[FinalSaveCallback(), selection, CompleteMarkerCallback(), preemption, *([sync] if sync else []),
-                   *(callbacks or [])],
+                   EvalTableCallback(tasks), *(callbacks or [])],
         tasks=tasks,
         sampling=settings.sampling,
         sampling_temperature=settings.sampling_temperature,
@@ -241,6 +267,10 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
                 steps_per_epoch)
     if resume:
         logger.info("resuming from %s", resume)
+    if args.should_save:  # what `python -m trainer report` needs to rebuild the report later
+        settings_file = write_settings(settings, {t.name: t.metric for t in tasks}, settings.output_dir)
+        if sync:
+            sync.upload_soon(settings_file, dirs.model.child(SETTINGS_FILE))
 
     trainer.train(resume_from_checkpoint=resume)
     if preemption.preempted:
@@ -256,15 +286,10 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         trainer.save_model(str(output / FINAL_MODEL_DIR))
         selection.export(trainer.accelerator.unwrap_model(trainer.model), output / EXPORT_DIR)
         report = write_metrics(output / METRICS_FILE, metrics, tasks, trainer.state.global_step, selection)
+        report_file = output_report(output, settings.effective_log_dir)
         if sync:
             sync.upload_final(output / FINAL_MODEL_DIR, settings.effective_log_dir, output / METRICS_FILE,
-                              export_dir=output / EXPORT_DIR)
-        summary = ", ".join(f"{t.name} {t.metric}={report['tasks'][t.name][t.metric]:.3f}" for t in tasks)
-        print(f"final: {summary}; average={report[AGGREGATE_METRIC]:.3f} -> {output / METRICS_FILE}", flush=True)
-        if settings.select_best != "last":
-            chosen = ", ".join(f"{t.name} {t.metric}={report['selected'][t.name]['metrics'][t.metric]:.3f} "
-                               f"(step {report['selected'][t.name]['step']})" for t in tasks)
-            print(f"selected ({settings.select_best}): {chosen}; average={report['selected_average']:.3f} -> "
-                  f"{output / EXPORT_DIR}", flush=True)
+                              export_dir=output / EXPORT_DIR, report_file=report_file)
+        print(summary(report, tasks, outputs(settings, tasks, report_file, dirs)), flush=True)
     return report
 

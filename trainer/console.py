@@ -1,0 +1,83 @@
+"""What a person reads on the console: a table after every evaluation, and the run's summary at the end.
+
+The tables go to stdout (the progress bar and the log lines are on stderr), on the main process only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tqdm.auto import tqdm
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from trainer.spec import TaskSpec
+
+AVERAGE = "average"  # eval_average, as trainer.multitask_trainer names it
+NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second")  # the Trainer's timings
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _best(history: list[dict[str, Any]], key: str, higher_is_better: bool) -> tuple[float, int] | None:
+    """The best value of `key` logged so far and its step (the earliest on a tie); NaN never wins."""
+    points = [(entry[key], entry["step"]) for entry in history if key in entry and not math.isnan(entry[key])]
+    if not points:
+        return None
+    sign = 1 if higher_is_better else -1
+    return max(points, key=lambda point: (sign * point[0], -point[1]))
+
+
+def eval_table(tasks: list[TaskSpec], metrics: dict[str, float], history: list[dict[str, Any]], step: int) -> str:
+    """Each task's main metric now and its best so far (with the step), then the average.
+
+    `history` is the Trainer's `state.log_history`, this evaluation included; it comes back with a resumed
+    checkpoint, so the best so far survives a resume.
+    """
+    rows = [(t.name, t.metric, f"eval_{t.name}_{t.metric}", t.higher_is_better) for t in tasks]
+    rows.append((AVERAGE, "", f"eval_{AVERAGE}", True))
+    width = max(len(name) for name, *_ in rows)
+    lines = [f"eval at step {step}", f"  {'task':<{width}}  {'metric':<10} {'now':>9} {'best':>9}  at step"]
+    for name, metric, key, higher in rows:
+        best = _best(history, key, higher)
+        lines.append(f"  {name:<{width}}  {metric:<10} {_value(metrics.get(key)):>9} "
+                     f"{_value(best and best[0]):>9}  {best[1] if best else '-'}")
+    return "\n".join(lines)
+
+
+class EvalTableCallback(TrainerCallback):
+    """Print `eval_table` after every evaluation of every task (the call that carries `eval_average`)."""
+
+    def __init__(self, tasks: list[TaskSpec]) -> None:
+        self.tasks = tasks
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and metrics and f"eval_{AVERAGE}" in metrics:
+            tqdm.write(eval_table(self.tasks, metrics, state.log_history, state.global_step))
+
+
+def summary(report: dict[str, Any], tasks: list[TaskSpec], outputs: list[tuple[str, str]]) -> str:
+    """The end of a run: the `final:` line, a table of final and selected metrics, and where everything went.
+
+    `report` is what `metrics.json` holds; `outputs` are (what, where) pairs.
+    """
+    final = ", ".join(f"{t.name} {t.metric}={report['tasks'][t.name][t.metric]:.3f}" for t in tasks)
+    lines = [f"final: {final}; average={report[AVERAGE]:.3f} (step {report['global_step']})"]
+    width = max(len(AVERAGE), *(len(t.name) for t in tasks))
+    lines.append(f"  {'task':<{width}}  {'metric':<10} {'final':>9} {'selected':>9}  {'step':>5}  "
+                 "other metrics (final)")
+    for task in tasks:
+        values = report["tasks"][task.name]
+        chosen = report["selected"][task.name]
+        others = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k != task.metric and k not in NOT_METRICS)
+        lines.append(f"  {task.name:<{width}}  {task.metric:<10} {_value(values[task.metric]):>9} "
+                     f"{_value(chosen['metrics'][task.metric]):>9}  {chosen['step']:>5}  {others}")
+    lines.append(f"  {AVERAGE:<{width}}  {'':<10} {_value(report[AVERAGE]):>9} "
+                 f"{_value(report[f'selected_{AVERAGE}']):>9}  (SELECT_BEST={report['select_best']})")
+    lines.append("outputs:")
+    width = max(len(what) for what, _ in outputs)
+    lines += [f"  {what:<{width}}  {where}" for what, where in outputs]
+    return "\n".join(lines)
