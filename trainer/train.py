@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -123,6 +124,13 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
 
 
+def check_trackers(trackers: tuple[str, ...]) -> None:
+    """Every REPORT_TO tracker must be installed: the Trainer would only fail once the model is built."""
+    for name in trackers:
+        if name != "none" and importlib.util.find_spec(name) is None:
+            raise UserError(f"REPORT_TO={name} needs the {name} package: pip install {name}")
+
+
 def training_arguments(settings: Settings) -> TrainingArguments:
     os.environ["TENSORBOARD_LOGGING_DIR"] = settings.effective_log_dir
     return TrainingArguments(
@@ -140,7 +148,7 @@ def training_arguments(settings: Settings) -> TrainingArguments:
         logging_strategy="steps",
         logging_steps=settings.logging_steps,
         save_total_limit=settings.save_total_limit,
-        report_to=["tensorboard"],
+        report_to=list(settings.report_to),  # ["none"]: no tracker
         seed=settings.seed,
         remove_unused_columns=False,
         # one head per step leaves the others without a gradient; all_tasks steps use every head
@@ -190,6 +198,7 @@ def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], 
 
 def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run one multitask training job; returns the final metrics report."""
+    check_trackers(settings.report_to)
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
     set_seed(settings.seed)
