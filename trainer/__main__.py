@@ -145,13 +145,27 @@ class CLI:
         print(describe_report(report, metrics_path(settings.output_dir, report["split"])))
 
     def export(self, model_dir: str | None = None, export_dir: str | None = None, **flags: Any) -> None:
-        """Write one standalone Transformers directory per task (default OUTPUT_DIR/export)."""
+        """Write one standalone Transformers directory per task (default OUTPUT_DIR/export), each with its model card.
+
+        The cards carry the dev metrics of the exported step when the run's metrics.json is beside the model.
+        """
+        from pathlib import Path
+
         from trainer.inference import EXPORT_DIR, export_tasks, find_model_dir, load_trained
+        from trainer.model_card import run_report, write_cards
 
         settings, _ = _settings(flags)
-        model, tokenizer = load_trained(find_model_dir(settings.output_dir, model_dir))
-        for path in export_tasks(model, tokenizer, export_dir or os.path.join(settings.output_dir, EXPORT_DIR)):
+        directory = find_model_dir(settings.output_dir, model_dir)
+        model, tokenizer = load_trained(directory)
+        target = Path(export_dir or os.path.join(settings.output_dir, EXPORT_DIR))
+        paths = export_tasks(model, tokenizer, str(target))
+        tasks = list(model.tasks.values())
+        report, step = run_report(directory, tasks)
+        write_cards(target, tasks, report, report.get("settings") if report else None, step)
+        for path in paths:
             print(path)
+        if report is None:
+            print(f"note: no metrics.json beside {directory}: the model cards have no metrics", file=sys.stderr)
 
 
 def _as_list(value: Any) -> list[str]:

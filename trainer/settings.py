@@ -272,6 +272,14 @@ def load_settings(
     return settings, sources
 
 
+def as_record(settings: Settings) -> dict[str, Any]:
+    """The settings as metrics.json keeps them (JSON values), with the effective learning rate, log dir and resume."""
+    record = {name: list(v) if isinstance(v, tuple) else v for name, v in dataclasses.asdict(settings).items()}
+    record.update(learning_rate=settings.effective_learning_rate, log_dir=settings.effective_log_dir,
+                  resume=settings.effective_resume)
+    return record
+
+
 def describe(settings: Settings, sources: dict[str, str]) -> str:
     """A table of the effective settings and where each came from."""
     rows = []

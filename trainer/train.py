@@ -29,17 +29,17 @@ from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
 from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR
 from trainer.metrics import metrics_by_task
+from trainer.model_card import METRICS_FILE, write_cards
 from trainer.modeling import MultitaskModel
 from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer
 from trainer.preemption import PreemptionCallback
 from trainer.sampling import STRATEGIES
 from trainer.selection import BestSelection
-from trainer.settings import DEMO_MODEL, Settings
+from trainer.settings import DEMO_MODEL, Settings, as_record
 from trainer.spec import SPLITS, TaskData, TaskSpec
 from trainer.tasks import describe_choice, read_split, resolve_source, resolve_tasks
 
 logger = logging.getLogger(__name__)
-METRICS_FILE = "metrics.json"
 PREEMPTION_UPLOAD_TIMEOUT = 25.0  # seconds: Vertex AI gives a preempted worker 30 s after SIGTERM
 
 
@@ -180,8 +180,9 @@ def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDi
 
 
 def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], step: int,
-                  selection: BestSelection) -> dict[str, Any]:
-    """The final dev metrics (`tasks`, `average`) and the selected ones (`selected`: step and metrics per task)."""
+                  selection: BestSelection, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The final dev metrics (`tasks`, `average`), the selected ones (`selected`: step and metrics per task) and
+    the run's `settings` (what the model cards show)."""
     per_task = metrics_by_task(metrics, tasks)
     report = {
         "global_step": step,
@@ -189,6 +190,7 @@ def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], 
         "main_metric": {t.name: t.metric for t in tasks},
         "tasks": per_task,
         **selection.report(per_task, step),
+        "settings": settings,
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -261,7 +263,9 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         output = Path(settings.output_dir)
         trainer.save_model(str(output / FINAL_MODEL_DIR))
         selection.export(trainer.accelerator.unwrap_model(trainer.model), output / EXPORT_DIR)
-        report = write_metrics(output / METRICS_FILE, metrics, tasks, trainer.state.global_step, selection)
+        record = as_record(settings)
+        report = write_metrics(output / METRICS_FILE, metrics, tasks, trainer.state.global_step, selection, record)
+        write_cards(output / EXPORT_DIR, tasks, report, record)  # README.md of each export/<task>
         if sync:
             sync.upload_final(output / FINAL_MODEL_DIR, settings.effective_log_dir, output / METRICS_FILE,
                               export_dir=output / EXPORT_DIR)
