@@ -1,7 +1,6 @@
 """Model cards: every export/<task>/README.md is a Hub model card whose metadata huggingface_hub parses, with the
 dev metrics of the exported step; `python -m trainer export` writes them too."""
 
-import json
 import shutil
 
 import pytest
@@ -10,25 +9,15 @@ from huggingface_hub import ModelCard
 from trainer.model_card import base_model, model_card
 from trainer.tasks import BUILTIN_TASKS, DEMO_TASKS, load_tasks_file
 
-from .tiny import quick_env, run_cli
+from .tiny import run_cli
 
 PIPELINES = {"demo_sentiment": "text-classification", "demo_similarity": "text-classification",
              "demo_category": None}
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One short demo run, evaluated every 4 steps so that tasks may be selected at different steps."""
-    out = tmp_path_factory.mktemp("cards") / "out"
-    env = quick_env(out, EVAL_STEPS="4", SAVE_STEPS="4")
-    result = run_cli("train", env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, env, json.loads((out / "metrics.json").read_text())
-
-
 @pytest.mark.slow
-def test_every_export_has_a_card_with_the_selected_metrics(run):
-    out, _, report = run
+def test_every_export_has_a_card_with_the_selected_metrics(exported_run):
+    out, _, report = exported_run
     assert report["settings"]["batch_size"] == 8 and report["settings"]["max_steps"] == 12
     for name, pipeline in PIPELINES.items():
         card = ModelCard.load(out / "export" / name / "README.md")
@@ -63,8 +52,8 @@ def test_every_export_has_a_card_with_the_selected_metrics(run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PIPELINES))
-def test_the_usage_snippet_runs_on_the_export(run, name, capsys):
-    out, _, _ = run
+def test_the_usage_snippet_runs_on_the_export(exported_run, name, capsys):
+    out, _, _ = exported_run
     text = (out / "export" / name / "README.md").read_text()
     snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
     exec(snippet.replace('"ORG/NAME"', repr(str(out / "export" / name))), {})  # noqa: S102
@@ -75,8 +64,8 @@ def test_the_usage_snippet_runs_on_the_export(run, name, capsys):
 
 
 @pytest.mark.slow
-def test_export_writes_cards_for_the_exported_step(run, tmp_path):
-    out, env, report = run
+def test_export_writes_cards_for_the_exported_step(exported_run, tmp_path):
+    out, env, report = exported_run
     result = run_cli("export", f"--export_dir={tmp_path / 'final'}", env=env)  # OUTPUT_DIR/model: the last step
     assert result.returncode == 0, result.stderr[-2000:]
     for name in PIPELINES:

@@ -167,6 +167,19 @@ class CLI:
         if report is None:
             print(f"note: no metrics.json beside {directory}: the model cards have no metrics", file=sys.stderr)
 
+    def push(self, task: str, repo_id: str, private: Any = False, model_dir: str | None = None, **flags: Any) -> None:
+        """Upload OUTPUT_DIR/export/TASK (model, tokenizer, model card) to the Hugging Face Hub repo --repo_id.
+
+        The repo is created if needed (--private for a private one). The token is HF_TOKEN, else the one
+        `hf auth login` stored; HF_ENDPOINT selects another Hub endpoint.
+        """
+        from trainer.env import parse_bool
+        from trainer.hub import push
+
+        settings, _ = _settings(flags)
+        url, files = push(settings.output_dir, str(task), str(repo_id), parse_bool("--private", private), model_dir)
+        print(f"pushed {task} ({len(files)} files: {', '.join(files)}) -> {url}")
+
 
 def _as_list(value: Any) -> list[str]:
     if isinstance(value, (list, tuple)):
@@ -228,10 +241,14 @@ _OWN_FLAGS = {
                  "model_dir": "an OUTPUT_DIR, its export/ or an export/<task> (default OUTPUT_DIR)"},
     "export": {"model_dir": "an OUTPUT_DIR, a model or a checkpoint (default OUTPUT_DIR)",
                "export_dir": "where to write (default OUTPUT_DIR/export)"},
+    "push": {"task": "the task whose export to upload (required)",
+             "repo_id": "the Hub repo, ORG/NAME or NAME (required; created if missing)",
+             "private": "create the repo private (an existing repo keeps its visibility)",
+             "model_dir": "an export/<task> directory, an export/ or an OUTPUT_DIR (default OUTPUT_DIR/export)"},
     "job-spec": {"output": "write the YAML here instead of printing it"},
 }
-_TAKES_SETTINGS = ("train", "launch", "settings", "check", "predict", "predict-file", "evaluate", "export")
-_COMMANDS = ("train", "launch", "check", "settings", "tasks", "predict", "predict-file", "evaluate", "export",
+_TAKES_SETTINGS = ("train", "launch", "settings", "check", "predict", "predict-file", "evaluate", "export", "push")
+_COMMANDS = ("train", "launch", "check", "settings", "tasks", "predict", "predict-file", "evaluate", "export", "push",
              "job-spec", "create-bucket")
 
 
