@@ -92,3 +92,11 @@ def test_no_export_or_no_hub_is_one_line(exported_run, tmp_path):
     line = one_error_line(run_cli("push", "--task=demo_sentiment", "--repo_id=my-org/x",
                                   env=hub_env(env, closed, tmp_path)))
     assert line.startswith("error: push of demo_sentiment to my-org/x failed: ")
+
+
+def test_push_help_lists_its_flags():
+    result = run_cli("push", "--help")
+    assert result.returncode == 0, result.stderr
+    for flag in ("--task", "--repo_id", "--private", "--model_dir"):
+        assert flag in result.stdout
+    assert "hf auth login" in result.stdout and "push" in run_cli("--help").stdout
