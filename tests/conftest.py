@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.gcs_emulator import GcsEmulator
+from tests.tiny import quick_env, run_cli
 
 # --- Cloud Storage (a local gcp-storage-emulator per test) --------------------------------------
 
@@ -35,3 +36,19 @@ def gcs_bucket(gcs_client) -> str:
     name = "g-test-bucket"
     gcs_client.create_bucket(name)
     return name
+
+
+# --- one short demo run with its exports and model cards (test_model_card, test_push) ----------------
+
+
+@pytest.fixture(scope="session")
+def exported_run(tmp_path_factory: pytest.TempPathFactory):
+    """(OUTPUT_DIR, its env, metrics.json) of a demo run evaluated every 4 steps, so tasks may be selected at
+    different steps. Read-only: tests that change files copy them first."""
+    import json
+
+    out = tmp_path_factory.mktemp("exported-run") / "out"
+    env = quick_env(out, EVAL_STEPS="4", SAVE_STEPS="4")
+    result = run_cli("train", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, env, json.loads((out / "metrics.json").read_text())

@@ -155,13 +155,40 @@ class CLI:
         print(f"report -> {rebuild_report(_settings(flags)[0], None if output is None else str(output))}")
 
     def export(self, model_dir: str | None = None, export_dir: str | None = None, **flags: Any) -> None:
-        """Write one standalone Transformers directory per task (default OUTPUT_DIR/export)."""
+        """Write one standalone Transformers directory per task (default OUTPUT_DIR/export), each with its model card.
+
+        The cards carry the dev metrics of the exported step when the run's metrics.json is beside the model.
+        """
+        from pathlib import Path
+
         from trainer.inference import EXPORT_DIR, export_tasks, find_model_dir, load_trained
+        from trainer.model_card import run_report, write_cards
 
         settings, _ = _settings(flags)
-        model, tokenizer = load_trained(find_model_dir(settings.output_dir, model_dir))
-        for path in export_tasks(model, tokenizer, export_dir or os.path.join(settings.output_dir, EXPORT_DIR)):
+        directory = find_model_dir(settings.output_dir, model_dir)
+        model, tokenizer = load_trained(directory)
+        target = Path(export_dir or os.path.join(settings.output_dir, EXPORT_DIR))
+        paths = export_tasks(model, tokenizer, str(target))
+        tasks = list(model.tasks.values())
+        report, step = run_report(directory, tasks)
+        write_cards(target, tasks, report, report.get("settings") if report else None, step)
+        for path in paths:
             print(path)
+        if report is None:
+            print(f"note: no metrics.json beside {directory}: the model cards have no metrics", file=sys.stderr)
+
+    def push(self, task: str, repo_id: str, private: Any = False, model_dir: str | None = None, **flags: Any) -> None:
+        """Upload OUTPUT_DIR/export/TASK (model, tokenizer, model card) to the Hugging Face Hub repo --repo_id.
+
+        The repo is created if needed (--private for a private one). The token is HF_TOKEN, else the one
+        `hf auth login` stored; HF_ENDPOINT selects another Hub endpoint.
+        """
+        from trainer.env import parse_bool
+        from trainer.hub import push
+
+        settings, _ = _settings(flags)
+        url, files = push(settings.output_dir, str(task), str(repo_id), parse_bool("--private", private), model_dir)
+        print(f"pushed {task} ({len(files)} files: {', '.join(files)}) -> {url}")
 
 
 def _as_list(value: Any) -> list[str]:
@@ -224,13 +251,17 @@ _OWN_FLAGS = {
                  "model_dir": "an OUTPUT_DIR, its export/ or an export/<task> (default OUTPUT_DIR)"},
     "export": {"model_dir": "an OUTPUT_DIR, a model or a checkpoint (default OUTPUT_DIR)",
                "export_dir": "where to write (default OUTPUT_DIR/export)"},
+    "push": {"task": "the task whose export to upload (required)",
+             "repo_id": "the Hub repo, ORG/NAME or NAME (required; created if missing)",
+             "private": "create the repo private (an existing repo keeps its visibility)",
+             "model_dir": "an export/<task> directory, an export/ or an OUTPUT_DIR (default OUTPUT_DIR/export)"},
     "job-spec": {"output": "write the YAML here instead of printing it"},
     "report": {"output": "the HTML file to write (default OUTPUT_DIR/report.html)"},
 }
 _TAKES_SETTINGS = ("train", "launch", "settings", "check", "predict", "predict-file", "evaluate", "export",
-                   "report")
+                   "report", "push")
 _COMMANDS = ("train", "launch", "check", "settings", "tasks", "predict", "predict-file", "evaluate", "export",
-             "report", "job-spec", "create-bucket")
+             "report", "push", "job-spec", "create-bucket")
 
 
 def help_text(command: str | None) -> str:

@@ -161,6 +161,14 @@ def load_dotenv(path: str | os.PathLike[str] = ".env") -> None:
         os.environ.setdefault(name, value)
 
 
+def hf_token(environ: Mapping[str, str]) -> str | None:
+    """HF_TOKEN (the environment, or `.env`, which every command loads into it); None when unset or empty.
+
+    A secret, so never a training setting: it stays out of `settings`, metrics.json and the Vertex AI job.
+    """
+    return environ.get("HF_TOKEN", "").strip() or None
+
+
 # ---- for the Makefile and docker -----------------------------------------------------------------
 
 

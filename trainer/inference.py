@@ -65,6 +65,20 @@ def find_model_dir(output_dir: str, model_dir: str | None = None) -> Path:
     return found
 
 
+def find_export(output_dir: str, model_dir: str | None, task: str) -> Path:
+    """A task's `export/<task>` directory: `model_dir` (that directory, an export/ or an OUTPUT_DIR), else
+    OUTPUT_DIR/export/<task>."""
+    where = Path(model_dir or Path(output_dir, EXPORT_DIR))
+    exported = _export_dir(where, task)
+    if exported is None:
+        raise UserError(f"no export of task {task!r} in {where} ({_what_is_there(where)}); train first, run "
+                        "python -m trainer export, or pass --model_dir=<an export/<task> directory>")
+    spec = json.loads((exported / TASK_FILE).read_text(encoding="utf-8"))
+    if spec["name"] != task:
+        raise UserError(f"{exported} is the export of task {spec['name']!r}, not {task!r}")
+    return exported
+
+
 def load_trained(directory: Path) -> tuple[MultitaskModel, PreTrainedTokenizerBase]:
     return MultitaskModel.from_checkpoint(directory), AutoTokenizer.from_pretrained(directory)
 

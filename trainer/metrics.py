@@ -6,6 +6,8 @@ import numpy as np
 
 from trainer.spec import TaskSpec
 
+METRICS_FILE = "metrics.json"  # OUTPUT_DIR/metrics.json: what a run measured, written at its end
+
 
 def aggregate_score(per_task: dict[str, dict[str, float]], tasks: list[TaskSpec]) -> float:
     """The mean main metric of the tasks in the average: the run's single number for model selection.

@@ -28,10 +28,10 @@ from tensorboard.backend.event_processing.event_accumulator import SCALARS, Even
 from trainer import storage
 from trainer.checkpoint_sync import resolve_cloud_dirs
 from trainer.errors import UserError
+from trainer.metrics import METRICS_FILE
 from trainer.settings import Settings
 
 REPORT_FILE = "report.html"
-METRICS_FILE = "metrics.json"  # trainer.train writes it at the end of a run
 SETTINGS_FILE = "settings.json"
 EVENT_FILES = "events.out.tfevents.*"
 NOT_QUALITY = ("runtime", "samples_per_second", "steps_per_second", "loss")  # eval/<task>_<these>

@@ -23,6 +23,7 @@ SamplingStrategy = Literal[tuple(STRATEGIES)]  # one module per strategy in trai
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 TaskWeighting = Literal["static", "uncertainty"]  # trainer.weighting.WEIGHTINGS
 SelectBest = Literal["per_task", "average", "last"]  # trainer.selection
+TRACKERS = ("tensorboard", "wandb", "mlflow", "none")  # REPORT_TO: what TrainingArguments(report_to=...) gets
 
 DEMO_MODEL = "demo"
 
@@ -103,6 +104,10 @@ class Settings:
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap training examples per task."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap evaluation examples per task."})
     log_dir: str | None = field(default=None, metadata={"help": "TensorBoard logs; empty = OUTPUT_DIR/logs."})
+    report_to: tuple[str, ...] = field(
+        default=("tensorboard",),
+        metadata={"help": "Where the Trainer logs metrics, comma-separated: tensorboard, wandb, mlflow, or none."},
+    )
     job_dir: str | None = field(
         default=None, metadata={"help": "gs://bucket/prefix for checkpoints, the final model and logs."}
     )
@@ -163,7 +168,7 @@ def _parse(name: str, raw: Any, hint: Any) -> Any:
         items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
         values = tuple(str(i).strip() for i in items if str(i).strip())
         if not values:
-            raise UserError(f"{env} is empty; give a comma-separated list, e.g. {env}=stsb,rte")
+            raise UserError(f"{env} is empty; give a comma-separated list")
         return values
     if origin is dict:
         return _parse_weights(env, raw)
@@ -225,6 +230,11 @@ def _validate(s: Settings) -> None:
         raise UserError(f"WARMUP_RATIO={s.warmup_ratio} must be in [0, 1)")
     if not s.log_upload_seconds > 0:
         raise UserError(f"LOG_UPLOAD_SECONDS={s.log_upload_seconds} must be > 0 seconds")
+    unknown = [t for t in s.report_to if t not in TRACKERS]
+    if unknown:
+        raise UserError(f"REPORT_TO={unknown[0]!r} is not allowed; choose one or more of: {', '.join(TRACKERS)}")
+    if "none" in s.report_to and len(s.report_to) > 1:
+        raise UserError(f"REPORT_TO={','.join(s.report_to)}: 'none' turns every tracker off; give it alone")
     if s.upload_timeout <= 0:
         raise UserError(f"UPLOAD_TIMEOUT={s.upload_timeout} must be > 0 seconds")
     if s.resume not in ("", "auto", "never") and not (storage.is_uri(s.resume) or Path(s.resume).is_dir()):
@@ -267,6 +277,14 @@ def load_settings(
     settings = Settings(**values)
     _validate(settings)
     return settings, sources
+
+
+def as_record(settings: Settings) -> dict[str, Any]:
+    """The settings as metrics.json keeps them (JSON values), with the effective learning rate, log dir and resume."""
+    record = {name: list(v) if isinstance(v, tuple) else v for name, v in dataclasses.asdict(settings).items()}
+    record.update(learning_rate=settings.effective_learning_rate, log_dir=settings.effective_log_dir,
+                  resume=settings.effective_resume)
+    return record
 
 
 def describe(settings: Settings, sources: dict[str, str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -29,14 +30,15 @@ from trainer.console import EvalTableCallback, summary
 from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
 from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR
-from trainer.metrics import metrics_by_task
+from trainer.metrics import METRICS_FILE, metrics_by_task
+from trainer.model_card import write_cards
 from trainer.modeling import MultitaskModel
 from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer
 from trainer.preemption import PreemptionCallback
-from trainer.report import METRICS_FILE, REPORT_FILE, SETTINGS_FILE, write_report, write_settings
+from trainer.report import REPORT_FILE, SETTINGS_FILE, write_report, write_settings
 from trainer.sampling import STRATEGIES
 from trainer.selection import BestSelection
-from trainer.settings import DEMO_MODEL, Settings
+from trainer.settings import DEMO_MODEL, Settings, as_record
 from trainer.spec import SPLITS, TaskData, TaskSpec
 from trainer.tasks import describe_choice, read_split, resolve_source, resolve_tasks
 
@@ -125,6 +127,13 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
 
 
+def check_trackers(trackers: tuple[str, ...]) -> None:
+    """Every REPORT_TO tracker must be installed: the Trainer would only fail once the model is built."""
+    for name in trackers:
+        if name != "none" and importlib.util.find_spec(name) is None:
+            raise UserError(f"REPORT_TO={name} needs the {name} package: pip install {name}")
+
+
 def training_arguments(settings: Settings) -> TrainingArguments:
     os.environ["TENSORBOARD_LOGGING_DIR"] = settings.effective_log_dir
     return TrainingArguments(
@@ -142,7 +151,7 @@ def training_arguments(settings: Settings) -> TrainingArguments:
         logging_strategy="steps",
         logging_steps=settings.logging_steps,
         save_total_limit=settings.save_total_limit,
-        report_to=["tensorboard"],
+        report_to=list(settings.report_to),  # ["none"]: no tracker
         seed=settings.seed,
         remove_unused_columns=False,
         # one head per step leaves the others without a gradient; all_tasks steps use every head
@@ -175,8 +184,9 @@ def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDi
 
 
 def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], step: int,
-                  selection: BestSelection) -> dict[str, Any]:
-    """The final dev metrics (`tasks`, `average`) and the selected ones (`selected`: step and metrics per task)."""
+                  selection: BestSelection, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The final dev metrics (`tasks`, `average`), the selected ones (`selected`: step and metrics per task) and
+    the run's `settings` (what the model cards show)."""
     per_task = metrics_by_task(metrics, tasks)
     report = {
         "global_step": step,
@@ -184,6 +194,7 @@ def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], 
         "main_metric": {t.name: t.metric for t in tasks},
         "tasks": per_task,
         **selection.report(per_task, step),
+        "settings": settings,
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -218,6 +229,7 @@ def outputs(settings: Settings, tasks: list[TaskSpec], report_file: Path | None,
 
 def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run one multitask training job; returns the final metrics report."""
+    check_trackers(settings.report_to)
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
     set_seed(settings.seed)
@@ -285,7 +297,9 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         output = Path(settings.output_dir)
         trainer.save_model(str(output / FINAL_MODEL_DIR))
         selection.export(trainer.accelerator.unwrap_model(trainer.model), output / EXPORT_DIR)
-        report = write_metrics(output / METRICS_FILE, metrics, tasks, trainer.state.global_step, selection)
+        record = as_record(settings)
+        report = write_metrics(output / METRICS_FILE, metrics, tasks, trainer.state.global_step, selection, record)
+        write_cards(output / EXPORT_DIR, tasks, report, record)  # README.md of each export/<task>
         report_file = output_report(output, settings.effective_log_dir)
         if sync:
             sync.upload_final(output / FINAL_MODEL_DIR, settings.effective_log_dir, output / METRICS_FILE,
