@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import html
 import io
 import json
@@ -29,7 +28,7 @@ from trainer import storage
 from trainer.checkpoint_sync import resolve_cloud_dirs
 from trainer.errors import UserError
 from trainer.metrics import METRICS_FILE
-from trainer.settings import Settings
+from trainer.settings import Settings, as_record
 
 REPORT_FILE = "report.html"
 SETTINGS_FILE = "settings.json"
@@ -44,8 +43,7 @@ def write_settings(settings: Settings, main_metric: dict[str, str], output_dir: 
     """`OUTPUT_DIR/settings.json`: every setting of the run and each task's main metric, written atomically."""
     path = Path(output_dir) / SETTINGS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, json.dumps({"settings": dataclasses.asdict(settings), "main_metric": main_metric},
-                                       indent=2))
+    _write_atomically(path, json.dumps({"settings": as_record(settings), "main_metric": main_metric}, indent=2))
     return path
 
 
