@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from trainer.env import read_dotenv
+from trainer.settings import load_settings
 
 from .tiny import ROOT, SHARED_DATA, run_cli, save_tiny_gpt2, save_tiny_pretrained
 
@@ -99,11 +100,8 @@ def test_recipe_runs_offline(name, tmp_path, tiny_models):
     assert sorted(report["tasks"]) == sorted(expected)
     assert report["select_best"] == settings.get("SELECT_BEST", "per_task")
     assert sorted(p.name for p in (tmp_path / "out" / "export").iterdir()) == sorted(expected)
-    shown = run_cli("settings", env={"ENV_FILE": str(recipe)})  # the recipe's values, named as coming from it
-    assert shown.returncode == 0, shown.stderr
-    for key in settings:
-        line = next(line for line in shown.stdout.splitlines() if line.startswith(key + " "))
-        assert line.endswith(f"[{recipe.name}]"), line
+    _, sources = load_settings(environ={}, dotenv_path=recipe)  # every value named as coming from the recipe
+    assert {key: sources[key.lower()] for key in settings} == {key: recipe.name for key in settings}
 
 
 def test_make_run_local_reads_the_recipe_named_by_env_file(tmp_path):
