@@ -79,7 +79,7 @@ def _steps_done(log_path) -> int:
 def test_kill_9_then_resume_from_the_bucket_matches_an_uninterrupted_run(tmp_path, gcs_client, gcs_bucket):
     model = save_tiny_pretrained(tmp_path / "tiny")
     # A checkpoint every 20 steps: as in production, an upload finishes well within one save interval,
-    # so a kill loses at most SAVE_STEPS steps (more only if uploads could not keep up at all).
+    # so a kill loses about SAVE_STEPS steps: those since the newest commit (more only if uploads fell behind).
     common = {"MODEL_NAME": str(model), "MAX_STEPS": "80", "SAVE_STEPS": "20", "BATCH_SIZE": "32",
               "MAX_TRAIN_SAMPLES": "400", "MAX_EVAL_SAMPLES": "16", "EVAL_STEPS": "10", "SEED": "5",
               "LOGGING_STEPS": "1", "LOG_UPLOAD_SECONDS": "1"}
@@ -109,7 +109,9 @@ def test_kill_9_then_resume_from_the_bucket_matches_an_uninterrupted_run(tmp_pat
     done = _steps_done(task_log)
     last_committed = max(committed_steps(gcs_client, job))
     assert 20 <= last_committed < 80
-    assert done - last_committed <= 20, f"lost {done - last_committed} steps (trained {done})"
+    # At most one save interval plus the next checkpoint's upload: the kill waits for a log upload after the
+    # first commit, and that can fall while the next checkpoint is still on its way up.
+    assert done - last_committed < 2 * 20, f"lost {done - last_committed} steps (trained {done})"
 
     killed = download_logs(gcs_client, "jobs/kill9/logs/", tmp_path / "killed")
     assert max(e.step for e in killed.Scalars("train/loss")) > last_committed  # steps to be logged twice
