@@ -41,7 +41,8 @@ def test_torchrun_two_ranks_train_the_same_task_each_step(tmp_path):
     assert (tmp_path / "out" / "checkpoint-16" / "checkpoint_complete.json").is_file()
 
 
-def test_torchrun_mixes_classification_masked_lm_and_token_classification(tmp_path):
+def write_ner_and_text_tasks(tmp_path) -> None:
+    """tasks.yaml with a token-classification task (ner) and a masked-LM task (text), and their data."""
     from .tiny import NER_LABELS, ner_sentences, write_conll, write_text
 
     write_conll(tmp_path / "ner.conll", ner_sentences(96))
@@ -51,6 +52,10 @@ def test_torchrun_mixes_classification_masked_lm_and_token_classification(tmp_pa
         f"  - {{name: ner, type: token_classification, labels: [{', '.join(NER_LABELS)}], train_file: ner.conll,"
         " dev_file: ner.conll}\n"
         "  - {name: text, type: masked_lm, train_file: text.txt, dev_file: text.txt}\n")
+
+
+def test_torchrun_mixes_classification_masked_lm_and_token_classification(tmp_path):
+    write_ner_and_text_tasks(tmp_path)
     tasks, _ = torchrun_worker(tmp_path, SAMPLING="uniform", TASKS="demo_sentiment,ner,text",
                                TASKS_FILE=str(tmp_path / "tasks.yaml"), MAX_SEQ_LENGTH="32")
     assert set(tasks[0]) == {"demo_sentiment", "ner", "text"}
@@ -61,15 +66,7 @@ def test_torchrun_mixes_classification_masked_lm_and_token_classification(tmp_pa
 def test_torchrun_all_tasks_steps_run_ddp_without_finding_unused_parameters(tmp_path):
     """Token classification and masked LM leave BERT's pooler unused: it is frozen before DDP is built,
     so every parameter that DDP reduces gets a gradient in every step."""
-    from .tiny import NER_LABELS, ner_sentences, write_conll, write_text
-
-    write_conll(tmp_path / "ner.conll", ner_sentences(96))
-    write_text(tmp_path / "text.txt", 300)
-    (tmp_path / "tasks.yaml").write_text(
-        "tasks:\n"
-        f"  - {{name: ner, type: token_classification, labels: [{', '.join(NER_LABELS)}], train_file: ner.conll,"
-        " dev_file: ner.conll}\n"
-        "  - {name: text, type: masked_lm, train_file: text.txt, dev_file: text.txt}\n")
+    write_ner_and_text_tasks(tmp_path)
     tasks, ranks = torchrun_worker(tmp_path, SAMPLING="all_tasks", TASK_WEIGHTING="uncertainty",
                                    TASKS_FILE=str(tmp_path / "tasks.yaml"), MAX_SEQ_LENGTH="32")
     assert set(tasks[0]) == {"ner+text"}  # every step: one batch of each task

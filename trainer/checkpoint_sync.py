@@ -102,7 +102,7 @@ class LogMirror:
 
     def __init__(self, local: Path, dest: Any, store: storage.Store, scratch: Path) -> None:
         self.local, self.dest, self.store, self.scratch = local, dest, store, scratch
-        self.sent: dict[str, dict[str, Any]] = {}  # relative path -> checksums of what the bucket holds
+        self.sent: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime) of what the bucket holds
 
     def sync(self) -> None:
         if not self.local.is_dir():
@@ -112,11 +112,12 @@ class LogMirror:
         try:
             for path in sorted(p for p in self.local.rglob("*") if p.is_file()):
                 rel = path.relative_to(self.local).as_posix()
+                seen = path.stat()
+                if self.sent.get(rel) == (seen.st_size, seen.st_mtime_ns):
+                    continue  # unchanged since it was sent: not read again
                 shutil.copyfile(path, copy)
-                sums = file_checksums(copy)
-                if self.sent.get(rel) != sums:
-                    self.store.upload_file(copy, self.dest.child(rel), sums)
-                    self.sent[rel] = sums
+                self.store.upload_file(copy, self.dest.child(rel), file_checksums(copy))
+                self.sent[rel] = (seen.st_size, seen.st_mtime_ns)
         finally:
             copy.unlink(missing_ok=True)
 
