@@ -34,6 +34,13 @@ def checkpoint_dir(output_dir: str | os.PathLike[str], step: int) -> Path:
     return Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `path` under a temporary name and rename it: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def link_tree(src: Path, dest: Path) -> None:
     """Hard-link every file of `src` into `dest` (copy where links are impossible): a snapshot that
     costs no disk and that deleting or rotating `src` cannot pull away."""

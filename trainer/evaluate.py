@@ -7,13 +7,13 @@ Each task's model is its standalone export, wrapped in a one-task `MultitaskMode
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
+from trainer.checkpoints import write_text_atomically
 from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
 from trainer.inference import find_task, load_task_model, task_names
@@ -55,9 +55,7 @@ def evaluate(settings: Settings, split: str = "test", model_dir: str | None = No
     }
     path = metrics_path(settings.output_dir, split)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(report, indent=2))
     return report
 
 

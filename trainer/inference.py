@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +143,10 @@ def save_task(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, name: s
     (directory / TASK_FILE).write_text(json.dumps(model.tasks[name].to_dict(), indent=2), encoding="utf-8")
 
 
-def export_tasks(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, export_dir: str) -> list[Path]:
-    """Write one standalone directory per task, loadable with plain `AutoModelFor...`.
+def export_tasks(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, export_dir: str | os.PathLike[str],
+                 write: Callable[[str, Path], None] | None = None) -> list[Path]:
+    """Write one standalone directory per task, loadable with plain `AutoModelFor...`: the model's current
+    weights, or whatever `write(task, directory)` puts there (the selected copy, for SELECT_BEST).
 
     Everything is written to a temporary sibling first and moved into place at the end,
     so a failed export never leaves a half-written directory behind.
@@ -154,7 +156,7 @@ def export_tasks(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, expo
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     try:
         for name in model.tasks:
-            save_task(model, tokenizer, name, staging / name)
+            (write or (lambda task, directory: save_task(model, tokenizer, task, directory)))(name, staging / name)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

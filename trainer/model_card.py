@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from trainer.checkpoints import write_text_atomically
 from trainer.metrics import METRICS_FILE
 from trainer.settings import DEMO_MODEL
 from trainer.spec import TaskSpec
@@ -212,10 +213,7 @@ def write_cards(export_dir: Path, tasks: list[TaskSpec], report: Mapping[str, An
                 settings: Mapping[str, Any] | None, step: int | None = None) -> None:
     """Write `export_dir/<task>/README.md` for every task, each replaced atomically."""
     for task in tasks:
-        target = export_dir / task.name / CARD_FILE
-        tmp = target.with_name(f".{CARD_FILE}.tmp")
-        tmp.write_text(model_card(task, tasks, report, settings, step), encoding="utf-8")
-        os.replace(tmp, target)
+        write_text_atomically(export_dir / task.name / CARD_FILE, model_card(task, tasks, report, settings, step))
 
 
 def run_report(model_dir: Path, tasks: list[TaskSpec]) -> tuple[dict[str, Any] | None, int | None]:

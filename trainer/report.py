@@ -26,6 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import SCALARS, Even
 
 from trainer import storage
 from trainer.checkpoint_sync import resolve_cloud_dirs
+from trainer.checkpoints import write_text_atomically
 from trainer.errors import UserError
 from trainer.metrics import METRICS_FILE
 from trainer.settings import Settings, as_record
@@ -43,14 +44,8 @@ def write_settings(settings: Settings, main_metric: dict[str, str], output_dir: 
     """`OUTPUT_DIR/settings.json`: every setting of the run and each task's main metric, written atomically."""
     path = Path(output_dir) / SETTINGS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, json.dumps({"settings": as_record(settings), "main_metric": main_metric}, indent=2))
+    write_text_atomically(path, json.dumps({"settings": as_record(settings), "main_metric": main_metric}, indent=2))
     return path
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -234,7 +229,7 @@ def write_report(path: str | os.PathLike[str], log_dir: str | os.PathLike[str], 
     page = build_report(read_scalars(log_dir), _read_json(metrics_file), _read_json(settings_file), source)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, page)
+    write_text_atomically(path, page)
     return path
 
 

@@ -22,14 +22,13 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from trainer.checkpoints import checkpoint_dir, link_tree
-from trainer.inference import save_task
+from trainer.checkpoints import checkpoint_dir, link_tree, write_text_atomically
+from trainer.inference import export_tasks, save_task
 from trainer.metrics import aggregate_score, metrics_by_task
 from trainer.modeling import MultitaskModel
 from trainer.spec import TaskSpec
@@ -120,21 +119,15 @@ class BestSelection(TrainerCallback):
 
     def export(self, model: MultitaskModel, export_dir: str | os.PathLike[str]) -> None:
         """Write `export/<task>` for every task from its selected copy (the final weights with `last`)."""
-        target = Path(export_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
-        try:
-            for task in self.tasks:
-                chosen = self.selected.get(task.name)
-                if self.mode == "last" or chosen is None:
-                    self._write_copy(model, task.name, staging / task.name)
-                else:
-                    shutil.copytree(self.root / chosen["dir"], staging / task.name)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+
+        def write(task: str, directory: Path) -> None:
+            chosen = self.selected.get(task)
+            if self.mode == "last" or chosen is None:
+                self._write_copy(model, task, directory)
+            else:
+                shutil.copytree(self.root / chosen["dir"], directory)
+
+        export_tasks(model, self.tokenizer, export_dir, write)
 
     def report(self, final: dict[str, dict[str, float]], final_step: int) -> dict[str, Any]:
         """`metrics.json`'s view of the selection: each task's selected step and metrics."""
@@ -167,7 +160,5 @@ class BestSelection(TrainerCallback):
 
     def _write_state(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{SELECTION_FILE}.tmp"
         payload = {"mode": self.mode, "tasks": self.selected, "average": self.best_average}
-        tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        os.replace(tmp, self.root / SELECTION_FILE)
+        write_text_atomically(self.root / SELECTION_FILE, json.dumps(payload, indent=2))

@@ -25,7 +25,7 @@ from transformers.trainer_utils import set_seed
 from trainer import demo, storage
 from trainer import remote_checkpoints as remote
 from trainer.checkpoint_sync import CloudDirs, CloudSyncCallback, resolve_cloud_dirs, resume_from_bucket
-from trainer.checkpoints import CompleteMarkerCallback, checkpoint_step, resolve_resume
+from trainer.checkpoints import CompleteMarkerCallback, checkpoint_step, resolve_resume, write_text_atomically
 from trainer.console import EvalTableCallback, summary
 from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
@@ -196,9 +196,7 @@ def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], 
         **selection.report(per_task, step),
         "settings": settings,
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(report, indent=2))
     return report
 
 
