@@ -88,7 +88,8 @@ def _unpack(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any)
 def packing_problem(encoder: PreTrainedModel) -> str | None:
     """Why this encoder can't train on packed batches, or None when it can."""
     config = encoder.config
-    if getattr(config, "is_decoder", False) or getattr(config, "is_encoder_decoder", False):
+    causal = any(getattr(m, "is_causal", False) is True for m in encoder.modules())  # its attention layers say
+    if causal or getattr(config, "is_decoder", False) or getattr(config, "is_encoder_decoder", False):
         return f"{config.model_type} is not a bidirectional encoder"
     if not getattr(encoder, "_supports_sdpa", False):
         return f"{config.model_type} has no SDPA attention in Transformers"
@@ -128,3 +129,13 @@ class Packer:
         if "token_type_ids" in padded:  # what the kind passes the model (the tokenizer's model_input_names)
             batch["token_type_ids"] = torch.tensor([[t for f in features for t in f["token_type_ids"]]])
         return batch
+
+
+def packer_for(encoder: PreTrainedModel, tasks: list[Any]) -> Packer | None:
+    """PACKING=1: set the encoder up for packed batches and say once which tasks pad anyway; None if it can't."""
+    if not enable_packing(encoder):
+        return None
+    for task in tasks:
+        if task.kind.no_packing:
+            logger.warning("PACKING=1: task %r (%s) is padded: %s", task.name, task.kind.name, task.kind.no_packing)
+    return Packer(position_start(encoder))
