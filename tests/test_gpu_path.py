@@ -180,8 +180,8 @@ def test_torch_compile_compiles_the_encoder_once_for_every_batch_shape():
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
-    encoder = compile_encoder(transformers.AutoModel.from_config(encoder_configs()["bert"]))
-    eager = transformers.AutoModel.from_config(encoder_configs()["bert"])
+    encoder = compile_encoder(transformers.AutoModel.from_config(encoder_configs()["bert"]).eval())  # no dropout
+    eager = transformers.AutoModel.from_config(encoder_configs()["bert"]).eval()
     eager.load_state_dict(encoder.state_dict())
     for size, length in ((4, 7), (3, 19), (5, 33), (2, 12)):
         ids = torch.randint(5, 400, (size, length))
