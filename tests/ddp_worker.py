@@ -1,9 +1,12 @@
 """Run by `torchrun` in test_ddp.py: train, then dump this rank's encoder weights and the task of every step.
 
-The task log is test code: it wraps the Trainer's `compute_loss` in this process only.
+The task log is test code: it wraps the Trainer's `compute_loss` in this process only. With
+DDP_WORKER_SIGTERM=<rank>:<step>, that rank sends itself SIGTERM at the end of that step (a preemption that
+reaches one rank only); the worker then records the step each rank stopped at.
 """
 
 import os
+import signal
 import sys
 
 import torch
@@ -12,7 +15,7 @@ from transformers import TrainerCallback
 
 from trainer.multitask_trainer import MultitaskTrainer
 from trainer.settings import load_settings
-from trainer.train import train
+from trainer.train import Preempted, train
 
 STEP_TASKS: list[str] = []
 FIND_UNUSED: set = set()  # the DDP wrapper's find_unused_parameters, as seen in every step
@@ -46,10 +49,29 @@ class KeepEncoder(TrainerCallback):
         self.states["world_size"] = dist.get_world_size() if dist.is_initialized() else 1
 
 
+class SigtermAt(TrainerCallback):
+    """Send this process SIGTERM at the end of one step (after the preemption check of that step)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(out_dir: str) -> None:
     keep = KeepEncoder()
     settings, _ = load_settings(dotenv_path=None)
-    train(settings, callbacks=[keep])
+    callbacks = [keep]
+    rank, _, step = os.environ.get("DDP_WORKER_SIGTERM", "").partition(":")
+    if rank == os.environ["RANK"]:
+        callbacks.append(SigtermAt(int(step)))
+    try:
+        train(settings, callbacks=callbacks)
+    except Preempted as stopped:
+        with open(os.path.join(out_dir, f"preempted.rank{os.environ['RANK']}"), "w", encoding="utf-8") as log:
+            log.write(str(stopped))
     torch.save(keep.states, os.path.join(out_dir, f"encoder.rank{os.environ['RANK']}.pt"))
     with open(os.path.join(out_dir, f"tasks.rank{os.environ['RANK']}"), "w", encoding="utf-8") as log:
         log.write("\n".join(STEP_TASKS) + "\n")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,10 @@ from .gcs_emulator import free_port
 from .tiny import ROOT, quick_env
 
 
-def torchrun_worker(tmp_path, **settings: str) -> tuple[list[list[str]], list[dict]]:
-    """Train with two gloo ranks via tests/ddp_worker.py; each rank's step tasks and encoder states."""
+def run_torchrun(tmp_path, worker_env: dict[str, str] | None = None, **settings: str) -> None:
+    """Train with two gloo ranks via tests/ddp_worker.py."""
     env = {**os.environ, **quick_env(tmp_path / "out", MAX_STEPS="16", MAX_TRAIN_SAMPLES="96", **settings),
-           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(worker_env or {})}
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
         [str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
@@ -23,6 +24,11 @@ def torchrun_worker(tmp_path, **settings: str) -> tuple[list[list[str]], list[di
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def torchrun_worker(tmp_path, **settings: str) -> tuple[list[list[str]], list[dict]]:
+    """Train with two gloo ranks; each rank's step tasks and encoder states."""
+    run_torchrun(tmp_path, **settings)
     tasks = [(tmp_path / f"tasks.rank{r}").read_text().split() for r in (0, 1)]
     assert len(tasks[0]) == 16 and tasks[0] == tasks[1], "ranks trained different tasks in the same step"
     ranks = [torch.load(tmp_path / f"encoder.rank{r}.pt") for r in (0, 1)]
@@ -73,3 +79,15 @@ def test_torchrun_all_tasks_steps_run_ddp_without_finding_unused_parameters(tmp_
     assert [(tmp_path / f"find_unused.rank{r}").read_text() for r in (0, 1)] == ["False", "False"]
     final, initial = ranks[0]["final"], ranks[0]["initial"]
     assert torch.equal(final["pooler.dense.weight"], initial["pooler.dense.weight"])  # frozen: no task uses it
+
+
+def test_sigterm_on_one_rank_stops_both_ranks_on_the_same_step(tmp_path):
+    """The preemption flag goes over a gloo group (no device sync): rank 1 alone gets SIGTERM at the end of
+    step 5, and both ranks save and stop at the end of step 6, the next check."""
+    run_torchrun(tmp_path, {"DDP_WORKER_SIGTERM": "1:5"}, SAVE_STEPS="100", EVAL_STEPS="100")
+    tasks = [(tmp_path / f"tasks.rank{r}").read_text().split() for r in (0, 1)]
+    assert len(tasks[0]) == len(tasks[1]) == 6 and tasks[0] == tasks[1]
+    stopped = [(tmp_path / f"preempted.rank{r}").read_text() for r in (0, 1)]
+    assert all(re.search(r"\bstep 6\b", text) for text in stopped), stopped
+    assert (tmp_path / "out" / "checkpoint-6" / "checkpoint_complete.json").is_file()
+    assert not (tmp_path / "out" / "metrics.json").exists()

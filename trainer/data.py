@@ -11,6 +11,7 @@ import datasets
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from trainer.packing import Packer
 from trainer.spec import TaskData, TaskSpec
 
 TOKENIZER_VERSION = "3"  # bump when tokenize_batch changes, to invalidate cached files
@@ -97,14 +98,18 @@ class TaskBatchCollator:
 
     The batch keeps its task name under `task`, which the model uses to pick the head. Features of
     several tasks (a SAMPLING=all_tasks step) become `{"batches": {task: batch, ...}}`.
+
+    With a `packer` (PACKING=1), a batch of a kind that can pack is packed instead (`trainer.packing`).
     """
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, tasks: list[TaskSpec], pad_to_multiple_of: int | None = None
+        self, tokenizer: PreTrainedTokenizerBase, tasks: list[TaskSpec], pad_to_multiple_of: int | None = None,
+        packer: Packer | None = None,
     ):
         self.tokenizer = tokenizer
         self.tasks = {t.name: t for t in tasks}
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.packer = packer
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         by_task: dict[str, list[dict[str, Any]]] = {}
@@ -114,6 +119,10 @@ class TaskBatchCollator:
         return next(iter(batches.values())) if len(batches) == 1 else {"batches": batches}
 
     def _collate(self, name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.tasks[name].kind.collate(rows, self.tokenizer, self.pad_to_multiple_of)
+        kind = self.tasks[name].kind
+        if self.packer and not kind.no_packing:
+            batch = self.packer(rows, kind.collate(rows, self.tokenizer, None))  # labels as one row per sequence
+        else:
+            batch = kind.collate(rows, self.tokenizer, self.pad_to_multiple_of)
         batch["task"] = name
         return batch

@@ -115,12 +115,14 @@ class MultitaskModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         batches: dict[str, dict[str, Any]] | None = None,
+        **packed: Any,
     ) -> ModelOutput:
+        """`packed`: a packed batch's position_ids and sequence boundaries (PACKING=1, `trainer.packing`)."""
         if batches is not None:  # one batch per task: the sum of their weighted losses
             losses = {name: self._task_forward(**batch).loss for name, batch in batches.items()}
             total = sum(self.loss_weighting(name, loss) for name, loss in losses.items())
             return TrainingLoss(loss=total, task_losses=losses)
-        output = self._task_forward(task, input_ids, attention_mask, token_type_ids, labels)
+        output = self._task_forward(task, input_ids, attention_mask, token_type_ids, labels, **packed)
         if not self.training or output.loss is None:
             return output
         return TrainingLoss(loss=self.loss_weighting(task, output.loss), task_losses={task: output.loss})
@@ -132,8 +134,9 @@ class MultitaskModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        **packed: Any,
     ) -> ModelOutput:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **packed}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         return self.task_models[task](**inputs)

@@ -3,7 +3,9 @@
 Spot VMs and Vertex AI send SIGTERM before they take a machine away. The handler only
 sets a flag; at the end of the current step the callback asks the Trainer to save and
 stop. Under DDP the flag is OR-reduced across ranks every step, so all ranks stop on the
-same step even if the signal reached them at different moments. The run then exits with
+same step even if the signal reached them at different moments. The flag is a CPU tensor
+reduced over a gloo group (a side group created once under NCCL), so the check never waits
+for the GPU: the host keeps queueing the next step's kernels. The run then exits with
 `EXIT_PREEMPTED` so that Vertex restarts the worker, which resumes from the checkpoint.
 """
 
@@ -33,6 +35,7 @@ class PreemptionCallback(TrainerCallback):
         self.preempted = False
         self._signals = signals
         self._previous: dict[int, Any] = {}
+        self._group: Any = None  # the gloo group the flag is reduced over (DDP only)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
@@ -40,23 +43,25 @@ class PreemptionCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
+        if self._group is None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # every rank begins training together: the one place to create the group collectively
+            self._group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         if threading.current_thread() is threading.main_thread():
             for signum in self._signals:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return control
 
-    def _any_rank_requested(self, args: TrainingArguments) -> bool:
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    def _any_rank_requested(self) -> bool:
+        if self._group is None:
             return self.requested
-        device = args.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        flag = torch.tensor([1 if self.requested else 0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        flag = torch.tensor([1 if self.requested else 0])  # on the CPU: no device sync
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         return bool(flag.item())
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
-        if self._any_rank_requested(args):
+        if self._any_rank_requested():
             if not self.preempted:
                 logger.warning("SIGTERM received: saving a checkpoint at step %d and stopping", state.global_step)
                 if self.on_preempt:

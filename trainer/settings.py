@@ -95,6 +95,17 @@ class Settings:
     precision: Precision = field(
         default="auto", metadata={"help": "auto (bf16/fp16 when the GPU supports it), fp32, bf16 or fp16."}
     )
+    dataloader_workers: int | None = field(
+        default=None, metadata={"help": "Background processes that collate training batches; empty = 2 on a GPU, "
+                                "0 (in the training process) on CPU."}
+    )
+    torch_compile: bool = field(
+        default=False, metadata={"help": "Compile the shared encoder (torch.compile, dynamic sequence lengths)."}
+    )
+    packing: bool = field(
+        default=False, metadata={"help": "Padding-free batches: each batch's sequences end to end with varlen "
+                                 "attention, for the kinds and models that can (the others pad; the log says so)."}
+    )
     resume: str = field(
         default="",
         metadata={"help": "auto (newest complete checkpoint), never, or a checkpoint path; empty = auto on "
@@ -210,6 +221,8 @@ def _validate(s: Settings) -> None:
         "max_train_samples": s.max_train_samples,
         "max_eval_samples": s.max_eval_samples,
     }
+    if s.dataloader_workers is not None and s.dataloader_workers < 0:
+        raise UserError(f"DATALOADER_WORKERS={s.dataloader_workers} must be 0 or more (empty = auto)")
     for name, value in {**positive, **{k: v for k, v in optional_positive.items() if v is not None}}.items():
         if value <= 0:
             raise UserError(f"{name.upper()}={value} must be a positive integer")

@@ -29,11 +29,13 @@ from trainer.checkpoints import CompleteMarkerCallback, checkpoint_step, resolve
 from trainer.console import EvalTableCallback, summary
 from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
+from trainer.gpu import compile_encoder, gpu_arguments
 from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR
 from trainer.metrics import METRICS_FILE, metrics_by_task
 from trainer.model_card import write_cards
 from trainer.modeling import MultitaskModel
 from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer
+from trainer.packing import packer_for
 from trainer.preemption import PreemptionCallback
 from trainer.report import REPORT_FILE, SETTINGS_FILE, write_report, write_settings
 from trainer.sampling import STRATEGIES
@@ -156,7 +158,7 @@ def training_arguments(settings: Settings) -> TrainingArguments:
         remove_unused_columns=False,
         # one head per step leaves the others without a gradient; all_tasks steps use every head
         ddp_find_unused_parameters=STRATEGIES[settings.sampling].one_task_per_step,
-        dataloader_num_workers=0,
+        **gpu_arguments(settings.dataloader_workers),  # tf32, fused AdamW, pinned memory, workers on CUDA
         **precision_flags(settings.precision),
     )
 
@@ -233,6 +235,9 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     set_seed(settings.seed)
     tokenizer, encoder = load_encoder(settings.model_name, tasks)
     logger.info(describe_choice(tasks, settings.tasks, settings.tasks_file))
+    packer = packer_for(encoder, tasks) if settings.packing else None
+    if settings.torch_compile:
+        compile_encoder(encoder)
     args = training_arguments(settings)
     dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
     resume = resume_checkpoint(settings, args, dirs)
@@ -261,7 +266,8 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         train_dataset=train_set,
         eval_dataset=eval_sets,
         processing_class=tokenizer,
-        data_collator=TaskBatchCollator(tokenizer, tasks, pad_to_multiple_of=8 if not args.use_cpu else None),
+        data_collator=TaskBatchCollator(tokenizer, tasks, pad_to_multiple_of=8 if not args.use_cpu else None,
+                                        packer=packer),
         callbacks=[FinalSaveCallback(), selection, CompleteMarkerCallback(), preemption, *([sync] if sync else []),
                    EvalTableCallback(tasks), *(callbacks or [])],
         tasks=tasks,

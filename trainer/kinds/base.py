@@ -55,6 +55,7 @@ class TaskKind:
     file_formats: tuple[str, ...] = ("csv", "tsv", "jsonl")
     pipeline: str = ""  # the `transformers.pipeline` task its export works with
     prediction_columns: tuple[str, ...] = ("prediction",)  # what predict-file writes after `index`
+    no_packing: str = ""  # why PACKING=1 can't pack this kind's batches (empty: it can, see trainer.packing)
 
     # -- declaration --------------------------------------------------------------------
 

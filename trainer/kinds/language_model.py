@@ -32,6 +32,7 @@ class LanguageModelKind(TaskKind):
     metrics = {"accuracy": True, "perplexity": False, "loss": False}
     auxiliary = True
     file_formats = ("txt", "csv", "tsv", "jsonl")
+    no_packing = "its examples are blocks of one length: there is no padding to remove"
 
     def features(self, task: TaskSpec) -> datasets.Features:
         return datasets.Features({"text": datasets.Value("string")})

@@ -102,6 +102,8 @@ class MultipleChoice(TaskKind):
         out["labels"] = batch["label"]
         return out
 
+    no_packing = "its head reshapes the batch into questions x choices"
+
     def collate(
         self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None
     ) -> dict[str, Any]:
