@@ -228,17 +228,17 @@ def outputs(settings: Settings, tasks: list[TaskSpec], report_file: Path | None,
 def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run one multitask training job; returns the final metrics report."""
     check_trackers(settings.report_to)
+    dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
+    sync = CloudSyncCallback(dirs, upload_timeout=settings.upload_timeout, log_dir=settings.effective_log_dir,
+                             log_upload_seconds=settings.log_upload_seconds) if dirs else None
+    if sync:
+        sync.check_bucket()  # a missing bucket stops the run here, before anything is read or written
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
     set_seed(settings.seed)
     tokenizer, encoder = load_encoder(settings.model_name, tasks)
     logger.info(describe_choice(tasks, settings.tasks, settings.tasks_file))
     args = training_arguments(settings)
-    dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
-    sync = CloudSyncCallback(dirs, upload_timeout=settings.upload_timeout, log_dir=settings.effective_log_dir,
-                             log_upload_seconds=settings.log_upload_seconds) if dirs else None
-    if sync:
-        sync.check_bucket()  # a missing bucket stops the run here, before anything is written
     resume = resume_checkpoint(settings, args, dirs)
     # once preempted, pending uploads get only what is left of the 30 s grace period
     preemption = PreemptionCallback(
