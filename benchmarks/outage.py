@@ -1,7 +1,7 @@
 """A storage outage during training, then SIGTERM while storage is down: what the bucket holds, what waits
 on disk, and how the run ends.
 
-Trains the offline demo (`python -m trainer train`, a checkpoint every `--save_steps` steps) against a local
+Trains the offline demo (`python -m trainer train`, batch 8, a checkpoint every `--save_steps` steps) against a local
 gcp-storage-emulator, with the production retry policy. Once a first checkpoint is committed, the emulator is
 stopped for `--outage` seconds and started again (same port, same data). Reports:
 
@@ -11,7 +11,7 @@ stopped for `--outage` seconds and started again (same port, same data). Reports
 - the emulator is then stopped again and the run gets SIGTERM: its exit code, the seconds from SIGTERM to
   exit, and its last line.
 
-    .venv/bin/python benchmarks/outage.py [--outage 30] [--after 10] [--save_steps 5]
+    .venv/bin/python benchmarks/outage.py [--outage 30] [--after 10] [--save_steps 2]
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outage", type=float, default=30.0, help="seconds without storage")
     parser.add_argument("--after", type=float, default=10.0, help="seconds after recovery to compare")
-    parser.add_argument("--save_steps", type=int, default=5)
+    parser.add_argument("--save_steps", type=int, default=2)
     opts = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="outage-bench-"))
@@ -93,7 +93,8 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k not in _SETTING_NAMES}
     env.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OUTPUT_DIR": str(out),
                 "JOB_DIR": job, "MAX_STEPS": "1000000", "SAVE_STEPS": str(opts.save_steps), "EVAL_STEPS": "1000000",
-                "LOGGING_STEPS": "1", "SAVE_TOTAL_LIMIT": "3"})
+                "BATCH_SIZE": "8", "MAX_TRAIN_SAMPLES": "2000", "MAX_EVAL_SAMPLES": "16", "LOGGING_STEPS": "1",
+                "SAVE_TOTAL_LIMIT": "3"})
     probe = StagingProbe(out / STAGING_DIR)
     probe.start()
     with open(log_path, "w") as log:

@@ -146,8 +146,9 @@ class GcsStore:
 
     def __init__(self, client: storage.Client | None = None, retry: Retry | None = None) -> None:
         self.client = client or make_client()
-        self.health = StoreHealth("Cloud Storage")
-        self.retry = _reporting(retry or GCS_RETRY, self.health.failed)
+        retry = retry or GCS_RETRY
+        self.health = StoreHealth("Cloud Storage", retry.timeout)
+        self.retry = _reporting(retry, self.health.failed)
 
     def _blob(self, uri: GcsUri) -> storage.Blob:
         return self.client.bucket(uri.bucket).blob(uri.prefix)

@@ -15,8 +15,9 @@ logger = logging.getLogger(__name__)
 
 
 class StoreHealth:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, retry_seconds: float | None = None) -> None:
         self.name = name
+        self.retry_seconds = retry_seconds  # how long each request is retried, for the warning
         self.outages = 0  # how many times requests started failing
         self._down_since: float | None = None
         self._failures = 0  # failed attempts in the current outage
@@ -35,8 +36,9 @@ class StoreHealth:
                 return
             self._down_since = time.monotonic()
             self.outages += 1
-        logger.warning("%s: requests are failing (%s: %s); retrying with backoff, training goes on and only the "
-                       "newest checkpoint waits for upload", self.name, type(err).__name__, _first_line(err))
+        retrying = f" for up to {self.retry_seconds:.0f} s per request" if self.retry_seconds else ""
+        logger.warning("%s: requests are failing (%s: %s); retrying with backoff%s", self.name, type(err).__name__,
+                       _first_line(err), retrying)
 
     def answered(self) -> None:
         """A request got its answer."""
