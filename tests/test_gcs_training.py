@@ -243,7 +243,8 @@ def test_outage_then_sigterm_with_storage_down(tmp_path, gcs_client, gcs_emulato
     assert text.count("requests are failing") == 2 and text.count("reachable again") == 1, text[-3000:]
     assert "older checkpoint(s) were not uploaded" in text
     commits = _committed_lines(text, job)
-    assert len(commits) < up_at // 2, f"every saved checkpoint was uploaded: {commits}"
+    saved_in_outage = [c for c in commits if down_at < c < up_at]  # 4 or more saves, the newest of them waits
+    assert len(saved_in_outage) <= 2, f"the checkpoints saved during the outage were all uploaded: {commits}"
     newest = committed_steps(gcs_client, job)
     assert newest == commits[-2:], (newest, commits)  # rotation (SAVE_TOTAL_LIMIT=2) after coalescing
 
@@ -252,6 +253,6 @@ def test_outage_then_sigterm_with_storage_down(tmp_path, gcs_client, gcs_emulato
     assert step > newest[-1] and f"not committed to {job}/checkpoints" in line, line
     assert f"newest committed in the bucket: step {newest[-1]};" in line, line
     waited = float(re.search(r"waited ([\d.]+) s for uploads", line).group(1))
-    assert 15 < waited <= 25 and waited < elapsed, line  # the grace's 25 s, less the last step and its save
+    assert 5 < waited <= 25 and waited < elapsed, line  # the grace's 25 s, less the last step and its save
     assert is_complete(out / f"checkpoint-{step}")  # kept for a restart on this machine
     assert not (out / checkpoint_sync.STAGING_DIR).exists()
