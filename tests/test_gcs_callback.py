@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from tests.gcs_emulator import GcsEmulator
 from trainer import checkpoint_sync, gcs
@@ -68,6 +68,17 @@ def save(cb: CloudSyncCallback, args: TrainingArguments, step: int, main: bool =
     return time.monotonic() - started
 
 
+class KeepingUp(TrainerCallback):
+    """Waits for each checkpoint's upload: a bucket that keeps up with the saves, so none is replaced while
+    waiting (that is tests/test_upload_backlog.py's)."""
+
+    def __init__(self, cb: CloudSyncCallback) -> None:
+        self.cb = cb
+
+    def on_save(self, args, state, control, **kwargs) -> None:
+        assert self.cb.uploads.drain(30)
+
+
 def test_trainer_run_uploads_commits_and_rotates(gcs_client, gcs_bucket: str, tmp_path: Path) -> None:
     dirs = resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {})
     cb = CloudSyncCallback(dirs, GcsStore(gcs_client), upload_timeout=60)
@@ -77,7 +88,7 @@ def test_trainer_run_uploads_commits_and_rotates(gcs_client, gcs_bucket: str, tm
         per_device_train_batch_size=4, learning_rate=0.1, report_to=[], use_cpu=True, disable_tqdm=True,
         logging_steps=100,
     )
-    trainer = Trainer(model=TinyRegressor(), args=args, train_dataset=tiny_dataset(), callbacks=[cb])
+    trainer = Trainer(model=TinyRegressor(), args=args, train_dataset=tiny_dataset(), callbacks=[cb, KeepingUp(cb)])
     trainer.train()
     cb.wait(60)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from tests.gcs_emulator import GcsEmulator
-from trainer import gcs
+from trainer import checkpoint_sync, gcs
 from trainer import remote_checkpoints as remote
 from trainer.checkpoint_sync import CloudSyncCallback, resolve_cloud_dirs, resume_from_bucket
 from trainer.checksums import file_checksums
@@ -104,3 +105,47 @@ def test_upload_survives_server_restart(
         ckpt = dirs.checkpoints.child(f"checkpoint-{step}")
         path = remote.download_checkpoint(GcsStore(gcs_client), ckpt, tmp_path / "dl")
         assert local_sums(path) == expected[step]
+
+
+def staged(out: Path) -> list[str]:
+    """The checkpoint snapshots in the staging folder, by step."""
+    root = out / checkpoint_sync.STAGING_DIR
+    return sorted(p.name.split(".")[0] for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def test_outage_warns_once_and_only_the_newest_checkpoint_waits(
+    gcs_client, gcs_emulator: GcsEmulator, gcs_bucket: str, tmp_path: Path, caplog
+) -> None:
+    dirs = resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {})
+    fast = gcs.GCS_RETRY.with_delay(initial=0.1, maximum=0.3, multiplier=2.0).with_timeout(60.0)
+    cb = CloudSyncCallback(dirs, GcsStore(gcs_client, fast), upload_timeout=60)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), save_total_limit=2, report_to=[], use_cpu=True)
+    out = Path(args.output_dir)
+
+    def save(step: int) -> None:
+        write_checkpoint(out, step, files=2)
+        cb.on_save(args, TrainerState(global_step=step, is_world_process_zero=True), TrainerControl())
+
+    save(1)
+    cb.wait(30)
+    gcs_emulator.stop()
+    with caplog.at_level(logging.INFO):
+        for step in (2, 3, 4, 5):  # 2 starts and retries; 3 and 4 are replaced while they wait
+            save(step)
+            time.sleep(0.3)
+            assert staged(out) == sorted({"checkpoint-2", f"checkpoint-{step}"})  # the running one + the newest
+        assert cb.pending == [2, 5] and cb.skipped == [3, 4]
+        time.sleep(1.0)  # several more failed attempts: still one warning
+        gcs_emulator.start()
+        cb.wait(60)
+    failing = [r for r in caplog.records if "requests are failing" in r.getMessage()]
+    recovered = [r for r in caplog.records if "reachable again" in r.getMessage()]
+    assert len(failing) == 1 and failing[0].levelno == logging.WARNING, caplog.text
+    assert len(recovered) == 1 and recovered[0].levelno == logging.WARNING, caplog.text
+    assert "2 older checkpoint(s) were not uploaded" in caplog.text
+    assert cb.committed == [1, 2, 5] and cb.errors == []
+    # rotation after coalescing: the newest two of what was committed; nothing of 3 and 4 reached the bucket
+    assert [s for s, _ in remote.list_committed_checkpoints(GcsStore(gcs_client), dirs.checkpoints)] == [2, 5]
+    names = [b.name for b in gcs_client.list_blobs(gcs_bucket, prefix="job/checkpoints/")]
+    assert not [n for n in names if "checkpoint-3/" in n or "checkpoint-4/" in n]
+    assert staged(out) == []

@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,8 +15,9 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainer import gcs
+from trainer import checkpoint_sync, gcs
 from trainer import remote_checkpoints as remote
+from trainer.checkpoints import is_complete
 from trainer.gcs import GcsStore
 from trainer.preemption import EXIT_PREEMPTED
 
@@ -177,3 +179,80 @@ def test_vertex_dirs_take_precedence_over_job_dir(tmp_path, gcs_client, gcs_buck
     assert any(n.startswith("vertex/model/export/") for n in names)
     assert any(n.startswith("vertex/logs/") for n in names)
     assert not any(n.startswith("ignored/") for n in names)
+
+
+def test_missing_bucket_is_one_line_before_anything_is_written(tmp_path, gcs_client, gcs_bucket):
+    out = tmp_path / "out"
+    result = run_cli("train", env=quick_env(out, JOB_DIR="gs://no-such-bucket/x"))
+    assert result.returncode != 0
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        "error: bucket gs://no-such-bucket does not exist; create it with `make create-bucket` or fix JOB_DIR"]
+    assert "Traceback" not in result.stderr and "UPLOAD FAILED" not in result.stderr, result.stderr[-2000:]
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))
+    assert list(gcs_client.list_blobs(BUCKET)) == []
+
+
+def _committed_lines(text: str, job: str) -> list[int]:
+    """The steps of the "committed <checkpoints>/checkpoint-N" log lines, in order."""
+    return [int(m) for m in re.findall(rf"committed {re.escape(job)}/checkpoints/checkpoint-(\d+) ", text)]
+
+
+def test_outage_then_sigterm_with_storage_down(tmp_path, gcs_client, gcs_emulator, gcs_bucket):
+    """A 6 s outage while training saves every 2 steps, then SIGTERM while storage is down again."""
+    job, out, task_log = f"gs://{BUCKET}/jobs/outage", tmp_path / "out", tmp_path / "run.log"
+    stale = out / checkpoint_sync.STAGING_DIR / "checkpoint-7.3"  # what a killed run leaves
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"x" * 1000)
+    env = {"OUTPUT_DIR": str(out), "JOB_DIR": job, "MAX_STEPS": "100000", "SAVE_STEPS": "2", "EVAL_STEPS": "100000",
+           "SAVE_TOTAL_LIMIT": "2", "BATCH_SIZE": "8", "MAX_TRAIN_SAMPLES": "200", "MAX_EVAL_SAMPLES": "8",
+           "LOGGING_STEPS": "1", "PYTHONUNBUFFERED": "1", "STORAGE_EMULATOR_HOST": gcs_emulator.url}
+    with open(task_log, "w") as log:
+        proc = _train_process(env, log)
+        try:
+            deadline = time.time() + 180
+            while time.time() < deadline and proc.poll() is None and not committed_steps(gcs_client, job):
+                time.sleep(0.1)
+            assert not stale.exists(), "the killed run's staging was not removed at the start"
+            gcs_emulator.stop()
+            down_at, folders = _steps_done(task_log), 0
+            while time.time() < deadline and _steps_done(task_log) < down_at + 8:  # 4 saves at least
+                if (out / checkpoint_sync.STAGING_DIR).is_dir():
+                    folders = max(folders, sum(p.is_dir() for p in (out / checkpoint_sync.STAGING_DIR).iterdir()))
+                time.sleep(0.02)
+            assert folders <= 2, f"{folders} checkpoints staged at once: the running upload and the newest only"
+            gcs_emulator.start()
+            up_at = _steps_done(task_log)
+            while time.time() < deadline and not [s for s in committed_steps(gcs_client, job) if s >= up_at]:
+                time.sleep(0.1)  # the newest checkpoint is next: it commits within seconds
+            assert max(committed_steps(gcs_client, job)) >= up_at
+            gcs_emulator.stop()
+            time.sleep(1.0)
+            signalled = time.time()
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=60)
+            elapsed = time.time() - signalled
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    gcs_emulator.start()
+    text = task_log.read_text(errors="replace")
+    assert rc == EXIT_PREEMPTED, text[-3000:]
+    assert elapsed < 30, f"took {elapsed:.1f} s from SIGTERM to exit"
+
+    # one warning per outage (two), one recovery (the second outage outlives the run), skipped checkpoints
+    assert text.count("requests are failing") == 2 and text.count("reachable again") == 1, text[-3000:]
+    assert "older checkpoint(s) were not uploaded" in text
+    commits = _committed_lines(text, job)
+    saved_in_outage = [c for c in commits if down_at < c < up_at]  # 4 or more saves, the newest of them waits
+    assert len(saved_in_outage) <= 2, f"the checkpoints saved during the outage were all uploaded: {commits}"
+    newest = committed_steps(gcs_client, job)
+    assert newest == commits[-2:], (newest, commits)  # rotation (SAVE_TOTAL_LIMIT=2) after coalescing
+
+    line = [ln for ln in text.splitlines() if ln.startswith("preempted:")][-1]
+    step = int(re.search(r"stopped at step (\d+)", line).group(1))
+    assert step > newest[-1] and f"not committed to {job}/checkpoints" in line, line
+    assert f"newest committed in the bucket: step {newest[-1]};" in line, line
+    waited = float(re.search(r"waited ([\d.]+) s for uploads", line).group(1))
+    assert 5 < waited <= 25 and waited < elapsed, line  # the grace's 25 s, less the last step and its save
+    assert is_complete(out / f"checkpoint-{step}")  # kept for a restart on this machine
+    assert not (out / checkpoint_sync.STAGING_DIR).exists()

@@ -39,6 +39,40 @@ def test_a_keyed_job_already_queued_absorbs_newer_ones_and_keeps_its_place():
     assert uploads.drain(5) and ran[-1] == "logs"
 
 
+def test_drop_waiting_discards_a_groups_queued_jobs_and_runs_their_cleanup():
+    uploads, ran, cleaned = BackgroundUploader(), [], []
+    gate, started = threading.Event(), threading.Event()
+
+    def job(name):
+        return lambda: ran.append(name)
+
+    uploads.submit("ckpt-1", lambda: (started.set(), gate.wait(5), ran.append("ckpt-1")),
+                   cleanup=lambda: cleaned.append("ckpt-1"), group="ckpt")
+    assert started.wait(5)  # running: never dropped
+    uploads.submit("ckpt-2", job("ckpt-2"), cleanup=lambda: cleaned.append("ckpt-2"), group="ckpt")
+    uploads.submit("logs", job("logs"), key="logs")
+    uploads.submit("ckpt-3", job("ckpt-3"), cleanup=lambda: cleaned.append("ckpt-3"), group="ckpt")
+    assert uploads.drop_waiting("ckpt") == ["ckpt-2", "ckpt-3"]
+    assert cleaned == ["ckpt-2", "ckpt-3"]  # released at once, not when the running job ends
+    uploads.submit("ckpt-4", job("ckpt-4"), cleanup=lambda: cleaned.append("ckpt-4"), group="ckpt")
+    assert uploads.pending == ["ckpt-1", "logs", "ckpt-4"]
+    gate.set()
+    assert uploads.drain(5)
+    assert ran == ["ckpt-1", "logs", "ckpt-4"] and cleaned == ["ckpt-2", "ckpt-3", "ckpt-1", "ckpt-4"]
+    assert uploads.errors == []
+
+
+def test_drop_waiting_without_a_group_empties_the_queue():
+    uploads, gate, started, ran = BackgroundUploader(), threading.Event(), threading.Event(), []
+    uploads.submit("busy", lambda: (started.set(), gate.wait(5)))
+    assert started.wait(5)
+    uploads.submit("a", lambda: ran.append("a"), group="ckpt")
+    uploads.submit("b", lambda: ran.append("b"))
+    assert uploads.drop_waiting() == ["a", "b"]
+    gate.set()
+    assert uploads.drain(5) and ran == []
+
+
 def test_finish_records_what_is_still_running():
     uploads, gate = BackgroundUploader(), threading.Event()
     uploads.submit("slow", lambda: gate.wait(5))

@@ -128,12 +128,16 @@ class CloudSyncCallback(TrainerCallback):
     process acts.
 
     On save, the checkpoint's files are hard-linked into `OUTPUT_DIR/.gcs-staging/` at once (local
-    rotation cannot pull them away mid-upload) and queued; training does not wait. After each
-    commit, remote checkpoints are rotated with `save_total_limit`.
+    rotation cannot pull them away mid-upload) and queued; training does not wait. A checkpoint still
+    waiting (not started) when a newer one is saved is dropped and its links released: the newest is always
+    next, and staging holds at most the running upload and one waiting checkpoint. After each commit,
+    remote checkpoints are rotated with `save_total_limit`. The staging folder a killed run left behind is
+    removed when training begins, and this run's at the end.
 
-    `on_train_end` waits up to `upload_timeout` seconds. Failures are logged as errors when they
-    happen and raised as `CheckpointUploadError` by `wait()` and `upload_final()`: call one of them
-    at the end of the run so that it exits non-zero.
+    `on_train_end` waits up to `upload_timeout` seconds (after `hurry`, until its deadline). Failures are
+    logged as errors when they happen and raised as `CheckpointUploadError` by `wait()` and
+    `upload_final()`: call one of them at the end of the run so that it exits non-zero; a preempted run
+    calls `after_preemption()` instead, which never raises.
     """
 
     def __init__(
@@ -149,8 +153,15 @@ class CloudSyncCallback(TrainerCallback):
         self.upload_timeout = upload_timeout
         self.log_dir = Path(log_dir) if log_dir else None
         self.log_upload_seconds = log_upload_seconds
-        self.committed: list[int] = []
+        self.committed: list[int] = []  # committed by this run, in order
+        self.skipped: list[int] = []  # saved but never uploaded: a newer checkpoint replaced them while waiting
+        self.waited = 0.0  # seconds on_train_end waited for uploads
+        self.deadline: float | None = None  # time.monotonic() by which on_train_end stops waiting (hurry)
         self.uploads = BackgroundUploader("gcs-upload")
+        self._bucket_newest: int | None = None  # the newest committed step the bucket held when the run began
+        self._bucket_checked = False
+        self._staging: Path | None = None
+        self._reported_skips = 0
         self._logs: LogMirror | None = None
         self._last_log_upload = time.monotonic()
         self._seq = 0
@@ -159,17 +170,36 @@ class CloudSyncCallback(TrainerCallback):
     def errors(self) -> list[str]:
         return self.uploads.errors
 
+    @property
+    def newest_committed(self) -> int | None:
+        """The newest committed checkpoint in the bucket (what a restart resumes from), None when there is none:
+        the bucket's at the start or a later one this run committed (rotation never deletes the newest)."""
+        steps = [s for s in (self._bucket_newest, *self.committed) if s is not None]
+        return max(steps) if steps else None
+
+    def check_bucket(self) -> None:
+        """Fail with one line when the bucket is missing or not ours to list; call it before anything is
+        written. Notes the newest committed checkpoint there."""
+        committed = remote.list_committed_checkpoints(self.store, self.dirs.checkpoints)
+        self._bucket_newest = committed[-1][0] if committed else None
+        self._bucket_checked = True
+
+    def hurry(self, deadline: float) -> None:
+        """Stop waiting for uploads at `deadline` (`time.monotonic()`), e.g. the end of a preemption's grace."""
+        self.deadline = deadline
+
     # ---------------------------------------------------------------- Trainer events
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs
     ) -> None:
         if state.is_world_process_zero:
-            # Fail before training when the bucket is missing or not ours to list.
-            remote.list_committed_checkpoints(self.store, self.dirs.checkpoints)
+            if not self._bucket_checked:  # fail before training when the bucket is missing or not ours
+                self.check_bucket()
+            self._staging = Path(args.output_dir) / STAGING_DIR
+            remove_staging(self._staging)  # a killed run's snapshots: nothing will upload them now
             if self.log_dir is not None:
-                scratch = Path(args.output_dir) / STAGING_DIR
-                self._logs = LogMirror(self.log_dir, self.dirs.logs, self.store, scratch)
+                self._logs = LogMirror(self.log_dir, self.dirs.logs, self.store, self._staging)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
         if state.is_world_process_zero and time.monotonic() - self._last_log_upload >= self.log_upload_seconds:
@@ -183,6 +213,9 @@ class CloudSyncCallback(TrainerCallback):
         if not local.is_dir():
             self._fail(step, f"local checkpoint {local} does not exist")
             return
+        for name in self.uploads.drop_waiting("checkpoint"):  # before linking: staging stays at two at most
+            self.skipped.append(int(name.removeprefix("checkpoint-")))
+            logger.debug("%s not uploaded: checkpoint-%d replaces it", name, step)
         self._seq += 1
         staged = Path(args.output_dir) / STAGING_DIR / f"{local.name}.{self._seq}"
         try:
@@ -194,7 +227,7 @@ class CloudSyncCallback(TrainerCallback):
         protect = (state.best_global_step,) if getattr(state, "best_global_step", None) else ()
         self.sync_logs()  # first: once checkpoint-<step> is committed, the bucket has the history up to it
         self.uploads.submit(f"checkpoint-{step}", lambda: self._upload(step, staged, args.save_total_limit, protect),
-                            cleanup=lambda: _remove_staged(staged))
+                            cleanup=lambda: _remove_staged(staged), group="checkpoint")
         logger.info("queued checkpoint-%d for upload to %s", step, self.dirs.checkpoints)
 
     def on_train_end(
@@ -202,8 +235,12 @@ class CloudSyncCallback(TrainerCallback):
     ) -> None:
         if state.is_world_process_zero:
             self.sync_logs()
-            if not self.uploads.drain(self.upload_timeout):
-                logger.error("uploads still pending after %.0f s: %s", self.upload_timeout, self.pending)
+            started = time.monotonic()
+            timeout = self.upload_timeout if self.deadline is None else max(0.0, self.deadline - started)
+            done = self.uploads.drain(timeout)
+            self.waited = time.monotonic() - started
+            if not done:
+                logger.error("uploads still pending after %.1f s: %s", self.waited, self.uploads.pending)
 
     # ---------------------------------------------------------------- public helpers
 
@@ -254,17 +291,40 @@ class CloudSyncCallback(TrainerCallback):
         for local, dest, upload in uploads:
             self.uploads.submit(f"{local} -> {dest}", lambda u=upload, src=local, to=dest: self._send(u, src, to))
         if logs_dir is not None and self._logs is None:  # not streamed during the run: send them now
-            self._logs = LogMirror(Path(logs_dir), self.dirs.logs, self.store, model.parent / STAGING_DIR)
+            self._staging = self._staging or model.parent / STAGING_DIR
+            self._logs = LogMirror(Path(logs_dir), self.dirs.logs, self.store, self._staging)
         if logs_dir is not None and not Path(logs_dir).is_dir():
             logger.info("no logs to upload: %s is not a directory", logs_dir)
         self.sync_logs()
         self.uploads.finish(self.upload_timeout, self._describe)
+        self._close()
         self.uploads.raise_errors(CheckpointUploadError)
+
+    def after_preemption(self, step: int) -> str:
+        """What became of checkpoint-`step` and what the bucket holds, for a preempted run's last line. Ends the
+        uploads and never raises: the run exits 143 whatever happened, its local checkpoint kept for a restart."""
+        newest = self.newest_committed
+        if newest == step:
+            said = f" and committed to {self.dirs.checkpoints}"
+        else:
+            lost = any(e.startswith(f"checkpoint-{step} ") for e in self.errors)
+            why = "its upload failed" if lost else "still uploading when the wait ended"
+            said = f" (kept for a restart on this machine); not committed to {self.dirs.checkpoints} ({why})"
+        errors = f"; {len(self.errors)} upload(s) failed, see the log" if self.errors else ""
+        self._close()
+        bucket = f"step {newest}" if newest is not None else "none yet"
+        return f"{said}; waited {self.waited:.1f} s for uploads{errors}; newest committed in the bucket: {bucket}"
 
     # ---------------------------------------------------------------- internals (the upload thread)
 
     def _describe(self, name: str) -> str:
         return f"{name} -> {self.dirs.checkpoints}" if name.startswith("checkpoint-") else name
+
+    def _close(self) -> None:
+        """Start no more uploads and remove the staging folder (a running upload of it fails, uncommitted)."""
+        self.uploads.drop_waiting()
+        if self._staging is not None:
+            remove_staging(self._staging)
 
     def _fail(self, step: int, reason: str) -> None:
         self.uploads.record(f"checkpoint-{step} -> {self.dirs.checkpoints}: {reason}")
@@ -281,10 +341,19 @@ class CloudSyncCallback(TrainerCallback):
             self._fail(step, f"{type(err).__name__}: {err}")
             return
         self.committed.append(step)
+        skipped, self._reported_skips = len(self.skipped) - self._reported_skips, len(self.skipped)
+        if skipped:
+            logger.info("committed checkpoint-%d; %d older checkpoint(s) were not uploaded while uploads were "
+                        "behind (a newer one replaced each)", step, skipped)
         try:
             remote.rotate_remote_checkpoints(self.store, self.dirs.checkpoints, keep, protect)
         except Exception as err:  # not data loss: the next rotation catches up
             logger.warning("rotating %s failed: %s", self.dirs.checkpoints, err)
+
+
+def remove_staging(staging: Path) -> None:
+    """Remove a staging folder and every snapshot in it (the checkpoints themselves stay: they are links)."""
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _remove_staged(staged: Path) -> None:

@@ -23,15 +23,17 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from trainer.checksums import IntegrityError, checksums
 from trainer.errors import UserError
 from trainer.storage import NotFound
+from trainer.store_health import StoreHealth
 
 logger = logging.getLogger(__name__)
 
 SCHEME = "gs://"
 
-# Exponential backoff (1 s doubling up to 30 s) for up to 10 minutes per request. Passed explicitly to
-# every call, uploads included, so retries never hinge on the library's defaults (older releases
-# retried uploads only with if_generation_match, which we do not use).
-GCS_RETRY: Retry = DEFAULT_RETRY.with_delay(initial=1.0, maximum=30.0, multiplier=2.0).with_timeout(600.0)
+# Exponential backoff (1 s doubling up to 10 s, jittered) for up to 10 minutes per request. Passed explicitly
+# to every call, uploads included, so retries never hinge on the library's defaults (older releases
+# retried uploads only with if_generation_match, which we do not use). The 10 s cap: uploads resume within
+# seconds of an outage's end, at the cost of one request per few seconds to a service that is down.
+GCS_RETRY: Retry = DEFAULT_RETRY.with_delay(initial=1.0, maximum=10.0, multiplier=2.0).with_timeout(600.0)
 
 _BUCKET_CHARS = re.compile(r"^[a-z0-9._-]+$")
 _GOOGLE_LIKE = re.compile(r"g[o0][o0]g[l1]e")
@@ -139,11 +141,14 @@ def open_store(client: storage.Client | None = None, retry: Retry | None = None)
 
 
 class GcsStore:
-    """Object I/O on Cloud Storage (`trainer.storage.Store`), every request retried with `retry`."""
+    """Object I/O on Cloud Storage (`trainer.storage.Store`), every request retried with `retry`; `health`
+    warns once when requests start failing and once when they are answered again."""
 
     def __init__(self, client: storage.Client | None = None, retry: Retry | None = None) -> None:
         self.client = client or make_client()
-        self.retry = retry or GCS_RETRY
+        retry = retry or GCS_RETRY
+        self.health = StoreHealth("Cloud Storage", retry.timeout)
+        self.retry = _reporting(retry, self.health.failed)
 
     def _blob(self, uri: GcsUri) -> storage.Blob:
         return self.client.bucket(uri.bucket).blob(uri.prefix)
@@ -151,7 +156,9 @@ class GcsStore:
     def list_names(self, uri: GcsUri) -> list[str]:
         base = f"{uri.prefix}/" if uri.prefix else ""
         try:
-            return [b.name[len(base):] for b in self.client.list_blobs(uri.bucket, prefix=base, retry=self.retry)]
+            names = [b.name[len(base):] for b in self.client.list_blobs(uri.bucket, prefix=base, retry=self.retry)]
+            self.health.answered()
+            return names
         except api_exceptions.NotFound:
             raise UserError(
                 f"bucket gs://{uri.bucket} does not exist; create it with `make create-bucket` or fix JOB_DIR"
@@ -169,16 +176,20 @@ class GcsStore:
         """
         blob = self._blob(uri)
         blob.upload_from_filename(str(path), checksum=None, crc32c_checksum_value=sums["crc32c"], retry=self.retry)
+        self.health.answered()
         _check_stored(blob, sums)
 
     def upload_bytes(self, data: bytes, uri: GcsUri) -> None:
         blob = self._blob(uri)
         blob.upload_from_string(data, content_type="application/json", checksum="crc32c", retry=self.retry)
+        self.health.answered()
         _check_stored(blob, checksums([data]))
 
     def read_bytes(self, uri: GcsUri) -> bytes:
         try:
-            return self._blob(uri).download_as_bytes(retry=self.retry)
+            data = self._blob(uri).download_as_bytes(retry=self.retry)
+            self.health.answered()
+            return data
         except api_exceptions.NotFound:
             raise NotFound(str(uri)) from None
         except DataCorruption as err:
@@ -187,6 +198,7 @@ class GcsStore:
     def download_file(self, uri: GcsUri, path: Path) -> None:
         try:
             self._blob(uri).download_to_filename(str(path), checksum="crc32c", retry=self.retry)
+            self.health.answered()
         except api_exceptions.NotFound:
             raise NotFound(str(uri)) from None
         except DataCorruption as err:
@@ -195,6 +207,14 @@ class GcsStore:
     def delete(self, uri: GcsUri) -> None:
         with contextlib.suppress(api_exceptions.NotFound):
             self._blob(uri).delete(retry=self.retry)
+        self.health.answered()  # a missing object is an answer too
+
+
+def _reporting(retry: Retry, on_error: Any) -> Retry:
+    """`retry` with `on_error` called on every failed attempt that it retries. A Retry takes `on_error` only in
+    its constructor, so this rebuilds it with the same backoff, as its own `with_*` methods do."""
+    return type(retry)(predicate=retry._predicate, initial=retry._initial, maximum=retry._maximum,
+                       multiplier=retry._multiplier, timeout=retry.timeout, on_error=on_error)
 
 
 def _check_stored(blob: storage.Blob, expected: dict[str, Any]) -> None:

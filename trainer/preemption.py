@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,18 +28,26 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a process killed by SIGTERM reports
 
 
 class PreemptionCallback(TrainerCallback):
-    """Turn SIGTERM into "save a checkpoint at the end of this step, then stop training"."""
+    """Turn SIGTERM into "save a checkpoint at the end of this step, then stop training".
 
-    def __init__(self, on_preempt: Callable[[], None] | None = None, signals: tuple[int, ...] = (signal.SIGTERM,)):
+    `on_preempt(signalled_at)` runs once, at the end of that step, with the `time.monotonic()` of the signal
+    (on a rank that only learnt of it from another: of the step's end), so that later waits count from it.
+    """
+
+    def __init__(self, on_preempt: Callable[[float], None] | None = None,
+                 signals: tuple[int, ...] = (signal.SIGTERM,)):
         self.on_preempt = on_preempt
         self.requested = False
         self.preempted = False
+        self.signalled_at: float | None = None
         self._signals = signals
         self._previous: dict[int, Any] = {}
         self._group: Any = None  # the gloo group the flag is reduced over (DDP only)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        if self.signalled_at is None:
+            self.signalled_at = time.monotonic()
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -64,8 +73,10 @@ class PreemptionCallback(TrainerCallback):
         if self._any_rank_requested():
             if not self.preempted:
                 logger.warning("SIGTERM received: saving a checkpoint at step %d and stopping", state.global_step)
+                if self.signalled_at is None:
+                    self.signalled_at = time.monotonic()
                 if self.on_preempt:
-                    self.on_preempt()
+                    self.on_preempt(self.signalled_at)
             self.preempted = True
             control.should_save = True
             control.should_training_stop = True

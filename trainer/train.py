@@ -45,7 +45,7 @@ from trainer.spec import SPLITS, TaskData, TaskSpec
 from trainer.tasks import describe_choice, read_split, resolve_source, resolve_tasks
 
 logger = logging.getLogger(__name__)
-PREEMPTION_UPLOAD_TIMEOUT = 25.0  # seconds: Vertex AI gives a preempted worker 30 s after SIGTERM
+PREEMPTION_UPLOAD_TIMEOUT = 25.0  # seconds after SIGTERM: Vertex AI gives a preempted worker 30 s
 
 
 class Preempted(Exception):
@@ -230,6 +230,11 @@ def outputs(settings: Settings, tasks: list[TaskSpec], report_file: Path | None,
 def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run one multitask training job; returns the final metrics report."""
     check_trackers(settings.report_to)
+    dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
+    sync = CloudSyncCallback(dirs, upload_timeout=settings.upload_timeout, log_dir=settings.effective_log_dir,
+                             log_upload_seconds=settings.log_upload_seconds) if dirs else None
+    if sync:
+        sync.check_bucket()  # a missing bucket stops the run here, before anything is read or written
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
     set_seed(settings.seed)
@@ -239,13 +244,10 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     if settings.torch_compile:
         compile_encoder(encoder)
     args = training_arguments(settings)
-    dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
     resume = resume_checkpoint(settings, args, dirs)
-    sync = CloudSyncCallback(dirs, upload_timeout=settings.upload_timeout, log_dir=settings.effective_log_dir,
-                             log_upload_seconds=settings.log_upload_seconds) if dirs else None
     # once preempted, pending uploads get only what is left of the 30 s grace period
     preemption = PreemptionCallback(
-        on_preempt=(lambda: setattr(sync, "upload_timeout", PREEMPTION_UPLOAD_TIMEOUT)) if sync else None
+        on_preempt=(lambda signalled_at: sync.hurry(signalled_at + PREEMPTION_UPLOAD_TIMEOUT)) if sync else None
     )
 
     with args.main_process_first(desc="tokenizing"):
@@ -289,12 +291,11 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
             sync.upload_soon(settings_file, dirs.model.child(SETTINGS_FILE))
 
     trainer.train(resume_from_checkpoint=resume)
-    if preemption.preempted:
-        if sync and args.should_save:
-            sync.wait(timeout=0)  # on_train_end already waited PREEMPTION_UPLOAD_TIMEOUT; raise on failures
-        raise Preempted(f"stopped at step {trainer.state.global_step} on SIGTERM; checkpoint saved"
-                        + (f" and committed to {dirs.checkpoints}" if sync else "")
-                        + "; run again with RESUME=auto to continue")
+    if preemption.preempted:  # exit 143 whatever became of the upload: on_train_end waited what the grace allows
+        step = trainer.state.global_step
+        bucket = sync.after_preemption(step) if sync and args.should_save else ""
+        raise Preempted(f"stopped at step {step} on SIGTERM; checkpoint-{step} saved in {settings.output_dir}"
+                        + bucket + "; run again with RESUME=auto to continue")
     metrics = trainer.final_metrics()
     report: dict[str, Any] = {}
     if args.should_save:

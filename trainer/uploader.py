@@ -4,6 +4,10 @@ Checkpoints, TensorBoard logs and the final files all go through it. A job is a 
 failures are recorded (and logged when they happen), not raised, until `raise_errors`. A job submitted
 with a `key` while a job with that key is still queued (not started) is dropped: the queued one reads
 its files when it runs, so it sends the newest state anyway, and keeps its place in the order.
+
+Jobs of a `group` (checkpoints) each send their own snapshot instead; when the uploads fall behind (a slow
+or unreachable bucket), `drop_waiting(group)` discards the ones not started, running their cleanup, so the
+newest is always the next of its group and what waits stays bounded.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class _Job:
     work: Callable[[], None]
     cleanup: Callable[[], None] | None = None
     key: str | None = None
+    group: str | None = None
 
 
 class BackgroundUploader:
@@ -39,17 +44,28 @@ class BackgroundUploader:
         self._thread: threading.Thread | None = None
 
     def submit(self, name: str, work: Callable[[], None], cleanup: Callable[[], None] | None = None,
-               key: str | None = None) -> bool:
+               key: str | None = None, group: str | None = None) -> bool:
         """Queue `work`; `cleanup` runs after it. False when a queued job with the same `key` makes it redundant."""
         with self._cond:
             if key is not None and any(j.key == key for j in self._queue):
                 return False
-            self._queue.append(_Job(name, work, cleanup, key))
+            self._queue.append(_Job(name, work, cleanup, key, group))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._worker, name=self.thread_name, daemon=True)
                 self._thread.start()
             self._cond.notify_all()
         return True
+
+    def drop_waiting(self, group: str | None = None) -> list[str]:
+        """Discard the queued jobs of `group` (None: every queued job) that have not started; the running one
+        goes on. Runs their cleanup; returns their names, oldest first."""
+        with self._cond:
+            dropped = [j for j in self._queue if group is None or j.group == group]
+            self._queue = [j for j in self._queue if not (group is None or j.group == group)]
+            self._cond.notify_all()
+        for job in dropped:
+            self._cleanup(job)
+        return [j.name for j in dropped]
 
     @property
     def pending(self) -> list[str]:
