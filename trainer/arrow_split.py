@@ -31,7 +31,7 @@ from trainer.file_rows import csv_reader, iter_file_rows, python_encoding
 from trainer.spec import TaskData, TaskSpec
 
 READER_VERSION = "1"  # bump when reading or normalising changes, to invalidate cached splits
-BLOCK_BYTES = 16 << 20  # Arrow reads this much at a time (a longer row falls back to the row reader)
+BLOCK_BYTES = 1 << 20  # Arrow parses about this much at a time
 BATCH_ROWS = 10_000  # rows per batch written on the row-by-row path
 
 # Who withholds the test labels of a built-in task's source, for the error that refuses to score them.
@@ -151,29 +151,52 @@ def _arrow_batches(task: TaskSpec, path: str, split: str) -> Iterator[pa.Table |
 
 def _raw_blocks(task: TaskSpec, path: str) -> Iterator[pa.Table] | None:
     """The file's raw rows, a block at a time, every csv/tsv cell a string; None for what Arrow doesn't read
-    here as the row reader would (other formats, a JSONL file not in UTF-8, a header it can't place)."""
+    here as the row reader would (other formats or encodings, a header it can't place)."""
     fmt = task.file_format(path)
-    utf8 = python_encoding(task) == "utf-8-sig"
-    if fmt == "jsonl":
-        if not utf8:
-            return None
-        reader = pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=BLOCK_BYTES))
-        return (pa.Table.from_batches([b]) for b in reader)
-    if fmt not in ("csv", "tsv"):
+    if fmt not in ("csv", "tsv", "jsonl") or python_encoding(task) != "utf-8-sig":
         return None
+    if fmt == "jsonl":  # each block's types are inferred on their own: no block fixes the next one's
+        return (pa_json.read_json(pa.BufferReader(piece)) for piece in _pieces(path, quoted=False))
     header = _header(task, path, fmt)
     if header is None:
         return None
     raw, names = header
-    reader = pa_csv.open_csv(
-        path,
-        read_options=pa_csv.ReadOptions(block_size=BLOCK_BYTES, encoding="utf8" if utf8 else task.encoding,
-                                        column_names=None if task.header else names),
-        parse_options=(pa_csv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv"
-                       else pa_csv.ParseOptions(newlines_in_values=True)),
-        convert_options=pa_csv.ConvertOptions(column_types={c: pa.string() for c in raw}, strings_can_be_null=False),
+    parse = (pa_csv.ParseOptions(delimiter="\t", quote_char=False) if fmt == "tsv"
+             else pa_csv.ParseOptions(newlines_in_values=True))
+    convert = pa_csv.ConvertOptions(column_types={c: pa.string() for c in raw}, strings_can_be_null=False)
+    return (
+        pa_csv.read_csv(pa.BufferReader(piece), parse_options=parse, convert_options=convert,
+                        read_options=pa_csv.ReadOptions(use_threads=False, block_size=len(piece) + 1,
+                                                        column_names=None if task.header and i == 0 else raw)
+                        ).rename_columns(names)
+        for i, piece in enumerate(_pieces(path, quoted=fmt == "csv"))
     )
-    return (pa.Table.from_batches([b]).rename_columns(names) for b in reader)
+
+
+def _pieces(path: str, quoted: bool) -> Iterator[bytes]:
+    """The file in pieces of about BLOCK_BYTES, each ending at a row boundary: a newline (in a csv file, one
+    after an even number of quote characters, so not inside a quoted field). A longer row makes a longer piece.
+    (Arrow's own streaming reader reads ahead of the batches taken, and its memory grows with the file.)"""
+    with open(path, "rb") as handle:
+        rest = b""
+        while data := handle.read(BLOCK_BYTES):
+            piece = rest + data
+            cut = _last_boundary(piece, quoted)
+            if cut < 0:
+                rest = piece
+                continue
+            yield piece[:cut + 1]
+            rest = piece[cut + 1:]
+        if rest:
+            yield rest
+
+
+def _last_boundary(piece: bytes, quoted: bool) -> int:
+    """The offset of the last newline that ends a row in `piece` (which starts at a row boundary), or -1."""
+    cut = piece.rfind(b"\n")
+    while quoted and cut >= 0 and piece.count(b'"', 0, cut) % 2:
+        cut = piece.rfind(b"\n", 0, cut)
+    return cut
 
 
 def _header(task: TaskSpec, path: str, fmt: str) -> tuple[list[str], list[str]] | None:
