@@ -27,11 +27,21 @@ def _tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(f"{state}|{tokenizer.model_input_names}".encode()).hexdigest()[:16]
 
 
+PARALLEL_ROWS = 50_000  # splits at least this long are tokenised by one process per CPU core
+
+
+def tokenize_processes(rows: int) -> int | None:
+    """`num_proc` for `datasets.map`: one per core for a long split, None (this process) otherwise."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cores, 8) if rows >= PARALLEL_ROWS and cores > 1 else None
+
+
 def tokenize_split(
     task: TaskSpec, rows: TaskData, tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> datasets.Dataset:
-    """Build a `datasets.Dataset` from normalised rows and tokenise it with the task's kind (cached on disk)."""
-    raw = datasets.Dataset.from_dict(rows.columns, features=task.kind.features(task))
+    """Tokenise a split's normalised rows with the task's kind, cached on disk under a key of the rows'
+    fingerprint (a local file's: its content), the tokenizer, MAX_SEQ_LENGTH and the task's options."""
+    raw = rows.as_dataset(task.kind.features(task))
     key = hashlib.sha256(
         f"{raw._fingerprint}|{_tokenizer_digest(tokenizer)}|{max_length}|{task.type}|{sorted(task.options.items())}|"
         f"{TOKENIZER_VERSION}".encode()
@@ -44,6 +54,7 @@ def tokenize_split(
         remove_columns=raw.column_names,
         cache_file_name=os.path.join(cache_dir(), f"{task.name}-{key}.arrow"),
         load_from_cache_file=True,
+        num_proc=tokenize_processes(len(raw)),
         desc=f"Tokenizing {task.name}",
     )
 

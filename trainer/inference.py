@@ -18,9 +18,9 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer.checkpoints import latest_complete_checkpoint
 from trainer.errors import UserError
+from trainer.file_rows import iter_file_rows
 from trainer.modeling import MULTITASK_FILE, MultitaskModel
 from trainer.spec import TaskData, TaskSpec
-from trainer.tasks import iter_file_rows
 
 FINAL_MODEL_DIR = "model"
 EXPORT_DIR = "export"

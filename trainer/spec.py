@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from trainer.errors import UserError
 from trainer.kinds import KINDS, TaskKind
 
@@ -125,29 +127,45 @@ COMMON_FIELDS = {f.name for f in dataclasses.fields(TaskSpec)} - {"options"}
 
 
 class TaskData:
-    """Normalised rows of one split, column-wise, ready for `datasets.Dataset.from_dict`.
+    """Normalised rows of one split, column-wise: the task kind's columns (`text_a`, `label`, `tokens`, ...).
 
-    The columns are the task kind's (`text_a`, `label`, `tokens`, ...); they read as attributes.
+    Either Python lists (rows built one by one: demo data, hub rows, predict-file batches) or a
+    `datasets.Dataset` (a local file, read by `trainer.arrow_split` into a memory-mapped Arrow file, so the
+    rows are not held in Python). Columns read as attributes, as lists.
     """
 
-    def __init__(self, columns: dict[str, list[Any]] | None = None, **named: list[Any]):
-        self.columns = {**(columns or {}), **named}
+    def __init__(self, columns: dict[str, list[Any]] | None = None, dataset: datasets.Dataset | None = None,
+                 **named: list[Any]):
+        self.lists = {**(columns or {}), **named}
+        self.dataset = dataset
+
+    @property
+    def columns(self) -> dict[str, list[Any]]:
+        """Every column as a Python list (an Arrow-backed split is read into memory: for small uses)."""
+        return self.dataset.to_dict() if self.dataset is not None else self.lists
 
     def __getattr__(self, name: str) -> list[Any]:
-        columns = self.__dict__.get("columns", {})
+        dataset = self.__dict__.get("dataset")
+        if dataset is not None and name in dataset.column_names:
+            return dataset[name][:]
+        columns = self.__dict__.get("lists", {})
         if name in columns:
             return columns[name]
         raise AttributeError(name)
 
     def __len__(self) -> int:
-        return len(next(iter(self.columns.values()), []))
+        if self.dataset is not None:
+            return len(self.dataset)
+        return len(next(iter(self.lists.values()), []))
 
     def append(self, row: dict[str, Any]) -> None:
         for key, value in row.items():
-            self.columns.setdefault(key, []).append(value)
+            self.lists.setdefault(key, []).append(value)
 
     def subset(self, indices: list[int]) -> TaskData:
-        return TaskData({k: [v[i] for i in indices] for k, v in self.columns.items()})
+        if self.dataset is not None:
+            return TaskData(dataset=self.dataset.select(indices))
+        return TaskData({k: [v[i] for i in indices] for k, v in self.lists.items()})
 
     def limit(self, limit: int | None, seed: int | None = None) -> TaskData:
         """At most `limit` rows: a seeded random subset when `seed` is given, else the first ones."""
@@ -156,3 +174,9 @@ class TaskData:
         if seed is None:
             return self.subset(list(range(limit)))
         return self.subset(sorted(random.Random(seed).sample(range(len(self)), limit)))
+
+    def as_dataset(self, features: datasets.Features) -> datasets.Dataset:
+        """The rows as a `datasets.Dataset` with the kind's features (lists are converted, Arrow is as is)."""
+        if self.dataset is not None:
+            return self.dataset
+        return datasets.Dataset.from_dict(self.lists, features=features)

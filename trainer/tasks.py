@@ -6,24 +6,23 @@ each row into its normalised columns (`trainer.kinds`). Every problem names the 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from trainer import demo
+from trainer.arrow_split import UnlabelledSplit, read_local_split
 from trainer.env import parse_bool
 from trainer.errors import UserError
+from trainer.file_rows import iter_file_rows
 from trainer.kinds import KINDS
 from trainer.spec import ALL_SPLITS, COMMON_FIELDS, SPLITS, TaskData, TaskSpec
 
 __all__ = ["ALL_SPLITS", "BUILTIN_TASKS", "DEMO_TASKS", "SPLITS", "TaskData", "TaskSpec", "UnlabelledSplit",
-           "iter_file_rows", "load_tasks_file", "read_split", "resolve_source", "resolve_tasks"]
+           "iter_file_rows", "load_tasks_file", "read_local_split", "read_split", "resolve_source", "resolve_tasks"]
 
 _GLUE = "nyu-mll/glue"
 
@@ -314,100 +313,7 @@ def describe_tasks() -> str:
     return "\n".join(lines)
 
 
-# ---- reading local files ---------------------------------------------------------------
-
-# Who withholds the test labels of a built-in task's source, for the error that refuses to score them.
-_WITHHELD = {_GLUE: "GLUE", "tau/commonsense_qa": "CommonsenseQA"}
-
-
-class UnlabelledSplit(UserError):
-    """A split whose rows carry no labels (GLUE's and CommonsenseQA's test splits): it can only be predicted."""
-
-    def __init__(self, task: TaskSpec, split: str, where: str):
-        self.task = task
-        owner = f" ({_WITHHELD[task.hub_path]} withholds them)" if task.hub_path in _WITHHELD else ""
-        dev = "score the dev split, or " if split != "dev" else ""
-        super().__init__(f"task {task.name!r}: the {split} split ({where}) has no labels{owner}; {dev}write "
-                         "predictions with predict-file")
-
-
-def read_local_split(task: TaskSpec, path: str, split: str = "train") -> TaskData:
-    """Read and validate one labelled split file; every problem names the file and line."""
-    data = TaskData()
-    for where, row in iter_file_rows(task, path):
-        if not len(data) and not task.kind.has_label(task, row):
-            raise UnlabelledSplit(task, split, path)
-        data.append(task.kind.normalise(task, row, where))
-    if not len(data):
-        raise UserError(f"task {task.name!r}: split file {path} has no rows; each split needs at least one")
-    task.kind.check_split(task, data.columns, path)
-    return data
-
-
-def iter_file_rows(task: TaskSpec, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The raw rows of a file in the task's format, lazily, as `(where, row)`: `where` is "path:line"."""
-    if not Path(path).is_file():
-        raise UserError(f"task {task.name!r}: data file {path} not found")
-    rows = _iter_rows(task, path)
-    while True:
-        try:
-            yield next(rows)
-        except StopIteration:
-            return
-        except UnicodeDecodeError as err:
-            raise UserError(_decode_error(task, path, err)) from None
-
-
-def _decode_error(task: TaskSpec, path: str, err: UnicodeDecodeError) -> str:
-    """Name the first line whose bytes are not valid in the task's encoding (the error's offset is
-    relative to a decoder chunk, not the file)."""
-    where = path
-    with open(path, "rb") as handle:
-        for lineno, raw in enumerate(handle, 1):
-            try:
-                raw.decode(task.encoding)
-            except UnicodeDecodeError as line_err:
-                where, err = f"{path}:{lineno}", line_err
-                break
-    return (f"{where}: not valid {task.encoding} ({err.reason}, byte {err.object[err.start:err.start + 1]!r}); "
-            f"convert the file to UTF-8, or set 'encoding:' on task {task.name!r} (e.g. latin-1)")
-
-
-def _iter_rows(task: TaskSpec, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    fmt = task.file_format(path)
-    encoding = "utf-8-sig" if task.encoding.replace("-", "").lower() == "utf8" else task.encoding
-    if fmt not in ("csv", "tsv", "jsonl"):
-        yield from task.kind.read_file(task, path, fmt, encoding)
-        return
-    with open(path, encoding=encoding, newline="") as handle:
-        if fmt == "jsonl":
-            for lineno, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise UserError(f"{path}:{lineno}: each JSONL line must be an object")
-                yield f"{path}:{lineno}", row
-            return
-        # GLUE TSVs contain stray quote characters: read them with QUOTE_NONE.
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(handle)
-        header = list(task.column_names)
-        for lineno, cells in enumerate(reader, 1):
-            if not cells:
-                continue
-            if task.header and lineno == 1:
-                header = header or [c.strip() for c in cells]
-                continue
-            if not header:
-                raise UserError(f"task {task.name!r}: {path} has no header; set 'column_names' for it")
-            if len(cells) != len(header):
-                raise UserError(
-                    f"{path}:{lineno}: expected {len(header)} columns ({', '.join(header)}), found {len(cells)}"
-                )
-            yield f"{path}:{lineno}", dict(zip(header, cells, strict=True))
+# Local files are read by trainer.arrow_split (normalised rows, in Arrow) and trainer.file_rows (raw rows).
 
 
 # ---- the Hugging Face hub and declared datasets sources --------------------------------

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
 
 from trainer.errors import UserError
@@ -96,6 +97,13 @@ class TaskKind:
         `labelled=False` (rows only predicted): the label is not read; a placeholder stands in for it.
         """
         raise NotImplementedError
+
+    def normalise_arrow(self, task: TaskSpec, table: pa.Table) -> pa.Table | None:
+        """`normalise` for a whole batch of a csv/tsv/jsonl file's labelled rows, column-wise (with
+        `trainer.kinds.columns`): the normalised columns, or None where any row needs `normalise` (a bad row
+        or a value Arrow can't convert the same way); the reader then goes row by row and names that row.
+        The default: always row by row."""
+        return None
 
     def normalise_hub(self, task: TaskSpec, row: dict[str, Any], where: str) -> dict[str, Any] | None:
         """One row of a hub dataset -> the normalised columns (built-in tasks); None skips the row."""

@@ -8,6 +8,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from trainer.errors import UserError
+from trainer.kinds import columns
 from trainer.kinds.base import Field, class_label_names, label_index
 from trainer.kinds.sentence import LABEL_COLUMN, TEXT_COLUMNS, SentenceKind
 
@@ -65,6 +66,9 @@ class Classification(SentenceKind):
 
     def label(self, task: TaskSpec, raw: Any, where: str) -> int:
         return label_index(task, raw, where, values=self.values(task))
+
+    def label_arrow(self, task: TaskSpec, values: columns.Column | None) -> columns.Column | None:
+        return columns.label_indices(values, self.values(task))
 
     def source_options(self, task: TaskSpec, features: datasets.Features, where: str) -> dict[str, Any]:
         feature = features.get(task.label_column)

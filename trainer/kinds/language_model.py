@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
 
 from trainer.errors import UserError
+from trainer.kinds import columns
 from trainer.kinds.base import IGNORE_INDEX, Field, TaskKind, lookup, pad_sequences
 
 if TYPE_CHECKING:
@@ -45,6 +47,10 @@ class LanguageModelKind(TaskKind):
 
     def normalise(self, task: TaskSpec, row: dict[str, Any], where: str, labelled: bool = True) -> dict[str, Any]:
         return {"text": str(lookup(row, task.text_column, where))}  # the text is its own label
+
+    def normalise_arrow(self, task: TaskSpec, table: pa.Table) -> pa.Table | None:
+        texts = columns.text(columns.find(table, task.text_column))
+        return None if texts is None else pa.table({"text": texts})
 
     def predict_rows(
         self, task: TaskSpec, model: Any, tokenizer: PreTrainedTokenizerBase, columns: dict[str, list[Any]],

@@ -6,10 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from transformers import AutoModelForMultipleChoice
 
 from trainer.errors import UserError
+from trainer.kinds import columns
 from trainer.kinds.base import Field, TaskKind, batch_logits, has_column, label_index, lookup
 
 if TYPE_CHECKING:
@@ -64,6 +67,26 @@ class MultipleChoice(TaskKind):
         label = self.answer(task, row, choices, where) if labelled else 0  # 0: a placeholder, the row is only predicted
         return {"text_a": str(lookup(row, task.text_columns[0], where)), "choices": choices, "label": label}
 
+    def normalise_arrow(self, task: TaskSpec, table: pa.Table) -> pa.Table | None:
+        question = columns.text(columns.find(table, task.text_columns[0]))
+        if task.choices_column:
+            choices = columns.string_list(columns.find(table, task.choices_column))
+        else:
+            texts = [columns.text(columns.find(table, c)) for c in task.choice_columns]
+            choices = None if any(t is None for t in texts) else columns.string_lists(texts)
+        if question is None or choices is None:
+            return None
+        counts = pc.list_value_length(choices)
+        if table.num_rows and pc.min(counts).as_py() < 2:
+            return None
+        raw = columns.find(table, task.label_column)
+        if task.labels:
+            label = columns.label_indices(raw, task.labels)
+            label = label if label is not None and columns.below(label, counts) else None
+        else:
+            label = columns.choice_indices(raw, counts)
+        return None if label is None else pa.table({"text_a": question, "choices": choices, "label": label})
+
     def answer(self, task: TaskSpec, row: dict[str, Any], choices: list[str], where: str) -> int:
         """The index of the row's right answer among its choices."""
         raw = lookup(row, task.label_column, where)
@@ -81,7 +104,10 @@ class MultipleChoice(TaskKind):
         return int(text)
 
     def check_split(self, task: TaskSpec, columns: dict[str, list[Any]], where: str) -> None:
-        counts = sorted({len(c) for c in columns["choices"]})
+        choices = columns["choices"]  # lists, or an Arrow column (a split read by trainer.arrow_split)
+        if isinstance(choices, list):
+            choices = pa.array(choices, pa.list_(pa.string()))
+        counts = sorted(pc.unique(pc.list_value_length(choices)).to_pylist())
         if len(counts) > 1:
             raise UserError(f"{where}: rows have {' or '.join(map(str, counts))} choices; every row of a "
                             "multiple_choice task needs the same number")

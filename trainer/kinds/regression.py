@@ -10,6 +10,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from trainer.errors import UserError
+from trainer.kinds import columns
 from trainer.kinds.sentence import LABEL_COLUMN, TEXT_COLUMNS, SentenceKind
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ class Regression(SentenceKind):
         if not math.isfinite(value):
             raise UserError(f"{where}: regression target {raw!r} of task {task.name!r} is not a finite number")
         return value
+
+    def label_arrow(self, task: TaskSpec, values: columns.Column | None) -> columns.Column | None:
+        return columns.numbers(values)
 
     def config(self, encoder_config: PreTrainedConfig, task: TaskSpec) -> PreTrainedConfig:
         config = super().config(encoder_config, task)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import datasets
+import pyarrow as pa
 from transformers import AutoModelForSequenceClassification
 
 from trainer.errors import UserError
+from trainer.kinds import columns
 from trainer.kinds.base import Field, TaskKind, batch_logits, has_column, lookup
 
 if TYPE_CHECKING:
@@ -48,6 +50,18 @@ class SentenceKind(TaskKind):
         texts = [str(lookup(row, c, where)) for c in task.text_columns]
         label = self.label(task, lookup(row, task.label_column, where), where) if labelled else self.dummy_label
         return {"text_a": texts[0], "text_b": texts[1] if len(texts) > 1 else "", "label": label}
+
+    def label_arrow(self, task: TaskSpec, values: columns.Column | None) -> columns.Column | None:
+        """`label` for a whole column; None if any row needs `label` (to name it)."""
+        return None
+
+    def normalise_arrow(self, task: TaskSpec, table: pa.Table) -> pa.Table | None:
+        texts = [columns.text(columns.find(table, c)) for c in task.text_columns]
+        label = self.label_arrow(task, columns.find(table, task.label_column))
+        if label is None or any(t is None for t in texts):
+            return None
+        second = texts[1] if len(texts) > 1 else pa.nulls(table.num_rows, pa.string()).fill_null("")
+        return pa.table({"text_a": texts[0], "text_b": second, "label": label})
 
     def is_pair(self, task: TaskSpec, batch: dict[str, list[Any]]) -> bool:
         return len(task.text_columns) == 2

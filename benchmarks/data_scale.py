@@ -1,0 +1,161 @@
+"""Data at scale: load + tokenise time, rows/s and peak memory of a large local split, cold and cached.
+
+Generates once (kept in the temp dir, named by size, so later runs reuse them):
+- a 1,000,000-row classification TSV (`sentence<TAB>label`, 4-30 words per row, SST-2-like);
+- a 200 MB text file for masked LM (one paragraph per line, 20-200 words, a blank line every tenth).
+
+Then, each in a fresh subprocess, reads and tokenises each file as training does
+(`read_local_split` + `tokenize_split`) with an empty datasets cache (cold) and again with that cache
+(the second start), and prints time, rows/s, peak RSS of the process and of its largest tokenising worker,
+and the CPU time (this machine's 2 cores are shared: wall-clock rows/s falls with the load, CPU time less).
+Targets: peak RSS < 2 GB, >= 50,000 rows/s tokenised on 2 cores, a cached second start < 5 s.
+
+    .venv/bin/python benchmarks/data_scale.py [--rows 1000000] [--text_mb 200] [--model DIR] [--only cls|mlm]
+
+The tokenizer is the MiniLM's in ../shared/models/all-MiniLM-L6-v2 (a real WordPiece vocabulary), else the
+demo tokenizer. MAX_SEQ_LENGTH is 128.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MINILM = ROOT.parent / "shared" / "models" / "all-MiniLM-L6-v2"
+MAX_LENGTH = 128
+_WORD_TEXT = (
+    "the a of and to in is it that was for on with as his he at by be this had not are but from or have an they "
+    "which one you were her all she there would their we him been has when who will more no if out so said what up "
+    "its about into than them can only other new some could time these two may then do first any my now such like "
+    "our over man me even most made after also did many before must through back years where much your way well "
+    "down should because each just those people how too little state good very make world still own see men work "
+    "long get here between both life being under never day same another know while last might us great old year "
+    "off come since against go came right used take three film movie story plot actor scene funny boring charming "
+    "dull brilliant performance director script ending music characters drama comedy thriller worst best moving"
+)
+WORDS = _WORD_TEXT.split()
+
+
+def generate(directory: Path, rows: int, text_mb: int) -> tuple[Path, Path]:
+    """The two files, written once per size (a `.partial` until complete)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tsv, txt = directory / f"classification-{rows}.tsv", directory / f"masked-lm-{text_mb}MB.txt"
+    rng = random.Random(0)
+    if not tsv.is_file():
+        partial = tsv.with_suffix(".partial")
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write("sentence\tlabel\n")
+            for _ in range(rows):
+                handle.write(f"{' '.join(rng.choices(WORDS, k=rng.randint(4, 30)))}\t{rng.randint(0, 1)}\n")
+        partial.replace(tsv)
+    if not txt.is_file():
+        partial, size, line = txt.with_suffix(".partial"), 0, 0
+        with open(partial, "w", encoding="utf-8") as handle:
+            while size < text_mb << 20:
+                text = "" if line % 10 == 9 else " ".join(rng.choices(WORDS, k=rng.randint(20, 200))) + " ."
+                size += handle.write(text + "\n")
+                line += 1
+        partial.replace(txt)
+    return tsv, txt
+
+
+def measure(kind: str, path: str, model: str) -> dict[str, float]:
+    """In this (fresh) process: read and tokenise one file as training does; time and peak memory."""
+    sys.path.insert(0, str(ROOT))
+    from trainer.arrow_split import read_local_split
+    from trainer.data import tokenize_processes, tokenize_split
+    from trainer.spec import TaskSpec
+
+    if kind == "cls":
+        task = TaskSpec(name="scale_cls", type="classification", train_file=path, dev_file=path,
+                        options={"text_columns": ("sentence",), "label_column": "label", "labels": ("0", "1")})
+    else:
+        task = TaskSpec(name="scale_mlm", type="masked_lm", train_file=path, dev_file=path)
+    if model == "demo":
+        from trainer.demo import build_demo_tokenizer
+
+        tokenizer = build_demo_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    rows = read_local_split(task, path)
+    loaded = time.perf_counter()
+    tokenized = tokenize_split(task, rows, tokenizer, MAX_LENGTH)
+    done = time.perf_counter()
+    return {
+        "rows": len(rows), "examples": len(tokenized), "load_s": loaded - start, "tokenize_s": done - loaded,
+        "total_s": done - start, "cpu_s": _cpu_seconds() - cpu_start, "rows_per_s": len(rows) / (done - start),
+        "processes": tokenize_processes(len(rows)) or 1,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "tokens": sum(tokenized["length"][:]) if kind == "mlm" else 0,
+    }
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its (finished) tokenising workers."""
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
+
+
+def run_measurement(kind: str, path: Path, model: str, cache: Path) -> dict[str, float]:
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    out = subprocess.run([sys.executable, __file__, "--measure", kind, "--file", str(path), "--model", model],
+                         env=env, capture_output=True, text=True, check=False)
+    if out.returncode:
+        sys.exit(f"measurement failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--text_mb", type=int, default=200)
+    parser.add_argument("--model", default=str(MINILM) if MINILM.is_dir() else "demo")
+    parser.add_argument("--only", choices=("cls", "mlm"))
+    parser.add_argument("--measure", choices=("cls", "mlm"), help=argparse.SUPPRESS)
+    parser.add_argument("--file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.file, args.model)))
+        return
+    tsv, txt = generate(Path(tempfile.gettempdir()) / "trainer-data-scale", args.rows, args.text_mb)
+    print(f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} (shared with other work); "
+          f"tokenizer {args.model}; MAX_SEQ_LENGTH {MAX_LENGTH}")
+    for kind, path in (("cls", tsv), ("mlm", txt)):
+        if args.only and kind != args.only:
+            continue
+        cache = Path(tempfile.mkdtemp(prefix="data-scale-cache-"))
+        try:
+            cold = run_measurement(kind, path, args.model, cache)
+            warm = run_measurement(kind, path, args.model, cache)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        size = path.stat().st_size / 2**20
+        extra = f", {cold['tokens']:,} tokens" if kind == "mlm" else ""
+        print(f"\n{path.name} ({size:.0f} MB, {cold['rows']:,} rows -> {cold['examples']:,} examples{extra}):")
+        for name, m in (("cold", cold), ("cached", warm)):
+            print(f"  {name:<6} load {m['load_s']:6.2f} s + tokenise {m['tokenize_s']:6.2f} s = {m['total_s']:6.2f} s;"
+                  f" {m['rows_per_s']:>10,.0f} rows/s; {m['processes']} process(es); peak RSS {m['rss_mb']:5.0f} MB"
+                  f" (largest worker {m['worker_rss_mb']:.0f} MB); CPU {m['cpu_s']:.1f} s ="
+                  f" {m['rows'] / m['cpu_s']:,.0f} rows per CPU-second")
+        print(f"  2 cores to itself (2 x rows per CPU-second): about {2 * cold['rows'] / cold['cpu_s']:,.0f} rows/s")
+        print(f"  targets: peak RSS < 2048 MB: {max(cold['rss_mb'], cold['worker_rss_mb']) < 2048}; "
+              f">= 50,000 rows/s: {cold['rows_per_s'] >= 50_000}; cached start < 5 s: {warm['total_s'] < 5}")
+
+
+if __name__ == "__main__":
+    main()

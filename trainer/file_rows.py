@@ -1,0 +1,100 @@
+"""The raw rows of a local split file, one at a time, each with the file and line it came from.
+
+This is the exact, row-by-row reader: `predict-file` streams it, and `trainer.arrow_split` falls back
+on it to name the first bad row (and to read what Arrow can't). Every problem names the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from trainer.spec import TaskSpec
+
+# The csv module refuses fields over 131,072 characters by default; a long document is a valid field.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def python_encoding(task: TaskSpec) -> str:
+    """The codec that reads the task's files (UTF-8 drops a byte-order mark)."""
+    return "utf-8-sig" if task.encoding.replace("-", "").lower() == "utf8" else task.encoding
+
+
+def iter_file_rows(task: TaskSpec, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The raw rows of a file in the task's format, lazily, as `(where, row)`: `where` is "path:line"."""
+    if not Path(path).is_file():
+        raise UserError(f"task {task.name!r}: data file {path} not found")
+    rows = _iter_rows(task, path)
+    while True:
+        try:
+            yield next(rows)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as err:
+            raise UserError(decode_error(task, path, err)) from None
+
+
+def decode_error(task: TaskSpec, path: str, err: UnicodeDecodeError | None = None) -> str:
+    """Name the first line whose bytes are not valid in the task's encoding (the error's offset is
+    relative to a decoder chunk, not the file)."""
+    where = path
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                raw.decode(task.encoding)
+            except UnicodeDecodeError as line_err:
+                where, err = f"{path}:{lineno}", line_err
+                break
+    detail = f" ({err.reason}, byte {err.object[err.start:err.start + 1]!r})" if err else ""
+    return (f"{where}: not valid {task.encoding}{detail}; convert the file to UTF-8, or set 'encoding:' on task "
+            f"{task.name!r} (e.g. latin-1)")
+
+
+def csv_reader(handle: Any, fmt: str) -> Iterator[list[str]]:
+    # GLUE TSVs contain stray quote characters: read them with QUOTE_NONE.
+    return csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(handle)
+
+
+def _iter_rows(task: TaskSpec, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    fmt = task.file_format(path)
+    encoding = python_encoding(task)
+    if fmt not in ("csv", "tsv", "jsonl"):
+        yield from task.kind.read_file(task, path, fmt, encoding)
+        return
+    with open(path, encoding=encoding, newline="") as handle:
+        if fmt == "jsonl":
+            for lineno, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise UserError(f"{path}:{lineno}: each JSONL line must be an object")
+                yield f"{path}:{lineno}", row
+            return
+        reader = csv_reader(handle, fmt)
+        header = list(task.column_names)
+        lineno = 1
+        for cells in reader:
+            start, lineno = lineno, reader.line_num + 1  # a quoted field may span lines: name the first
+            if not cells:
+                continue
+            if task.header and start == 1:
+                header = header or [c.strip() for c in cells]
+                continue
+            if not header:
+                raise UserError(f"task {task.name!r}: {path} has no header; set 'column_names' for it")
+            if len(cells) != len(header):
+                raise UserError(
+                    f"{path}:{start}: expected {len(header)} columns ({', '.join(header)}), found {len(cells)}"
+                )
+            yield f"{path}:{start}", dict(zip(header, cells, strict=True))
