@@ -82,7 +82,8 @@ class Settings:
                   "eval_average step) or last (the final weights)."},
     )
     group_by_length: bool = field(
-        default=False, metadata={"help": "Batch examples of similar length together within a task."}
+        default=True, metadata={"help": "Batch examples of similar length together within a task (sorted within "
+                                "windows of 50 batches; batches in random order)."}
     )
     eval_steps: int | None = field(
         default=None, metadata={"help": "Evaluate every N steps; empty = at the end of each epoch."}
