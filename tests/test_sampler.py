@@ -127,3 +127,25 @@ def test_rejects_bad_arguments():
         MultitaskBatchSampler(SIZES, 8, strategy="random")
     with pytest.raises(ValueError):
         MultitaskBatchSampler([10, 0], 8)
+
+
+@pytest.mark.parametrize("strategy", ["proportional", "temperature", "round_robin"])
+def test_group_by_length_is_deterministic_per_seed_and_epoch(strategy):
+    rng = np.random.default_rng(1)
+    lengths = [rng.integers(5, 120, size=n).tolist() for n in SIZES]
+    make = lambda seed: MultitaskBatchSampler(SIZES, 8, strategy=strategy, seed=seed, lengths=lengths)  # noqa: E731
+    a, b = make(5), make(5)
+    assert epoch(a, 0) == epoch(b, 0) and epoch(a, 1) == epoch(b, 1)
+    assert epoch(a, 0) != epoch(a, 1)
+    assert epoch(a, 0) != epoch(make(6), 0)
+
+
+def test_group_by_length_keeps_every_example_exactly_once_per_epoch():
+    rng = np.random.default_rng(2)
+    lengths = [rng.integers(5, 120, size=n).tolist() for n in SIZES]
+    for e in range(3):
+        for world in (1, 2):
+            ranks = [epoch(MultitaskBatchSampler(SIZES, 8, seed=4, lengths=lengths, num_replicas=world, rank=r), e)
+                     for r in range(world)]
+            indices = sorted(i for batches in ranks for batch in batches for i in batch)
+            assert indices == list(range(sum(SIZES))), (e, world)

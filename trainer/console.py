@@ -31,7 +31,8 @@ def _best(history: list[dict[str, Any]], key: str, higher_is_better: bool) -> tu
 
 
 def eval_table(tasks: list[TaskSpec], metrics: dict[str, float], history: list[dict[str, Any]], step: int) -> str:
-    """Each task's main metric now and its best so far (with the step), then the average.
+    """Each task's main metric now, its best so far (with the step) and the seconds its evaluation took, then the
+    average (with the total seconds).
 
     `history` is the Trainer's `state.log_history`, this evaluation included; it comes back with a resumed
     checkpoint, so the best so far survives a resume.
@@ -39,11 +40,14 @@ def eval_table(tasks: list[TaskSpec], metrics: dict[str, float], history: list[d
     rows = [(t.name, t.metric, f"eval_{t.name}_{t.metric}", t.higher_is_better) for t in tasks]
     rows.append((AVERAGE, "", f"eval_{AVERAGE}", True))
     width = max(len(name) for name, *_ in rows)
-    lines = [f"eval at step {step}", f"  {'task':<{width}}  {'metric':<10} {'now':>9} {'best':>9}  at step"]
+    seconds = {t.name: metrics.get(f"eval_{t.name}_runtime") for t in tasks}
+    seconds[AVERAGE] = sum(s for s in seconds.values() if s is not None)
+    lines = [f"eval at step {step}", f"  {'task':<{width}}  {'metric':<10} {'now':>9} {'best':>9}  at step  eval s"]
     for name, metric, key, higher in rows:
         best = _best(history, key, higher)
+        took = "-" if seconds[name] is None else f"{seconds[name]:.1f}"
         lines.append(f"  {name:<{width}}  {metric:<10} {_value(metrics.get(key)):>9} "
-                     f"{_value(best and best[0]):>9}  {best[1] if best else '-'}")
+                     f"{_value(best and best[0]):>9}  {best[1] if best else '-':<7}  {took:>6}")
     return "\n".join(lines)
 
 

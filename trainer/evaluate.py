@@ -98,8 +98,9 @@ def score_task(
     dataset = tokenize_split(task, rows, tokenizer, settings.max_seq_length)
     with tempfile.TemporaryDirectory(prefix="trainer-evaluate-") as scratch:  # the Trainer writes nothing we keep
         args = TrainingArguments(
-            output_dir=scratch, per_device_eval_batch_size=settings.batch_size, report_to=[], seed=settings.seed,
-            remove_unused_columns=False, dataloader_num_workers=0, **precision_flags(settings.precision),
+            output_dir=scratch, per_device_eval_batch_size=settings.effective_eval_batch_size, report_to=[],
+            seed=settings.seed, remove_unused_columns=False, dataloader_num_workers=0,
+            **precision_flags(settings.precision),
         )
         trainer = MultitaskTrainer(
             model=MultitaskModel.from_task_model(task, model),

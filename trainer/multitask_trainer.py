@@ -20,6 +20,7 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import EvalPrediction, has_length
 
 from trainer.data import MultitaskDataset
+from trainer.eval_order import OrderedSampler, length_order, restore
 from trainer.metrics import aggregate_score, metrics_by_task
 from trainer.modeling import MultitaskModel
 from trainer.sampler import MultitaskBatchSampler
@@ -126,6 +127,7 @@ class MultitaskTrainer(Trainer):
         self.group_by_length = group_by_length
         self._eval_task: TaskSpec | None = None
         self._eval_batches = 0
+        self._eval_order: np.ndarray | None = None  # the order the current dev split is evaluated in
 
     # -- training data ------------------------------------------------------------------
 
@@ -272,11 +274,24 @@ class MultitaskTrainer(Trainer):
 
     # -- evaluation ---------------------------------------------------------------------
 
+    def _get_eval_sampler(self, eval_dataset: Any) -> torch.utils.data.Sampler | None:
+        """A task's split in length-sorted order (see `trainer.eval_order`): batches pad to nearly their own
+        length. Under DDP accelerate deals the batches to the ranks in turn and gathers them back in this order."""
+        if not isinstance(eval_dataset, MultitaskDataset):
+            self._eval_order = None
+            return super()._get_eval_sampler(eval_dataset)
+        self._eval_order = length_order([n for lengths in eval_dataset.lengths() for n in lengths])
+        return OrderedSampler(self._eval_order)
+
     def _reduce_logits(self, logits: Any, labels: torch.Tensor) -> Any:
         return self._eval_task.kind.reduce_logits(logits, labels)
 
     def _task_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
-        return self._eval_task.kind.compute_metrics(self._eval_task, prediction.predictions, prediction.label_ids)
+        """The kind's metrics, on predictions and labels put back in the dev split's order."""
+        predictions, labels = prediction.predictions, prediction.label_ids
+        if self._eval_order is not None:
+            predictions, labels = restore(predictions, self._eval_order), restore(labels, self._eval_order)
+        return self._eval_task.kind.compute_metrics(self._eval_task, predictions, labels)
 
     def evaluate(
         self,

@@ -48,7 +48,11 @@ class Settings:
     output_dir: str = field(default="outputs/run", metadata={"help": "Checkpoints, export and metrics.json."})
     num_epochs: float = field(default=3.0, metadata={"help": "Training epochs (ignored when MAX_STEPS > 0)."})
     max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; -1 means use NUM_EPOCHS."})
-    batch_size: int = field(default=32, metadata={"help": "Examples per batch per device (train and eval)."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per training batch per device."})
+    eval_batch_size: int | None = field(
+        default=None, metadata={"help": "Examples per evaluation batch per device (length-sorted); empty = 2 x "
+                                "BATCH_SIZE."}
+    )
     learning_rate: float | None = field(
         default=None, metadata={"help": "Peak learning rate; empty = 1e-3 for the demo encoder, 3e-5 otherwise."}
     )
@@ -78,7 +82,8 @@ class Settings:
                   "eval_average step) or last (the final weights)."},
     )
     group_by_length: bool = field(
-        default=False, metadata={"help": "Batch examples of similar length together within a task."}
+        default=True, metadata={"help": "Batch examples of similar length together within a task (sorted within "
+                                "windows of 50 batches; batches in random order)."}
     )
     eval_steps: int | None = field(
         default=None, metadata={"help": "Evaluate every N steps; empty = at the end of each epoch."}
@@ -133,6 +138,10 @@ class Settings:
     @property
     def effective_log_dir(self) -> str:
         return self.log_dir or os.path.join(self.output_dir, "logs")
+
+    @property
+    def effective_eval_batch_size(self) -> int:
+        return self.eval_batch_size or 2 * self.batch_size
 
     @property
     def effective_learning_rate(self) -> float:
@@ -215,6 +224,7 @@ def _parse_weights(env: str, raw: Any) -> dict[str, float]:
 def _validate(s: Settings) -> None:
     positive = {"batch_size": s.batch_size, "max_seq_length": s.max_seq_length, "logging_steps": s.logging_steps}
     optional_positive = {
+        "eval_batch_size": s.eval_batch_size,
         "eval_steps": s.eval_steps,
         "save_steps": s.save_steps,
         "save_total_limit": s.save_total_limit,
@@ -295,8 +305,8 @@ def load_settings(
 def as_record(settings: Settings) -> dict[str, Any]:
     """The settings as metrics.json keeps them (JSON values), with the effective learning rate, log dir and resume."""
     record = {name: list(v) if isinstance(v, tuple) else v for name, v in dataclasses.asdict(settings).items()}
-    record.update(learning_rate=settings.effective_learning_rate, log_dir=settings.effective_log_dir,
-                  resume=settings.effective_resume)
+    record.update(learning_rate=settings.effective_learning_rate, eval_batch_size=settings.effective_eval_batch_size,
+                  log_dir=settings.effective_log_dir, resume=settings.effective_resume)
     return record
 
 
@@ -310,7 +320,9 @@ def describe(settings: Settings, sources: dict[str, str]) -> str:
         elif isinstance(value, dict):
             value = ",".join(f"{k}={v:g}" for k, v in value.items())
         shown = "" if value is None else str(value)
-        if name == "learning_rate" and value is None:
+        if name == "eval_batch_size" and value is None:
+            shown = f"{settings.effective_eval_batch_size} (auto)"
+        elif name == "learning_rate" and value is None:
             shown = f"{settings.effective_learning_rate:g} (auto)"
         elif name == "log_dir" and value is None:
             shown = f"{settings.effective_log_dir} (auto)"

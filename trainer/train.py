@@ -143,7 +143,7 @@ def training_arguments(settings: Settings) -> TrainingArguments:
         num_train_epochs=settings.num_epochs,
         max_steps=settings.max_steps,
         per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.effective_eval_batch_size,
         learning_rate=settings.effective_learning_rate,
         weight_decay=settings.weight_decay,
         warmup_steps=settings.warmup_ratio,
