@@ -282,7 +282,7 @@ class CloudSyncCallback(TrainerCallback):
             return
         self.committed.append(step)
         try:
-            remote.rotate_remote_checkpoints(self.store, self.dirs.checkpoints, keep, protect)
+            remote.rotate_remote_checkpoints(self.store, self.dirs.checkpoints, keep, protect, newest=step)
         except Exception as err:  # not data loss: the next rotation catches up
             logger.warning("rotating %s failed: %s", self.dirs.checkpoints, err)
 

@@ -36,6 +36,7 @@ from trainer.modeling import MultitaskModel
 from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer
 from trainer.preemption import PreemptionCallback
 from trainer.report import REPORT_FILE, SETTINGS_FILE, write_report, write_settings
+from trainer.run_claim import claim_run
 from trainer.sampling import STRATEGIES
 from trainer.selection import BestSelection
 from trainer.settings import DEMO_MODEL, Settings, as_record
@@ -235,6 +236,14 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     logger.info(describe_choice(tasks, settings.tasks, settings.tasks_file))
     args = training_arguments(settings)
     dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
+    # OUTPUT_DIR and JOB_DIR are this run's (or it stops with one line) before anything is written to them
+    with claim_run(settings, tasks, rows, dirs.checkpoints if dirs else None, writer=args.should_save):
+        return _train_claimed(settings, callbacks, tasks, rows, tokenizer, encoder, args, dirs)
+
+
+def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[TaskSpec],
+                   rows: dict[str, dict[str, TaskData]], tokenizer: PreTrainedTokenizerBase, encoder: PreTrainedModel,
+                   args: TrainingArguments, dirs: CloudDirs | None) -> dict[str, Any]:
     resume = resume_checkpoint(settings, args, dirs)
     sync = CloudSyncCallback(dirs, upload_timeout=settings.upload_timeout, log_dir=settings.effective_log_dir,
                              log_upload_seconds=settings.log_upload_seconds) if dirs else None
