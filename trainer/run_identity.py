@@ -95,7 +95,7 @@ def _short(value: Any) -> str:
     if isinstance(value, list):
         value = ",".join(map(str, value))
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def differences(theirs: dict[str, Any], ours: dict[str, Any], limit: int = 4) -> list[str]:
