@@ -106,6 +106,7 @@ def test_two_runs_at_once_and_a_stale_lease(tmp_path, gcs_client, gcs_bucket, ca
             time.sleep(0.2)
         assert proc.poll() is None and lease_blob.exists(), (tmp_path / "one.log").read_text()[-3000:]
         run_one = run_json(claimed)["run_id"]
+        proc.send_signal(signal.SIGSTOP)  # holds its lock and lease, and leaves the CPU to the runs below
 
         # the same OUTPUT_DIR: the local lock
         line = error_line(run_cli("train", env=quick_env(tmp_path / "one", JOB_DIR=job, RESUME="auto", **QUICK)))
