@@ -5,6 +5,7 @@ where only the decision is (each CLI start costs ~5 s of imports).
 """
 
 import json
+import logging
 import os
 import re
 import signal
@@ -144,3 +145,25 @@ def test_when_a_lease_is_taken_over():
     vertex = {**elsewhere, "job": "123", "run_id": "r1"}
     assert "earlier attempt" in takeover_reason(vertex, {**me, "job": "123"}, now, stale_after=90)
     assert takeover_reason({**vertex, "run_id": "r0"}, {**me, "job": "123"}, now, stale_after=90) is None
+
+
+def test_heartbeats_ride_out_a_storage_outage(gcs_emulator, gcs_client, gcs_bucket, caplog):
+    """The real emulator, stopped and started again: one warning, one recovery line, training never waits."""
+    from trainer.run_lease import Lease, owner
+
+    caplog.set_level(logging.INFO, logger="trainer.run_lease")
+    uri = gcs.parse_gcs_uri(f"gs://{BUCKET}/hb/checkpoints/lease.json")
+    me = owner("r1")
+    lease = Lease(GcsStore(gcs_client), uri, me, interval=0.3, heartbeat_store=gcs.open_store(timeout=0.3))
+    lease.acquire()
+    gcs_emulator.stop()
+    time.sleep(2.0)
+    gcs_emulator.start()
+    deadline = time.time() + 10
+    while time.time() < deadline and not any("refreshed again" in r.getMessage() for r in caplog.records):
+        time.sleep(0.1)
+    lease.release()
+    messages = [r.getMessage() for r in caplog.records if r.name == "trainer.run_lease"]
+    assert sum("could not refresh the lease" in m for m in messages) == 1, messages
+    assert sum("refreshed again" in m for m in messages) == 1, messages
+    assert not lease.lost and not gcs_client.bucket(BUCKET).blob(uri.prefix).exists()  # released

@@ -141,7 +141,10 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
     lease = None
     try:
         if checkpoints is not None:
-            candidate = Lease(store, checkpoints.child(LEASE_FILE), owner(identity.run_id), settings.lease_seconds)
+            # heartbeats give up after one interval (and warn), where the checkpoint uploads retry for minutes
+            beats = storage.open_store(checkpoints, timeout=settings.lease_seconds)
+            candidate = Lease(store, checkpoints.child(LEASE_FILE), owner(identity.run_id), settings.lease_seconds,
+                              heartbeat_store=beats)
             candidate.acquire()
             lease = candidate
         places = find_places(settings, checkpoints, store)  # again: nobody else writes here now

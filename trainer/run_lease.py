@@ -84,17 +84,21 @@ def takeover_reason(lease: dict[str, Any], me: dict[str, Any], now: float, stale
 
 
 class Lease:
-    def __init__(self, store: Store, uri: Any, me: dict[str, Any], interval: float) -> None:
+    def __init__(self, store: Store, uri: Any, me: dict[str, Any], interval: float,
+                 heartbeat_store: Store | None = None) -> None:
+        """`store` takes the lease; `heartbeat_store` (default `store`), one that gives up sooner, refreshes and
+        releases it, so that an outage is reported within an interval and never holds up the end of the run."""
         self.store, self.uri, self.me, self.interval = store, uri, me, interval
+        self.beats = heartbeat_store or store
         self.stale_after = STALE_AFTER * interval
         self.lost = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._acquired = time.time()
 
-    def read(self) -> dict[str, Any] | None:
+    def read(self, store: Store | None = None) -> dict[str, Any] | None:
         try:
-            lease = json.loads(self.store.read_bytes(self.uri))
+            lease = json.loads((store or self.store).read_bytes(self.uri))
         except NotFound:
             return None
         except (ValueError, IntegrityError) as err:
@@ -138,15 +142,15 @@ class Lease:
     def _where(self) -> str:
         return str(self.uri).removesuffix(f"/{LEASE_FILE}")
 
-    def _write(self) -> None:
+    def _write(self, store: Store | None = None) -> None:
         body = {**self.me, "acquired": self._acquired, "heartbeat": time.time()}
-        self.store.upload_bytes(json.dumps(body).encode(), self.uri)
+        (store or self.store).upload_bytes(json.dumps(body).encode(), self.uri)
 
     def _delete(self) -> None:
         try:
-            held = self.read()
+            held = self.read(self.beats)
             if held and held.get("token") == self.me["token"]:
-                self.store.delete(self.uri)
+                self.beats.delete(self.uri)
         except Exception as err:  # noqa: BLE001 - the run is over; a lease left behind goes stale
             logger.warning("could not release %s: %s", self.uri, err)
 
@@ -154,7 +158,7 @@ class Lease:
         failing = False
         while not self._stop.wait(self.interval):
             try:
-                held = self.read()
+                held = self.read(self.beats)
                 if self._stop.is_set():
                     return
                 if held and held.get("token") != self.me["token"]:
@@ -162,10 +166,10 @@ class Lease:
                                  self._where(), _describe(held))
                     self.lost = True
                     return
-                self._write()
+                self._write(self.beats)
             except Exception as err:  # noqa: BLE001 - storage briefly down: training goes on, retry next beat
                 if not failing:
-                    logger.warning("could not refresh the lease %s (%s: %s); retrying every %.0f s", self.uri,
+                    logger.warning("could not refresh the lease %s (%s: %s); retrying every %g s", self.uri,
                                    type(err).__name__, err, self.interval)
                 failing = True
                 continue
