@@ -211,3 +211,17 @@ def test_missing_bucket_is_a_clear_error(gcs_client, tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="gs://no-such-bucket does not exist"):
         remote.list_committed_checkpoints(GcsStore(gcs_client), gcs.parse_gcs_uri("gs://no-such-bucket/c"))
+
+
+def test_rotation_never_deletes_this_runs_newest_checkpoint(gcs_client, ckpts: GcsUri, tmp_path: Path) -> None:
+    """Higher steps of an earlier run in the same dir (issue 11: they made a run delete its own checkpoint right
+    after committing it) are left alone, and the count runs down from the step just committed."""
+    store = GcsStore(gcs_client)
+    for step in (100, 120):
+        remote.upload_checkpoint(store, make_checkpoint(tmp_path / "earlier", step), ckpts, step)
+    remote.upload_checkpoint(store, make_checkpoint(tmp_path, 20), ckpts, 20)
+    assert remote.rotate_remote_checkpoints(store, ckpts, keep=2, newest=20) == []
+    for step in (40, 60):
+        remote.upload_checkpoint(store, make_checkpoint(tmp_path, step), ckpts, step)
+        remote.rotate_remote_checkpoints(store, ckpts, keep=2, newest=step)
+    assert [s for s, _ in remote.list_committed_checkpoints(store, ckpts)] == [40, 60, 100, 120]

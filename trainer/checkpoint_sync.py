@@ -346,7 +346,7 @@ class CloudSyncCallback(TrainerCallback):
             logger.info("committed checkpoint-%d; %d older checkpoint(s) were not uploaded while uploads were "
                         "behind (a newer one replaced each)", step, skipped)
         try:
-            remote.rotate_remote_checkpoints(self.store, self.dirs.checkpoints, keep, protect)
+            remote.rotate_remote_checkpoints(self.store, self.dirs.checkpoints, keep, protect, newest=step)
         except Exception as err:  # not data loss: the next rotation catches up
             logger.warning("rotating %s failed: %s", self.dirs.checkpoints, err)
 

@@ -136,8 +136,10 @@ def parse_uri(text: str) -> GcsUri:
     return parse_gcs_uri(text)
 
 
-def open_store(client: storage.Client | None = None, retry: Retry | None = None) -> GcsStore:
-    return GcsStore(client, retry)
+def open_store(client: storage.Client | None = None, retry: Retry | None = None,
+               timeout: float | None = None) -> GcsStore:
+    """`timeout`: give up retrying a request after this many seconds (default GCS_RETRY's 10 minutes)."""
+    return GcsStore(client, retry or (GCS_RETRY.with_timeout(timeout) if timeout else None))
 
 
 class GcsStore:

@@ -107,22 +107,26 @@ def delete_checkpoint(store: Store, ckpt: Any) -> None:
 
 
 def rotate_remote_checkpoints(
-    store: Store, checkpoints: Any, keep: int | None, protect: Iterable[int] = ()
+    store: Store, checkpoints: Any, keep: int | None, protect: Iterable[int] = (), newest: int | None = None
 ) -> list[int]:
     """Keep the newest `keep` committed checkpoints (SAVE_TOTAL_LIMIT; None keeps all) and delete the rest.
 
-    The newest committed checkpoint is always kept, as are the steps in `protect` (e.g. the best
-    one). Uncommitted leftovers older than the newest committed checkpoint are failed uploads and
-    are deleted too. Returns the deleted steps.
+    `newest` is the step this run has just committed (default: the highest committed step): it is always kept,
+    and the count runs down from it, so higher steps left by an earlier run can never push it out (they are
+    left alone). The steps in `protect` (e.g. the best one) are kept too. Uncommitted leftovers older than
+    `newest` are failed uploads and are deleted. Returns the deleted steps.
     """
     if keep is None:
         return []
     found = _scan_checkpoints(store, checkpoints)
     committed = sorted(s for s, ok in found.items() if ok)
-    if not committed:
-        return []
-    kept = set(committed[-max(keep, 1):]) | set(protect)
-    doomed = [s for s in sorted(found) if s not in kept and s < committed[-1]]
+    if newest is None:
+        if not committed:
+            return []
+        newest = committed[-1]
+    mine = [s for s in committed if s < newest]
+    kept = {newest, *protect, *(mine[-(keep - 1):] if keep > 1 else [])}
+    doomed = [s for s in sorted(found) if s not in kept and s < newest]
     for step in doomed:
         delete_checkpoint(store, checkpoints.child(f"{CHECKPOINT_PREFIX}{step}"))
         logger.info("deleted old checkpoint %s", checkpoints.child(f"{CHECKPOINT_PREFIX}{step}"))

@@ -1,7 +1,8 @@
 """Object storage by URI scheme: what checkpoints, logs and the final model need from a bucket.
 
 A backend is one module plus one line in `BACKENDS`: its `parse_uri(text)` returns a URI with `child(*parts)`,
-`name` and `str()`, and its `open_store(client=None, retry=None)` returns a `Store`. `trainer/gcs.py` is the
+`name` and `str()`, and its `open_store(client=None, retry=None, timeout=None)` returns a `Store` (`timeout`: seconds
+after which a request stops being retried). `trainer/gcs.py` is the
 gs:// backend. The commit protocol on top (`trainer/remote_checkpoints.py`) only talks to a `Store`.
 Backends are imported when a URI of theirs is used, so local-only commands never import a cloud SDK.
 """

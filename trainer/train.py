@@ -35,9 +35,10 @@ from trainer.metrics import METRICS_FILE, metrics_by_task
 from trainer.model_card import write_cards
 from trainer.modeling import MultitaskModel
 from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer
-from trainer.packing import packer_for
+from trainer.packing import Packer, packer_for
 from trainer.preemption import PreemptionCallback
 from trainer.report import REPORT_FILE, SETTINGS_FILE, write_report, write_settings
+from trainer.run_claim import claim_run
 from trainer.sampling import STRATEGIES
 from trainer.selection import BestSelection
 from trainer.settings import DEMO_MODEL, Settings, as_record
@@ -244,6 +245,15 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     if settings.torch_compile:
         compile_encoder(encoder)
     args = training_arguments(settings)
+    # OUTPUT_DIR and JOB_DIR are this run's (or it stops with one line) before anything is written to them
+    with claim_run(settings, tasks, rows, dirs.checkpoints if dirs else None, writer=args.should_save):
+        return _train_claimed(settings, callbacks, tasks, rows, tokenizer, encoder, packer, args, dirs, sync)
+
+
+def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[TaskSpec],
+                   rows: dict[str, dict[str, TaskData]], tokenizer: PreTrainedTokenizerBase, encoder: PreTrainedModel,
+                   packer: Packer | None, args: TrainingArguments, dirs: CloudDirs | None,
+                   sync: CloudSyncCallback | None) -> dict[str, Any]:
     resume = resume_checkpoint(settings, args, dirs)
     # once preempted, pending uploads get only what is left of the 30 s grace period
     preemption = PreemptionCallback(
