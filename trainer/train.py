@@ -34,6 +34,7 @@ from trainer.metrics import METRICS_FILE, metrics_by_task
 from trainer.model_card import write_cards
 from trainer.modeling import MultitaskModel
 from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer
+from trainer.positions import check_max_seq_length
 from trainer.preemption import PreemptionCallback
 from trainer.report import REPORT_FILE, SETTINGS_FILE, write_report, write_settings
 from trainer.sampling import STRATEGIES
@@ -41,6 +42,7 @@ from trainer.selection import BestSelection
 from trainer.settings import DEMO_MODEL, Settings, as_record
 from trainer.spec import SPLITS, TaskData, TaskSpec
 from trainer.tasks import describe_choice, read_split, resolve_source, resolve_tasks
+from trainer.writable import check_writable_dir
 
 logger = logging.getLogger(__name__)
 PREEMPTION_UPLOAD_TIMEOUT = 25.0  # seconds: Vertex AI gives a preempted worker 30 s after SIGTERM
@@ -228,10 +230,13 @@ def outputs(settings: Settings, tasks: list[TaskSpec], report_file: Path | None,
 def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run one multitask training job; returns the final metrics report."""
     check_trackers(settings.report_to)
+    check_writable_dir(settings.output_dir, "OUTPUT_DIR")
+    check_writable_dir(settings.effective_log_dir, "LOG_DIR")
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
     set_seed(settings.seed)
     tokenizer, encoder = load_encoder(settings.model_name, tasks)
+    check_max_seq_length(settings.max_seq_length, encoder.config, tokenizer, f"MODEL_NAME={settings.model_name}")
     logger.info(describe_choice(tasks, settings.tasks, settings.tasks_file))
     args = training_arguments(settings)
     dirs = resolve_cloud_dirs(settings.job_dir, os.environ)

@@ -55,6 +55,7 @@ class TaskKind:
     file_formats: tuple[str, ...] = ("csv", "tsv", "jsonl")
     pipeline: str = ""  # the `transformers.pipeline` task its export works with
     prediction_columns: tuple[str, ...] = ("prediction",)  # what predict-file writes after `index`
+    takes_choices: bool = False  # `predict --choices`: candidate answers per input (multiple choice)
 
     # -- declaration --------------------------------------------------------------------
 

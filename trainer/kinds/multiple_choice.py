@@ -30,6 +30,7 @@ class MultipleChoice(TaskKind):
               list_of_str=True, default=()),
     )
     metrics = {"accuracy": True}
+    takes_choices = True
     pipeline = ""  # Transformers has no multiple-choice pipeline
     prediction_columns = ("prediction", "probability")
 
