@@ -198,6 +198,8 @@ def predict_file(
     Rows stream through in batches, so memory stays flat; the TSV is written to `<output>.partial` and renamed at
     the end, so a failure leaves nothing behind.
     """
+    if not Path(input_path).is_file():  # before the progress bar starts
+        raise UserError(f"task {task.name!r}: data file {input_path} not found")
     target = Path(output_path)
     if not target.parent.is_dir():
         raise UserError(f"--output {output_path}: the folder {target.parent} does not exist")

@@ -276,6 +276,8 @@ def _validate(s: Settings) -> None:
         raise UserError(f"REPORT_TO={unknown[0]!r} is not allowed; choose one or more of: {', '.join(TRACKERS)}")
     if "none" in s.report_to and len(s.report_to) > 1:
         raise UserError(f"REPORT_TO={','.join(s.report_to)}: 'none' turns every tracker off; give it alone")
+    if s.job_dir:
+        storage.parse_uri(s.job_dir)  # gs://bucket/prefix, or one line saying what is wrong
     if s.resume not in ("", "auto", "never") and not (storage.is_uri(s.resume) or Path(s.resume).is_dir()):
         raise UserError(f"RESUME={s.resume!r} is not a checkpoint directory; use auto, never or a checkpoint path")
 

@@ -82,13 +82,16 @@ def load_tokenizer(
 
 
 def load_encoder(
-    model_name: str, tasks: list[TaskSpec] = ()
+    model_name: str, tasks: list[TaskSpec] = (), max_seq_length: int | None = None
 ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """The tokenizer and base encoder: the offline demo, a local directory or a hub id.
 
-    Each task's kind checks the config and tokenizer before any weights are loaded.
+    Each task's kind checks the config and tokenizer, and MAX_SEQ_LENGTH is checked against the model's
+    positions, before any weights are loaded.
     """
     tokenizer, config = load_tokenizer(model_name, tasks)
+    if max_seq_length is not None:
+        check_max_seq_length(max_seq_length, config, tokenizer, f"MODEL_NAME={model_name}")
     if config is None:  # the demo
         encoder = demo.build_demo_encoder(len(tokenizer))
         for task in tasks:
@@ -235,8 +238,7 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
     set_seed(settings.seed)
-    tokenizer, encoder = load_encoder(settings.model_name, tasks)
-    check_max_seq_length(settings.max_seq_length, encoder.config, tokenizer, f"MODEL_NAME={settings.model_name}")
+    tokenizer, encoder = load_encoder(settings.model_name, tasks, settings.max_seq_length)
     logger.info(describe_choice(tasks, settings.tasks, settings.tasks_file))
     args = training_arguments(settings)
     dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
