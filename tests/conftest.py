@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.cli_fork import ForkedCLI
 from tests.gcs_emulator import GcsEmulator
-from tests.tiny import quick_env, run_cli
+from tests.tiny import cli_environ, quick_env, run_cli
 
 # --- Cloud Storage (a local gcp-storage-emulator per test) --------------------------------------
 
@@ -36,6 +37,18 @@ def gcs_bucket(gcs_client) -> str:
     name = "g-test-bucket"
     gcs_client.create_bucket(name)
     return name
+
+
+# --- the CLI, forked from one helper that imported torch and transformers once (tests/cli_fork.py) ----------
+
+
+@pytest.fixture(scope="session")
+def forked_cli() -> Iterator[ForkedCLI]:
+    """`forked_cli.run(*args, env=cli_environ(...), cwd=...)`: a real `python -m trainer` run in its own
+    process, in ~0.1 s instead of ~5 s of imports."""
+    cli = ForkedCLI(cli_environ())
+    yield cli
+    cli.close()
 
 
 # --- one short demo run with its exports and model cards (test_model_card, test_push) ----------------

@@ -46,13 +46,18 @@ def save_tiny_pretrained(directory: Path, seed: int = 0) -> Path:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600):
     """Run `python -m trainer ...` with a clean, offline environment plus `env`."""
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        cwd=cwd or ROOT, env=cli_environ(env), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def cli_environ(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a CLI run in tests: this one without any setting, offline, plus `env`."""
     full_env = {k: v for k, v in os.environ.items() if k not in _SETTING_NAMES}
     full_env.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"})
     full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "trainer", *args],
-        cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
-    )
+    return full_env
 
 
 def quick_env(output_dir: Path, **extra: str) -> dict[str, str]:

@@ -41,6 +41,26 @@ def _quiet_model_loading() -> None:
     transformers_logging.disable_progress_bar()
 
 
+def _flag_value(raw: str) -> Any:
+    """fire's parsing of a flag value, except that a value its parser can't take (a 3,000-word text makes Python's
+    parser run out of memory) stays the string it is."""
+    try:
+        return fire.parser.DefaultParseValue(raw)
+    except (MemoryError, RecursionError):
+        return raw
+
+
+def _text_flag(raw: str) -> Any:
+    """--text/--text_pair: the string as given ("hello, world" is one text, "1e5" stays "1e5"); only a '[...]'
+    list is parsed, as JSON or as fire reads lists."""
+    if not (raw.strip().startswith("[") and raw.strip().endswith("]")):
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return _flag_value(raw)
+
+
 class CLI:
     """Multitask NLP trainer: python -m trainer COMMAND --help shows a command's flags."""
 
@@ -97,6 +117,7 @@ class CLI:
 
         print(check(_settings(flags)[0]))
 
+    @fire.decorators.SetParseFns(text=_text_flag, text_pair=_text_flag, choices=_flag_value)
     def predict(
         self,
         task: str,
@@ -108,14 +129,15 @@ class CLI:
     ) -> None:
         """Predict TASK for --text and print one JSON line per input, echoing it.
 
-        --text is a string, a list, or '-' to read stdin: one text per line, or JSON lines with "text",
-        "text_pair" and "choices". --model_dir takes an OUTPUT_DIR, a model or checkpoint, or export/<task>.
+        --text is a string (taken as it is), a list ('["a", "b"]'), or '-' to read stdin: one text per line, or
+        JSON lines with "text", "text_pair" and "choices" (long texts: use stdin). --choices is for multiple
+        choice. --model_dir takes an OUTPUT_DIR, a model or checkpoint, or export/<task>.
         """
         from trainer.inference import load_task_model, predict_inputs
 
         settings, _ = _settings(flags)
         _quiet_model_loading()
-        spec, model, tokenizer = load_task_model(settings.output_dir, model_dir, task)
+        spec, model, tokenizer = load_task_model(settings.output_dir, model_dir, task, settings.max_seq_length)
         for chunk in _chunks(_predict_inputs(text, text_pair, choices), 64):  # stdin streams: flat memory
             for result in predict_inputs(spec, model, tokenizer, chunk, settings.max_seq_length):
                 print(json.dumps(result, ensure_ascii=False), flush=True)
@@ -131,7 +153,7 @@ class CLI:
 
         settings, _ = _settings(flags)
         _quiet_model_loading()
-        spec, model, tokenizer = load_task_model(settings.output_dir, model_dir, task)
+        spec, model, tokenizer = load_task_model(settings.output_dir, model_dir, task, settings.max_seq_length)
         count = predict_file(spec, model, tokenizer, str(input), str(output), settings.max_seq_length)
         print(f"{count} predictions -> {output}")
 
@@ -167,11 +189,13 @@ class CLI:
 
         from trainer.inference import EXPORT_DIR, export_tasks, find_model_dir, load_trained
         from trainer.model_card import run_report, write_cards
+        from trainer.writable import check_writable_dir
 
         settings, _ = _settings(flags)
         directory = find_model_dir(settings.output_dir, model_dir)
-        model, tokenizer = load_trained(directory)
         target = Path(export_dir or os.path.join(settings.output_dir, EXPORT_DIR))
+        check_writable_dir(target, "--export_dir" if export_dir else "OUTPUT_DIR/export")
+        model, tokenizer = load_trained(directory)
         paths = export_tasks(model, tokenizer, str(target))
         tasks = list(model.tasks.values())
         report, step = run_report(directory, tasks)
@@ -243,8 +267,10 @@ def _chunks(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[st
 # ---- --help ----------------------------------------------------------------------------------------
 
 _OWN_FLAGS = {
-    "predict": {"task": "the task to predict (required)", "text": "a text, a list of texts, or - for stdin",
-                "text_pair": "the second text of a pair task", "choices": "candidate answers (multiple choice)",
+    "predict": {"task": "the task to predict (required)",
+                "text": "a text, a list of texts ('[\"a\", \"b\"]'), or - for stdin (one text or JSON line per line; "
+                        "use it for long texts)",
+                "text_pair": "the second text of a pair task", "choices": "candidate answers (multiple choice only)",
                 "model_dir": "an OUTPUT_DIR, a model or checkpoint directory, or export/<task>"},
     "predict-file": {"task": "the task to predict (required)",
                      "input": "a file in the task's format: csv/tsv/jsonl/conll/... as its kind reads (required)",

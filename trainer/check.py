@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from trainer.positions import check_max_seq_length
 from trainer.settings import Settings
 from trainer.spec import SPLITS
 from trainer.tasks import describe_choice, resolve_tasks
@@ -15,7 +16,8 @@ def check(settings: Settings) -> str:
 
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)
-    tokenizer, _ = load_tokenizer(settings.model_name, tasks)
+    tokenizer, config = load_tokenizer(settings.model_name, tasks)
+    check_max_seq_length(settings.max_seq_length, config, tokenizer, f"MODEL_NAME={settings.model_name}")
     limit = settings.max_seq_length
     lines = [describe_choice(tasks, settings.tasks, settings.tasks_file),
              f"tokenizer of {settings.model_name}; MAX_SEQ_LENGTH={limit}"]

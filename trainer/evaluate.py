@@ -24,6 +24,7 @@ from trainer.settings import Settings
 from trainer.spec import TaskData, TaskSpec
 from trainer.tasks import UnlabelledSplit, read_split
 from trainer.train import precision_flags
+from trainer.writable import check_writable_dir
 
 EVAL_SPLITS = ("dev", "test")
 
@@ -39,11 +40,12 @@ def evaluate(settings: Settings, split: str = "test", model_dir: str | None = No
     """
     if split not in EVAL_SPLITS:
         raise UserError(f"--split={split!r} is not allowed; choose one of {', '.join(EVAL_SPLITS)}")
+    check_writable_dir(settings.output_dir, "OUTPUT_DIR")  # where metrics_<split>.json goes
     tasks = [find_task(settings.output_dir, model_dir, name)[0] for name in chosen_tasks(settings, model_dir)]
     rows = read_labelled_splits(tasks, split, settings)
     metrics: dict[str, float] = {}
     for task in tasks:  # one model in memory at a time
-        _, model, tokenizer = load_task_model(settings.output_dir, model_dir, task.name)
+        _, model, tokenizer = load_task_model(settings.output_dir, model_dir, task.name, settings.max_seq_length)
         metrics.update(score_task(task, model, tokenizer, rows[task.name], split, settings))
     per_task = metrics_by_task(metrics, tasks, prefix=split)
     report = {

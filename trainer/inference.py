@@ -20,7 +20,9 @@ from trainer.checkpoints import latest_complete_checkpoint
 from trainer.errors import UserError
 from trainer.file_rows import iter_file_rows
 from trainer.modeling import MULTITASK_FILE, MultitaskModel
+from trainer.positions import check_max_seq_length
 from trainer.spec import TaskData, TaskSpec
+from trainer.writable import check_writable_file
 
 FINAL_MODEL_DIR = "model"
 EXPORT_DIR = "export"
@@ -101,14 +103,20 @@ def find_task(output_dir: str, model_dir: str | None, task: str) -> tuple[TaskSp
     return TaskSpec.from_dict(specs[task]), directory
 
 
-def load_task_model(output_dir: str, model_dir: str | None, task: str) -> tuple[TaskSpec, PreTrainedModel, Any]:
-    """(task spec, its Transformers model, tokenizer) for predicting one task, found by `find_task`."""
+def load_task_model(output_dir: str, model_dir: str | None, task: str, max_seq_length: int | None = None
+                    ) -> tuple[TaskSpec, PreTrainedModel, Any]:
+    """(task spec, its Transformers model, tokenizer) for predicting one task, found by `find_task`; refuses a
+    `max_seq_length` above what the model takes."""
     spec, directory = find_task(output_dir, model_dir, task)
     if (directory / TASK_FILE).is_file():
-        model = spec.kind.model_class().from_pretrained(directory)
-        return spec, model.eval(), AutoTokenizer.from_pretrained(directory)
-    model, tokenizer = load_trained(directory)
-    return spec, model.task_models[task].eval(), tokenizer
+        model = spec.kind.model_class().from_pretrained(directory).eval()
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    else:
+        multitask, tokenizer = load_trained(directory)
+        model = multitask.task_models[task].eval()
+    if max_seq_length is not None:
+        check_max_seq_length(max_seq_length, model.config, tokenizer, f"the model in {directory}")
+    return spec, model, tokenizer
 
 
 def task_names(output_dir: str, model_dir: str | None = None) -> list[str]:
@@ -171,6 +179,9 @@ def predict_inputs(
     max_length: int,
 ) -> list[dict[str, Any]]:
     """One output per input, echoing it: `{"task", "input", ...what the kind predicts}`."""
+    if not task.kind.takes_choices and any(item.get("choices") is not None for item in inputs):
+        raise UserError(f"--choices is for multiple-choice tasks; task {task.name!r} is {task.type}: leave "
+                        "--choices (and \"choices\" in stdin lines) out")
     results = task.kind.predict(task, model, tokenizer, inputs, max_length)
     return [{"task": task.name, "input": {k: v for k, v in item.items() if v is not None}, **result}
             for item, result in zip(inputs, results, strict=True)]
@@ -187,9 +198,12 @@ def predict_file(
     Rows stream through in batches, so memory stays flat; the TSV is written to `<output>.partial` and renamed at
     the end, so a failure leaves nothing behind.
     """
+    if not Path(input_path).is_file():  # before the progress bar starts
+        raise UserError(f"task {task.name!r}: data file {input_path} not found")
     target = Path(output_path)
     if not target.parent.is_dir():
         raise UserError(f"--output {output_path}: the folder {target.parent} does not exist")
+    check_writable_file(target, "--output")
     partial = target.with_name(target.name + ".partial")
     count = 0
     try:

@@ -21,6 +21,7 @@ from trainer import gcs
 from trainer import settings as training_settings
 from trainer.env import effective_environ, parse_bool, parse_int
 from trainer.errors import UserError
+from trainer.writable import check_writable_file
 
 ENV_EXAMPLE_HINT = "see the Cloud section of .env.example"
 
@@ -325,6 +326,7 @@ def write_job_spec(output: str | None = None) -> None:
     cloud = cloud_settings(environ)
     text = to_yaml(build_spec(cloud, environ))
     if output:
+        check_writable_file(output, "--output")
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(text)
         print(

@@ -28,6 +28,34 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "none")  # REPORT_TO: what Trainin
 DEMO_MODEL = "demo"
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number setting (field metadata "range"): each bound inclusive unless open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self, integer: bool) -> str:
+        if integer and self.low == 1 and self.high is None and not self.low_open:
+            return "a positive integer"
+        low, high = (f"{b:g}" if isinstance(b, float) else str(b) for b in (self.low, self.high))
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+COUNT = Range(1)  # a positive integer
+
+
 @dataclass
 class Settings:
     """Every setting of a training run. The environment variable is the field name upper-cased."""
@@ -46,27 +74,34 @@ class Settings:
     )
     tasks_file: str | None = field(default=None, metadata={"help": "YAML/JSON file declaring your own tasks."})
     output_dir: str = field(default="outputs/run", metadata={"help": "Checkpoints, export and metrics.json."})
-    num_epochs: float = field(default=3.0, metadata={"help": "Training epochs (ignored when MAX_STEPS > 0)."})
+    num_epochs: float = field(
+        default=3.0, metadata={"help": "Training epochs (ignored when MAX_STEPS > 0).", "range": POSITIVE}
+    )
     max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; -1 means use NUM_EPOCHS."})
-    batch_size: int = field(default=32, metadata={"help": "Examples per training batch per device."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per training batch per device.", "range": COUNT})
     eval_batch_size: int | None = field(
         default=None, metadata={"help": "Examples per evaluation batch per device (length-sorted); empty = 2 x "
-                                "BATCH_SIZE."}
+                                "BATCH_SIZE.", "range": COUNT}
     )
     learning_rate: float | None = field(
-        default=None, metadata={"help": "Peak learning rate; empty = 1e-3 for the demo encoder, 3e-5 otherwise."}
+        default=None, metadata={"help": "Peak learning rate; empty = 1e-3 for the demo encoder, 3e-5 otherwise.",
+                                "range": POSITIVE}
     )
-    max_seq_length: int = field(default=128, metadata={"help": "Truncation bound in tokens (padding is dynamic)."})
+    max_seq_length: int = field(
+        default=128, metadata={"help": "Truncation bound in tokens (padding is dynamic); at most the model's "
+                               "maximum positions.", "range": COUNT}
+    )
     sampling: SamplingStrategy = field(
         default="proportional",
         metadata={"help": "Task sampling: proportional, temperature, uniform, round_robin, or all_tasks (every step "
                   "sums one batch of every task)."},
     )
     sampling_temperature: float = field(
-        default=2.0, metadata={"help": "T for SAMPLING=temperature: p(task) ~ batches^(1/T)."}
+        default=2.0, metadata={"help": "T for SAMPLING=temperature: p(task) ~ batches^(1/T).", "range": POSITIVE}
     )
     task_weights: dict[str, float] = field(
-        default_factory=dict, metadata={"help": "Loss weight per task, e.g. 'rte=2,stsb=0.5' (default 1)."}
+        default_factory=dict,
+        metadata={"help": "Loss weight per task, e.g. 'rte=2,stsb=0.5' (default 1).", "range": NON_NEGATIVE},
     )
     task_weighting: TaskWeighting = field(
         default="static",
@@ -74,7 +109,8 @@ class Settings:
                   "(Kendall et al., 2018)."},
     )
     task_weighting_lr: float = field(
-        default=0.01, metadata={"help": "Learning rate of the learned loss weights (TASK_WEIGHTING=uncertainty)."}
+        default=0.01, metadata={"help": "Learning rate of the learned loss weights (TASK_WEIGHTING=uncertainty).",
+                                "range": POSITIVE}
     )
     select_best: SelectBest = field(
         default="per_task",
@@ -86,17 +122,19 @@ class Settings:
                                 "windows of 50 batches; batches in random order)."}
     )
     eval_steps: int | None = field(
-        default=None, metadata={"help": "Evaluate every N steps; empty = at the end of each epoch."}
+        default=None, metadata={"help": "Evaluate every N steps; empty = at the end of each epoch.", "range": COUNT}
     )
     save_steps: int | None = field(
-        default=None, metadata={"help": "Checkpoint every N steps; empty = at the end of each epoch."}
+        default=None, metadata={"help": "Checkpoint every N steps; empty = at the end of each epoch.", "range": COUNT}
     )
     save_total_limit: int | None = field(
-        default=3, metadata={"help": "Keep at most N checkpoints (the newest is never deleted)."}
+        default=3, metadata={"help": "Keep at most N checkpoints (the newest is never deleted).", "range": COUNT}
     )
-    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
-    warmup_ratio: float = field(default=0.06, metadata={"help": "Fraction of steps for linear LR warmup."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N steps.", "range": COUNT})
+    warmup_ratio: float = field(
+        default=0.06, metadata={"help": "Fraction of steps for linear LR warmup.", "range": Range(0, 1, high_open=True)}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay.", "range": NON_NEGATIVE})
     precision: Precision = field(
         default="auto", metadata={"help": "auto (bf16/fp16 when the GPU supports it), fp32, bf16 or fp16."}
     )
@@ -116,9 +154,16 @@ class Settings:
         metadata={"help": "auto (newest complete checkpoint), never, or a checkpoint path; empty = auto on "
                   "Vertex AI, never elsewhere."},
     )
-    seed: int = field(default=42, metadata={"help": "Seed for weights, sampling schedule and shuffling."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Cap training examples per task."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap evaluation examples per task."})
+    seed: int = field(
+        default=42, metadata={"help": "Seed for weights, sampling schedule and shuffling (0 to 2**32-1).",
+                              "range": Range(0, 2**32 - 1)}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Cap training examples per task.", "range": COUNT}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Cap evaluation examples per task.", "range": COUNT}
+    )
     log_dir: str | None = field(default=None, metadata={"help": "TensorBoard logs; empty = OUTPUT_DIR/logs."})
     report_to: tuple[str, ...] = field(
         default=("tensorboard",),
@@ -129,10 +174,11 @@ class Settings:
     )
     log_upload_seconds: float = field(
         default=60.0, metadata={"help": "With JOB_DIR: send the TensorBoard logs to the bucket this often (and at "
-                                "each checkpoint) while training."}
+                                "each checkpoint) while training.", "range": POSITIVE}
     )
     upload_timeout: float = field(
-        default=600.0, metadata={"help": "Seconds to wait for pending checkpoint uploads at the end."}
+        default=600.0, metadata={"help": "Seconds to wait for pending checkpoint uploads at the end.",
+                                 "range": POSITIVE}
     )
     lease_seconds: float = field(
         default=30.0, metadata={"help": "With JOB_DIR: refresh the run's lease on the bucket this often; another run "
@@ -221,42 +267,34 @@ def _parse_weights(env: str, raw: Any) -> dict[str, float]:
             pairs.append((task.strip(), weight.strip()))
     weights = {}
     for task, weight in pairs:
-        weights[task] = parse_float(f"{env} weight for {task!r}", weight, minimum=0.0)
+        weights[task] = parse_float(f"{env} weight for {task!r}", weight)  # its range: _check_ranges
     return weights
 
 
+def _check_ranges(s: Settings) -> None:
+    """Every number setting (and each TASK_WEIGHTS weight) within its field's declared "range"."""
+    hints = _type_hints()
+    for name, f in FIELDS.items():
+        allowed: Range | None = f.metadata.get("range")
+        value = getattr(s, name)
+        if allowed is None or value is None:
+            continue
+        integer = int in typing.get_args(hints[name]) or hints[name] is int
+        for label, number in (value.items() if isinstance(value, dict) else [(None, value)]):
+            if number not in allowed:
+                what = name.upper() if label is None else f"{name.upper()} weight for {label!r}"
+                raise UserError(f"{what}={number} must be {allowed.describe(integer)}")
+
+
 def _validate(s: Settings) -> None:
-    positive = {"batch_size": s.batch_size, "max_seq_length": s.max_seq_length, "logging_steps": s.logging_steps}
-    optional_positive = {
-        "eval_batch_size": s.eval_batch_size,
-        "eval_steps": s.eval_steps,
-        "save_steps": s.save_steps,
-        "save_total_limit": s.save_total_limit,
-        "max_train_samples": s.max_train_samples,
-        "max_eval_samples": s.max_eval_samples,
-    }
     if s.dataloader_workers is not None and s.dataloader_workers < 0:
         raise UserError(f"DATALOADER_WORKERS={s.dataloader_workers} must be 0 or more (empty = auto)")
-    for name, value in {**positive, **{k: v for k, v in optional_positive.items() if v is not None}}.items():
-        if value <= 0:
-            raise UserError(f"{name.upper()}={value} must be a positive integer")
+    _check_ranges(s)
     if s.max_steps == 0 or s.max_steps < -1:
         raise UserError(f"MAX_STEPS={s.max_steps} must be a positive integer, or -1 to train for NUM_EPOCHS")
-    if s.max_steps == -1 and not s.num_epochs > 0:
-        raise UserError(f"NUM_EPOCHS={s.num_epochs} must be > 0 (or set MAX_STEPS)")
-    if s.learning_rate is not None and not s.learning_rate > 0:
-        raise UserError(f"LEARNING_RATE={s.learning_rate} must be > 0")
     if s.task_weighting != "static" and s.task_weights:
         raise UserError(f"TASK_WEIGHTS is for TASK_WEIGHTING=static; TASK_WEIGHTING={s.task_weighting} learns the "
                         "weights: unset one of them")
-    if not s.task_weighting_lr > 0:
-        raise UserError(f"TASK_WEIGHTING_LR={s.task_weighting_lr} must be > 0")
-    if not s.sampling_temperature > 0:
-        raise UserError(f"SAMPLING_TEMPERATURE={s.sampling_temperature} must be > 0")
-    if not 0 <= s.warmup_ratio < 1:
-        raise UserError(f"WARMUP_RATIO={s.warmup_ratio} must be in [0, 1)")
-    if not s.log_upload_seconds > 0:
-        raise UserError(f"LOG_UPLOAD_SECONDS={s.log_upload_seconds} must be > 0 seconds")
     unknown = [t for t in s.report_to if t not in TRACKERS]
     if unknown:
         raise UserError(f"REPORT_TO={unknown[0]!r} is not allowed; choose one or more of: {', '.join(TRACKERS)}")
@@ -264,8 +302,8 @@ def _validate(s: Settings) -> None:
         raise UserError(f"REPORT_TO={','.join(s.report_to)}: 'none' turns every tracker off; give it alone")
     if not 0 < s.lease_seconds < float("inf"):
         raise UserError(f"LEASE_SECONDS={s.lease_seconds} must be a number of seconds > 0")
-    if s.upload_timeout <= 0:
-        raise UserError(f"UPLOAD_TIMEOUT={s.upload_timeout} must be > 0 seconds")
+    if s.job_dir:
+        storage.parse_uri(s.job_dir)  # gs://bucket/prefix, or one line saying what is wrong
     if s.resume not in ("", "auto", "never") and not (storage.is_uri(s.resume) or Path(s.resume).is_dir()):
         raise UserError(f"RESUME={s.resume!r} is not a checkpoint directory; use auto, never or a checkpoint path")
 

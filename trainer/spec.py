@@ -47,6 +47,7 @@ class TaskSpec:
     hub_options: dict[str, Any] = field(default_factory=dict, hash=False)
     # Generated offline by trainer.demo.
     demo: bool = False
+    override: bool = False  # TASKS_FILE: this task replaces the built-in task of its name
 
     def __post_init__(self) -> None:
         kind = KINDS.get(self.type)
@@ -56,7 +57,9 @@ class TaskSpec:
         extra = sorted(set(self.options) - set(known))
         if extra:
             raise UserError(f"task {self.name!r}: {self.type} takes no field(s) {', '.join(extra)}")
-        full = {f.name: f.parse(self.options[f.name]) if f.name in self.options else f.default for f in kind.fields}
+        where = f"task {self.name!r}"
+        full = {f.name: f.parse(self.options[f.name], where) if f.name in self.options else f.default
+                for f in kind.fields}
         object.__setattr__(self, "options", full)
 
     def __getattr__(self, name: str) -> Any:  # only called for names that are not dataclass fields

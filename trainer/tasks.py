@@ -15,10 +15,10 @@ import yaml
 
 from trainer import demo
 from trainer.arrow_split import UnlabelledSplit, read_local_split
-from trainer.env import parse_bool
 from trainer.errors import UserError
 from trainer.file_rows import iter_file_rows
 from trainer.kinds import KINDS
+from trainer.kinds.base import Field
 from trainer.spec import ALL_SPLITS, COMMON_FIELDS, SPLITS, TaskData, TaskSpec
 
 __all__ = ["ALL_SPLITS", "BUILTIN_TASKS", "DEMO_TASKS", "SPLITS", "TaskData", "TaskSpec", "UnlabelledSplit",
@@ -96,7 +96,7 @@ DEMO_TASKS: dict[str, TaskSpec] = {
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 _REQUIRED = ("name", "type", "train_file", "dev_file")
 _FILE_FIELDS = ("header", "column_names", "encoding", "format")
-_DECLARABLE = ("test_file", "main_metric", "in_average", "source", *_FILE_FIELDS)
+_DECLARABLE = ("test_file", "main_metric", "in_average", "override", "source", *_FILE_FIELDS)
 _SOURCE_KEYS = ("dataset", "config", "train", "dev", "test")
 
 
@@ -122,20 +122,15 @@ def load_tasks_file(path: str) -> dict[str, TaskSpec]:
     entries = doc.get("tasks") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not entries:
         raise UserError(f"TASKS_FILE {path} must contain a non-empty 'tasks:' list")
-    tasks = {}
-    for i, entry in enumerate(entries):
-        task = _task_from_entry(entry, f"TASKS_FILE {path}, task #{i + 1}", file.parent)
+    tasks: dict[str, TaskSpec] = {}
+    numbers: dict[str, int] = {}
+    for i, entry in enumerate(entries, 1):
+        task = _task_from_entry(entry, f"TASKS_FILE {path}, task #{i}", file.parent)
         if task.name in tasks:
-            raise UserError(f"TASKS_FILE {path} declares the task {task.name!r} twice; task names must be unique")
-        tasks[task.name] = task
+            raise UserError(f"TASKS_FILE {path}, task #{i}: field 'name' {task.name!r} is task #{numbers[task.name]}'s "
+                            "name too; task names must be unique")
+        tasks[task.name], numbers[task.name] = task, i
     return tasks
-
-
-def _as_bool(value: Any, where: str, name: str) -> bool:
-    try:
-        return parse_bool(name, value)
-    except UserError as err:
-        raise UserError(f"{where}: {err}") from None
 
 
 def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
@@ -145,7 +140,7 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
         if key not in entry:
             raise UserError(f"{where} is missing the field {key!r}; every task needs name, type, train_file, dev_file "
                             "(or source)")
-    name, kind_name = str(entry["name"]), str(entry["type"])
+    name, kind_name = (_TYPED[key].parse(entry[key], where) for key in ("name", "type"))
     where = f"{where} ({name})"
     if not _NAME.match(name):
         raise UserError(f"{where}: name may only contain letters, digits, '_' and '-'")
@@ -173,25 +168,34 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
     file_fields = [k for k in _FILE_FIELDS if k in entry]
     if "source" in entry and file_fields:
         raise UserError(f"{where}: {', '.join(file_fields)} describe(s) files; a task with a 'source' takes none")
-    options = {k: entry[k] for k in own if k in entry}
+    options = {k: field.parse(entry[k], where) for k, field in own.items() if k in entry}
+    typed = {k: field.parse(entry[k], where) for k, field in _TYPED.items() if k in entry}
+    _check_override(name, typed.get("override", False), where)
     common: dict[str, Any] = {
-        "main_metric": str(entry.get("main_metric", "")),
+        "main_metric": typed.get("main_metric", ""),
         **(_source(entry["source"], where, base) if "source" in entry else
-           {"train_file": str(base / str(entry["train_file"])), "dev_file": str(base / str(entry["dev_file"]))}),
-        "test_file": str(base / str(entry["test_file"])) if entry.get("test_file") else "",
-        "header": _as_bool(entry.get("header", True), where, "header"),
-        "column_names": tuple(str(c) for c in entry.get("column_names", ()) or ()),
-        "encoding": str(entry.get("encoding", "utf-8")),
-        "format": str(entry.get("format", "")),
+           {"train_file": str(base / typed["train_file"]), "dev_file": str(base / typed["dev_file"])}),
+        "test_file": str(base / typed["test_file"]) if typed.get("test_file") else "",
+        **{k: typed[k] for k in ("header", "column_names", "encoding", "format", "in_average", "override")
+           if k in typed},
     }
-    if "in_average" in entry:
-        common["in_average"] = _as_bool(entry["in_average"], where, "in_average")
     spec = TaskSpec(name=name, type=kind_name, options=options, **common)
     validate_task(spec, where)
     for file in (spec.train_file, spec.dev_file, spec.test_file):
         if file:
             spec.file_format(file)
     return spec
+
+
+def _check_override(name: str, override: bool, where: str) -> None:
+    """A declared task may take a built-in task's name only with `override: true` (and only then say it)."""
+    builtin = name in BUILTIN_TASKS or name in DEMO_TASKS
+    if builtin and not override:
+        raise UserError(f"{where}: field 'name' {name!r} is a built-in task's name; rename the task, or set "
+                        "'override: true' to replace the built-in task")
+    if override and not builtin:
+        raise UserError(f"{where}: field 'override' is true but there is no built-in task {name!r} to replace; "
+                        f"built-in tasks: {', '.join([*BUILTIN_TASKS, *DEMO_TASKS])}")
 
 
 def _source(source: Any, where: str, base: Path) -> dict[str, Any]:
@@ -285,11 +289,21 @@ COMMON_HELP = {
                  "optional for predict-file)",
     "main_metric": "the metric for eval_average and model selection (default: the kind's first)",
     "in_average": "true/false: count the task in eval_average (default: true, false for language modelling)",
+    "override": "true/false: this task replaces the built-in task of the same name (default false: a built-in "
+                "task's name is refused)",
     "header": "csv/tsv: the first line is a header (default true)",
     "column_names": "csv/tsv without a header: the column names",
     "encoding": "the files' text encoding (default utf-8)",
     "format": "the files' format when the suffix doesn't say it (csv, tsv, jsonl, txt, conll)",
 }
+
+
+# The common fields' types, checked as the kinds' fields are (`header: ture` is refused, naming the field).
+_TYPED = {name: Field(name, COMMON_HELP[name], default=default, list_of_str=isinstance(default, tuple),
+                      unique=isinstance(default, tuple), value_type=bool if name == "in_average" else None)
+          for name, default in (("name", ""), ("type", ""), ("train_file", ""), ("dev_file", ""), ("test_file", ""),
+                                ("main_metric", ""), ("in_average", None), ("override", False), ("header", True),
+                                ("column_names", ()), ("encoding", "utf-8"), ("format", ""))}
 
 
 def describe_tasks() -> str:

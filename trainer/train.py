@@ -36,6 +36,7 @@ from trainer.model_card import write_cards
 from trainer.modeling import MultitaskModel
 from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer
 from trainer.packing import Packer, packer_for
+from trainer.positions import check_max_seq_length
 from trainer.preemption import PreemptionCallback
 from trainer.report import REPORT_FILE, SETTINGS_FILE, write_report, write_settings
 from trainer.run_claim import claim_run
@@ -44,6 +45,7 @@ from trainer.selection import BestSelection
 from trainer.settings import DEMO_MODEL, Settings, as_record
 from trainer.spec import SPLITS, TaskData, TaskSpec
 from trainer.tasks import describe_choice, read_split, resolve_source, resolve_tasks
+from trainer.writable import check_writable_dir
 
 logger = logging.getLogger(__name__)
 PREEMPTION_UPLOAD_TIMEOUT = 25.0  # seconds after SIGTERM: Vertex AI gives a preempted worker 30 s
@@ -83,13 +85,16 @@ def load_tokenizer(
 
 
 def load_encoder(
-    model_name: str, tasks: list[TaskSpec] = ()
+    model_name: str, tasks: list[TaskSpec] = (), max_seq_length: int | None = None
 ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """The tokenizer and base encoder: the offline demo, a local directory or a hub id.
 
-    Each task's kind checks the config and tokenizer before any weights are loaded.
+    Each task's kind checks the config and tokenizer, and MAX_SEQ_LENGTH is checked against the model's
+    positions, before any weights are loaded.
     """
     tokenizer, config = load_tokenizer(model_name, tasks)
+    if max_seq_length is not None:
+        check_max_seq_length(max_seq_length, config, tokenizer, f"MODEL_NAME={model_name}")
     if config is None:  # the demo
         encoder = demo.build_demo_encoder(len(tokenizer))
         for task in tasks:
@@ -236,10 +241,12 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
                              log_upload_seconds=settings.log_upload_seconds) if dirs else None
     if sync:
         sync.check_bucket()  # a missing bucket stops the run here, before anything is read or written
+    check_writable_dir(settings.output_dir, "OUTPUT_DIR")
+    check_writable_dir(settings.effective_log_dir, "LOG_DIR")
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
     set_seed(settings.seed)
-    tokenizer, encoder = load_encoder(settings.model_name, tasks)
+    tokenizer, encoder = load_encoder(settings.model_name, tasks, settings.max_seq_length)
     logger.info(describe_choice(tasks, settings.tasks, settings.tasks_file))
     packer = packer_for(encoder, tasks) if settings.packing else None
     if settings.torch_compile:

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from trainer.env import parse_bool, parse_int
 from trainer.errors import UserError
 
 if TYPE_CHECKING:
@@ -27,22 +28,74 @@ IGNORE_INDEX = -100  # labels (and reduced predictions) at this value are not sc
 
 @dataclass(frozen=True)
 class Field:
-    """One TASKS_FILE field that belongs to a kind."""
+    """One TASKS_FILE field (of a kind, or every task's): its value's type follows from `default`, `list_of_str`
+    and `value_type`, and `parse` refuses anything else with one line naming the field."""
 
     name: str
     help: str
     default: Any = None
     required: bool = False
     list_of_str: bool = False  # normalised to a tuple of strings
+    unique: bool = False  # a list whose items must differ (labels)
+    value_type: type | None = None  # when `default` doesn't say it (a None default)
 
-    def parse(self, value: Any) -> Any:
-        if isinstance(self.default, str) or (self.required and not self.list_of_str):
-            return str(value)  # column names: `label_column: 1` means the column named "1"
-        if not self.list_of_str:
-            return value
-        if isinstance(value, (list, tuple)):
-            return tuple(str(v) for v in value)
-        return (str(value),)
+    @property
+    def value_kind(self) -> type:
+        """bool, str, int, or tuple (of strings with `list_of_str`, else of integers)."""
+        if self.value_type is not None:
+            return self.value_type
+        if self.list_of_str or isinstance(self.default, tuple):
+            return tuple
+        if isinstance(self.default, (bool, int)):
+            return type(self.default)
+        return str  # column names and other text: `label_column: 1` means the column named "1"
+
+    def parse(self, value: Any, where: str = "") -> Any:
+        """The value as the task holds it; a value of another type is an error naming `where` and the field."""
+        prefix = f"{where}: " if where else ""
+        kind = self.value_kind
+        if kind is bool:
+            try:
+                return parse_bool(self.name, value)
+            except UserError as err:
+                raise UserError(f"{prefix}{err}") from None
+        if kind is int:
+            try:
+                return parse_int(self.name, value)
+            except UserError as err:
+                raise UserError(f"{prefix}{err}") from None
+        if kind is str:
+            if not _scalar(value):
+                raise UserError(f"{prefix}field '{self.name}' takes one value (a text), not {_describe(value)}")
+            return str(value)
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not all(_scalar(v) for v in items):
+            raise UserError(f"{prefix}field '{self.name}' takes a list of "
+                            f"{'texts' if self.list_of_str else 'integers'}, not {_describe(value)}")
+        if self.list_of_str:
+            parsed: tuple[Any, ...] = tuple(str(v) for v in items)
+        else:
+            try:
+                parsed = tuple(parse_int(self.name, v) for v in items)
+            except UserError as err:
+                raise UserError(f"{prefix}{err}") from None
+        if self.unique and len(set(parsed)) != len(parsed):
+            twice = sorted({v for v in parsed if parsed.count(v) > 1})
+            raise UserError(f"{prefix}'{self.name}' lists a value twice ({', '.join(map(str, twice))}); each "
+                            "must be different")
+        return parsed
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    what = ("mapping" if isinstance(value, dict) else "list" if isinstance(value, (list, tuple))
+            else type(value).__name__)
+    return f"a {what} ({value!r:.40})"
 
 
 class TaskKind:
@@ -57,6 +110,7 @@ class TaskKind:
     pipeline: str = ""  # the `transformers.pipeline` task its export works with
     prediction_columns: tuple[str, ...] = ("prediction",)  # what predict-file writes after `index`
     no_packing: str = ""  # why PACKING=1 can't pack this kind's batches (empty: it can, see trainer.packing)
+    takes_choices: bool = False  # `predict --choices`: candidate answers per input (multiple choice)
 
     # -- declaration --------------------------------------------------------------------
 

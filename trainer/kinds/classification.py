@@ -24,19 +24,15 @@ class Classification(SentenceKind):
     summary = "one label per sentence or sentence pair"
     fields = (TEXT_COLUMNS, LABEL_COLUMN,
               Field("labels", "the label values as the files hold them, in order (at least two); a source's "
-                    "ClassLabel gives them", list_of_str=True, default=()),
+                    "ClassLabel gives them", list_of_str=True, unique=True, default=()),
               Field("label_names", "names for integer labels 0..n-1 (as a datasets ClassLabel); labels may then "
-                    "be left out", list_of_str=True, default=()))
+                    "be left out", list_of_str=True, unique=True, default=()))
     metrics = {"accuracy": True, "f1": True, "macro_f1": True, "mcc": True}
     pipeline = "text-classification"
     prediction_columns = ("prediction", "probability")
 
     def validate(self, task: TaskSpec, where: str) -> None:
         super().validate(task, where)
-        for field in ("labels", "label_names"):
-            values = task.options[field]
-            if len(set(values)) != len(values):
-                raise UserError(f"{where}: '{field}' lists a value twice ({', '.join(values)})")
         pending = task.declared_source and not self.values(task)  # the source's ClassLabel names them
         if len(self.values(task)) < 2 and not pending:
             raise UserError(f"{where}: a classification task needs 'labels' (or 'label_names'), at least two")

@@ -30,9 +30,10 @@ class MultipleChoice(TaskKind):
         Field("choices_column", "or: one column holding the list of candidates", default=""),
         Field("label_column", "the column holding the answer", required=True),
         Field("labels", "answer names in choice order (e.g. A..E); empty: the answer is a choice index",
-              list_of_str=True, default=()),
+              list_of_str=True, unique=True, default=()),
     )
     metrics = {"accuracy": True}
+    takes_choices = True
     pipeline = ""  # Transformers has no multiple-choice pipeline
     prediction_columns = ("prediction", "probability")
 

@@ -114,7 +114,7 @@ class TokenClassification(TaskKind):
     summary = "one tag per word (NER, POS); CoNLL or JSONL files"
     fields = (
         Field("labels", "the tag set, e.g. [O, B-PER, I-PER] (required, unless a source's ClassLabel tags name it)",
-              list_of_str=True, default=()),
+              list_of_str=True, unique=True, default=()),
         Field("tokens_column", "JSONL: the column with the list of words", default="tokens"),
         Field("tags_column", "JSONL: the column with the list of tags", default="tags"),
         Field("conll_columns", "CoNLL: the 0-based columns of the word and its tag", default=(0, -1)),
