@@ -237,6 +237,7 @@ TABLE: dict[str, Row] = {
     "evaluate --max_seq_length": command("evaluate --split=dev --max_seq_length=4000", r"MAX_SEQ_LENGTH=4000 is more"),
     "evaluate OUTPUT_DIR under a file": command("evaluate --split=dev --model_dir={run}", r"OUTPUT_DIR=.* is under",
                                                 {"afile": "x"}, OUTPUT_DIR="{tmp}/afile/run"),
+    "an unknown command": command("nope --x=1", r"unknown command 'nope'; choose one of train, launch, check"),
     "job-spec without PROJECT_ID": command("job-spec --output={tmp}/spec.yaml", r"PROJECT_ID is not set"),
     "report without logs": command("report", r"log", OUTPUT_DIR="{tmp}/nothing"),
     "check --tasks=nope": command("check --tasks=nope", r"unknown task\(s\) nope"),

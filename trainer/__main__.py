@@ -18,7 +18,7 @@ from typing import Any
 import fire
 
 from trainer.env import env_file, load_dotenv
-from trainer.errors import UserError, exit_on_user_error
+from trainer.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
 from trainer.settings import FIELDS, Settings, describe, load_settings
 
 _REAL_ENV: dict[str, str] = dict(os.environ)  # before .env is loaded: tells 'env' from '.env'
@@ -296,6 +296,7 @@ _COMMANDS = ("train", "launch", "check", "settings", "tasks", "predict", "predic
 
 def help_text(command: str | None) -> str:
     """--help of the CLI or of one command: its own flags, then the settings it reads (env name, default)."""
+    command = command.replace("_", "-") if command else None
     if command not in _COMMANDS:
         lines = ["usage: python -m trainer COMMAND [--flag=value ...]   (python -m trainer COMMAND --help)", "",
                  "commands:"]
@@ -330,6 +331,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args or any(a in ("--help", "-h") for a in args):
         print(help_text(args[0] if args and not args[0].startswith("-") else None))
         return
+    if args[0].replace("_", "-") not in _COMMANDS:
+        print(f"error: unknown command {args[0]!r}; choose one of {', '.join(_COMMANDS)} "
+              "(python -m trainer --help)", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
     if args[:1] == ["launch"]:  # train flags after `launch` pass through to `train` untouched
         from trainer.launcher import launch
 
