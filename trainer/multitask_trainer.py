@@ -405,6 +405,8 @@ class MultitaskTrainer(Trainer):
                 raise
             shutil.rmtree(folder, ignore_errors=True)
             free = shutil.disk_usage(folder.parent).free
+            if self.progress.training_bar is not None:
+                self.progress.training_bar.close()  # the error line starts on a line of its own
             raise DiskFull(f"no space left on the disk of {folder.parent} to save {folder.name}: a checkpoint needs "
                            f"about {self._checkpoint_bytes(folder.parent) / 1e6:.1f} MB, {free / 1e6:.1f} MB are "
                            "free; free some space or set OUTPUT_DIR to a larger disk (RESUME=auto continues from the "

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -107,7 +108,7 @@ def load_encoder(
         return tokenizer, encoder
     try:
         encoder = AutoModel.from_pretrained(model_name, config=config)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, SafetensorError) as err:  # SafetensorError: truncated or damaged weights
         raise _unloadable(model_name, err) from None
     if tokenizer.pad_token_id is not None:
         encoder.config.pad_token_id = tokenizer.pad_token_id  # every task config copies it
