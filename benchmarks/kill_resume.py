@@ -18,6 +18,7 @@ import argparse
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -98,10 +99,12 @@ def main() -> None:
         print("| kill | killed at step | resumed from | steps lost |")
         print("|---|---|---|---|")
         for row in rows:
-            print(f"| {row['kill']} | {row['at']} | checkpoint-{row['resumed']} | {row['at'] - row['resumed']} |")
+            start = f"checkpoint-{row['resumed']}" if row["resumed"] else "the start (none committed yet)"
+            print(f"| {row['kill']} | {row['at']} | {start} | {row['at'] - row['resumed']} |")
         print(f"final model bit-equal to the uninterrupted run: {bit_equal(work / 'straight', final)}")
     finally:
         emulator.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
