@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,12 +65,13 @@ def test_resuming_a_finished_run_says_so_and_trains_nothing(exported_run, tmp_pa
     out, env, _ = exported_run
     copy = tmp_path / "out"
     shutil.copytree(out, copy, symlinks=True)
-    before = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file() and "best" not in p.parts}
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in copy.rglob("*")}
     result = run_cli("train", env={**env, "OUTPUT_DIR": str(copy), "RESUME": "auto"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"the run in {copy} already finished at step 12; nothing to do" in result.stdout
     assert sorted(p.name for p in copy.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-4", "checkpoint-8"]
-    assert {p: p.stat().st_mtime_ns for p in before} == before  # no checkpoint, model or metrics rewritten
+    after = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in copy.rglob("*")}
+    assert after == before  # nothing written, replaced or added: no checkpoint, model, metrics or selection
 
 
 def test_the_demo_tokenizer_is_the_same_in_every_process():
@@ -135,3 +137,23 @@ def test_a_full_disk_at_save_is_one_line_and_leaves_no_partial_checkpoint(tiny_d
                                "about "), lines[0]
     assert " MB are free" in lines[0]
     assert not (out / "checkpoint-4").exists()
+
+
+def test_under_ddp_every_rank_stops_at_the_same_step(tmp_path):
+    """Two gloo ranks (torchrun, the CLI): the gathered check stops both at once, no rank is left waiting."""
+    from .gcs_emulator import free_port
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           **quick_env(out, TASKS="demo_sentiment,huge", TASKS_FILE=huge_target_task(tmp_path),
+                       SAMPLING="round_robin", SAVE_STEPS="1", EVAL_STEPS="100", LOGGING_STEPS="4", MAX_STEPS="8")}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run([str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                             f"--master_port={free_port()}", "-m", "trainer", "train"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    lines = error_lines(result.stderr)
+    assert len(lines) == 2, result.stderr[-3000:]  # one per rank, the same
+    assert all("the training loss of huge became nan or inf at step 2 (stopped at step 2, " in line
+               for line in lines), lines
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]

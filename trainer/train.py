@@ -308,8 +308,6 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
 
     model = MultitaskModel(encoder, tasks, settings.task_weighting, settings.task_weights)
     selection = BestSelection(settings.select_best, tasks, tokenizer, settings.output_dir)
-    if args.should_save:
-        selection.restore(resume)
     trainer = MultitaskTrainer(
         model=model,
         args=args,
@@ -332,6 +330,8 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
                 steps_per_epoch)
     if resume and finished_run(resume, args, steps_per_epoch):
         return already_finished(settings, resume, args)
+    if args.should_save:
+        selection.restore(resume)
     if resume:
         logger.info("resuming from %s", resume)
     if args.should_save:  # what `python -m trainer report` needs to rebuild the report later
