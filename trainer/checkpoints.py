@@ -6,7 +6,7 @@ a checkpoint but is not one. We write a marker listing every file with its size 
 once the save is done; only a directory whose marker matches its files is used to resume.
 
 Two checks: `is_complete` compares sizes (cheap: finds half-written directories), `damage`
-also recomputes every crc32c (finds flipped bytes; ~0.1 s per 100 MB from the page cache).
+also recomputes every crc32c (finds flipped bytes; ~0.5 s for a 270 MB MiniLM checkpoint).
 Resume verifies the checkpoint it picks and falls back to the next older one when it is damaged.
 The upload reuses the marker's checksums instead of reading the files again.
 """
