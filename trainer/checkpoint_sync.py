@@ -23,7 +23,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from trainer import remote_checkpoints as remote
 from trainer import storage
-from trainer.checkpoints import checkpoint_dir, link_tree
+from trainer.checkpoints import checkpoint_dir, checkpoint_step, link_tree
 from trainer.checksums import IntegrityError, file_checksums
 from trainer.errors import UserError
 from trainer.uploader import BackgroundUploader, UploadError
@@ -76,7 +76,8 @@ def resume_from_bucket(
 
     Returns its path, or None when the bucket holds no committed checkpoint after step
     `newer_than` (the newest one already on local disk). A checkpoint that
-    fails verification is reported and the next older committed one is tried.
+    fails verification is reported and the next older committed one is tried. When every one fails and
+    there is no local checkpoint to fall back to, that is a `UserError` naming each of them.
     """
     committed = remote.list_committed_checkpoints(store, checkpoints)
     failures = []
@@ -86,11 +87,36 @@ def resume_from_bucket(
         try:
             return remote.download_checkpoint(store, uri, local_output_dir)
         except IntegrityError as err:
-            logger.error("checkpoint-%d in %s is unusable, trying an older one: %s", step, checkpoints, err)
-            failures.append(str(err))
+            logger.warning("checkpoint-%d in %s is unusable, trying an older one: %s", step, checkpoints, err)
+            failures.append(f"checkpoint-{step}: {err}")
+    if failures and newer_than < 0:
+        raise UserError(f"no committed checkpoint in {checkpoints} passed verification ({'; '.join(failures)}); "
+                        "delete them, or use RESUME=never (or a new JOB_DIR) to start over")
     if failures:
-        raise IntegrityError(f"no committed checkpoint in {checkpoints} passed verification: {failures[0]}")
+        logger.warning("resuming from the local checkpoint-%d instead", newer_than)
     return None
+
+
+def download_named_checkpoint(store: storage.Store, resume: str, local_output_dir: str | os.PathLike[str]) -> Path:
+    """RESUME=gs://.../checkpoint-<step>: download and verify that one checkpoint. One that is not there, or not
+    committed, or fails verification is a `UserError` naming it and the committed checkpoints beside it."""
+    uri = storage.parse_uri(resume)
+    parent = storage.parse_uri(str(uri).rstrip("/").rpartition("/")[0]) if uri.name else uri
+    beside = [f"checkpoint-{s}" for s, _ in remote.list_committed_checkpoints(store, parent)]  # a bucket must exist
+    under = [f"checkpoint-{s}" for s, _ in remote.list_committed_checkpoints(store, uri)]
+    if checkpoint_step(uri.name) is None:
+        found = f"committed checkpoints under it: {', '.join(under)}" if under else "it holds no committed checkpoint"
+        raise UserError(f"RESUME={resume} is not a checkpoint-<step> directory; {found}")
+    if uri.name not in beside:
+        state = "was never committed (no COMMITTED marker)" if store.list_names(uri) else "does not exist"
+        found = f"committed checkpoints in {parent}: {', '.join(beside)}" if beside else \
+            f"{parent} holds no committed checkpoint"
+        raise UserError(f"RESUME={resume} {state}; {found}")
+    try:
+        return remote.download_checkpoint(store, uri, local_output_dir)
+    except IntegrityError as err:
+        raise UserError(f"RESUME={resume} failed verification: {err}; pick another checkpoint, or RESUME=auto") \
+            from None
 
 
 class LogMirror:

@@ -7,12 +7,16 @@ The data is generated from a fixed seed, so every run sees the same examples.
 from __future__ import annotations
 
 import random
+import string
+from collections import Counter
 from typing import Any
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import normalizers, pre_tokenizers
 from transformers import BertConfig, BertModel, BertTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 SPLIT_SIZES = {"train": 4000, "dev": 300}
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VOCAB_SIZE = 400  # at most; the demo corpus needs fewer
 
 _POSITIVE = ["good", "great", "wonderful", "brilliant", "lovely", "superb", "charming", "delightful", "fun", "moving"]
 _NEGATIVE = ["bad", "awful", "boring", "terrible", "dull", "poor", "weak", "clumsy", "tedious", "painful"]
@@ -97,13 +101,21 @@ def _corpus() -> list[str]:
 
 
 def build_demo_tokenizer() -> PreTrainedTokenizerBase:
-    """A WordPiece vocabulary trained on the demo corpus, wrapped as a BERT tokenizer."""
-    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
-    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    wordpiece.train_from_iterator(_corpus(), trainers.WordPieceTrainer(vocab_size=400, special_tokens=special))
-    return BertTokenizer(vocab=wordpiece.get_vocab(), model_max_length=128)
+    """A WordPiece vocabulary of the demo corpus, wrapped as a BERT tokenizer: the special tokens, every
+    character alone and as a continuation (`##c`, so any word of these letters can be spelled), then the
+    corpus' words, most frequent first, ties in alphabetical order.
+
+    Counted, not trained: the `tokenizers` WordPiece trainer breaks ties in hash-map order, which differs
+    between processes, so two processes got different ids. This vocabulary is the same everywhere.
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(word for text in _corpus()
+                     for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted(set(string.ascii_lowercase + string.digits) | {char for word in counts for char in word})
+    words = sorted((w for w in counts if w not in chars), key=lambda w: (-counts[w], w))
+    tokens = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars), *words][:VOCAB_SIZE]
+    return BertTokenizer(vocab={token: i for i, token in enumerate(tokens)}, model_max_length=128)
 
 
 def build_demo_encoder(vocab_size: int) -> PreTrainedModel:

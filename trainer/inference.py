@@ -18,6 +18,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer.checkpoints import latest_complete_checkpoint
 from trainer.errors import UserError
+from trainer.file_modes import follow_umask
 from trainer.file_rows import iter_file_rows
 from trainer.modeling import MULTITASK_FILE, MultitaskModel
 from trainer.positions import check_max_seq_length
@@ -147,6 +148,7 @@ def save_task(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, name: s
     finally:
         if bars:
             transformers_logging.enable_progress_bar()
+    follow_umask(directory)  # safetensors writes 0600
     tokenizer.save_pretrained(directory)
     (directory / TASK_FILE).write_text(json.dumps(model.tasks[name].to_dict(), indent=2), encoding="utf-8")
 

@@ -6,8 +6,11 @@ The training loop, progress bars, logging, checkpointing and resume are the stoc
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,15 +22,45 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import EvalPrediction, has_length
 
+from trainer.checkpoints import CHECKPOINT_PREFIX
 from trainer.data import MultitaskDataset
+from trainer.errors import UserError
 from trainer.eval_order import OrderedSampler, length_order, restore
+from trainer.file_modes import follow_umask
 from trainer.metrics import aggregate_score, metrics_by_task
 from trainer.modeling import MultitaskModel
 from trainer.sampler import MultitaskBatchSampler
 from trainer.spec import TaskSpec
 
 AGGREGATE_METRIC = "average"
+NO_STEP = 2**62  # "no non-finite loss yet", in the per-task record of the first step that had one
 logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(UserError):
+    """A training loss became NaN or infinite; the run stopped without saving or evaluating that state."""
+
+    def __init__(self, step: int, tasks: list[str], stopped_at: int) -> None:
+        self.step, self.tasks, self.stopped_at = step, tasks, stopped_at
+        super().__init__(f"the training loss of {' and '.join(tasks)} became nan or inf at step {step} (stopped at "
+                         f"step {stopped_at}, nothing saved after it)")
+
+
+class DiskFull(UserError):
+    """A checkpoint did not fit on the disk; its partial folder is removed."""
+
+
+class FiniteLossGuard(TrainerCallback):
+    """Checks the losses before a save or an evaluation that is not also a logging step (the log checks
+    those): no checkpoint is ever saved from weights a non-finite loss has touched."""
+
+    def __init__(self, trainer: MultitaskTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if (control.should_save or control.should_evaluate) and not control.should_log:
+            self.trainer.check_finite_losses()
+        return control
 
 
 class TaskProgressCallback(ProgressCallback):
@@ -121,6 +154,10 @@ class MultitaskTrainer(Trainer):
         self._task_index = {t.name: i for i, t in enumerate(tasks)}
         self._task_loss_sums = torch.zeros(len(tasks), device=self.args.device)
         self._task_loss_counts = torch.zeros(len(tasks), dtype=torch.long)
+        # per task, the first step whose loss was not finite; filled on the device, read at logging steps
+        self._first_nonfinite = torch.full((len(tasks),), NO_STEP, dtype=torch.long, device=self.args.device)
+        self.diverged: TrainingDiverged | None = None
+        self.add_callback(FiniteLossGuard(self))
         self.sampling = sampling
         self.sampling_temperature = sampling_temperature
         self.weighting_learning_rate = weighting_learning_rate
@@ -227,14 +264,50 @@ class MultitaskTrainer(Trainer):
         """The model weights each task's loss (and sums them in an all_tasks step); this keeps the
         unweighted per-task losses for the log."""
         outputs = model(**inputs)
-        for task, task_loss in (outputs.get("task_losses") or {}).items():  # training only
+        task_losses = outputs.get("task_losses") or {}  # training only
+        for task, task_loss in task_losses.items():
             index = self._task_index[task]
             self._task_loss_sums[index] += task_loss.detach().float()  # on the device: no host sync per step
             self._task_loss_counts[index] += 1
+        if task_losses:
+            self._record_nonfinite(task_losses, outputs.loss.detach())
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _record_nonfinite(self, task_losses: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
+        """Note the step in `_first_nonfinite` for each task whose loss is not finite (all the step's tasks when
+        only the weighted sum is). Device operations only: nothing waits for the GPU here."""
+        own = {task: ~torch.isfinite(task_loss.detach()) for task, task_loss in task_losses.items()}
+        only_total = ~torch.isfinite(loss) & ~torch.stack(list(own.values())).any()
+        step = self.state.global_step + 1  # the step being computed
+        for task, bad in own.items():
+            index = self._task_index[task]
+            first = self._first_nonfinite[index]
+            self._first_nonfinite[index] = torch.where((bad | only_total) & (first == NO_STEP), step, first)
+
+    def check_finite_losses(self) -> None:
+        """Stop the run, without saving or evaluating, when any loss since the start was not finite.
+
+        Called at logging steps (where `log` reads the losses anyway) and before saves and evaluations, so a
+        non-finite loss stops the run at the next of those at the latest, and every checkpoint saved was
+        computed from finite losses. Under DDP every rank takes the same (gathered) decision.
+        """
+        first = self._first_nonfinite
+        if self.args.world_size > 1:  # a collective: every rank calls this at the same step
+            first = self.accelerator.gather(first).view(self.args.world_size, -1).min(0).values
+        steps = first.tolist()
+        bad = [step for step in steps if step != NO_STEP]
+        if not bad:
+            return
+        step = min(bad)
+        self.diverged = TrainingDiverged(step, [t.name for t, s in zip(self.tasks, steps, strict=True) if s == step],
+                                         self.state.global_step)
+        self.control.should_training_stop = True
+        self.control.should_save = self.control.should_evaluate = False
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add `<task>_loss`, each task's mean (unweighted) training loss since the last log, beside `loss`."""
+        if "loss" in logs:
+            self.check_finite_losses()
         if "loss" in logs and self._task_loss_counts.any():
             sums = self._task_loss_sums.clone()
             counts = self._task_loss_counts.to(sums.device, torch.float32)
@@ -334,6 +407,43 @@ class MultitaskTrainer(Trainer):
         if self.args.should_save:
             model: MultitaskModel = self.accelerator.unwrap_model(self.model)
             model.save_config(output_dir or self.args.output_dir)
+            follow_umask(output_dir or self.args.output_dir)  # safetensors writes 0600
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """The stock checkpoint; when the disk is full, its partial folder is removed and the run stops with one
+        line naming the space it needs."""
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as err:
+            folder = Path(self._get_output_dir(trial)) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+            if not self.args.should_save or not _out_of_space(err, folder):
+                raise
+            shutil.rmtree(folder, ignore_errors=True)
+            free = shutil.disk_usage(folder.parent).free
+            if self.progress.training_bar is not None:
+                self.progress.training_bar.close()  # the error line starts on a line of its own
+            raise DiskFull(f"no space left on the disk of {folder.parent} to save {folder.name}: a checkpoint needs "
+                           f"about {self._checkpoint_bytes(folder.parent) / 1e6:.1f} MB, {free / 1e6:.1f} MB are "
+                           "free; free some space or set OUTPUT_DIR to a larger disk (RESUME=auto continues from the "
+                           "last checkpoint)") from None
+
+    def _checkpoint_bytes(self, output_dir: Path) -> int:
+        """What a checkpoint takes: the size of the newest one on disk, else weights plus AdamW's two moments."""
+        for folder in sorted(output_dir.glob(f"{CHECKPOINT_PREFIX}*"), key=lambda p: p.stat().st_mtime, reverse=True):
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            if size:
+                return size
+        return 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+
+def _out_of_space(err: BaseException, folder: Path) -> bool:
+    """An ENOSPC, or a writer's error (torch.save's RuntimeError hides the errno) while the disk is full."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder.parent).free < 1024 * 1024
+    except OSError:
+        return False
 
 
 class FinalSaveCallback(TrainerCallback):

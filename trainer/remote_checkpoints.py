@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from trainer.checkpoints import CHECKPOINT_PREFIX, checkpoint_step
+from trainer.checkpoints import CHECKPOINT_PREFIX, checkpoint_step, marker_files
 from trainer.checksums import IntegrityError, checksums, file_checksums
 from trainer.storage import NotFound, Store
 
@@ -32,9 +32,12 @@ MANIFEST_FORMAT = 1
 # ------------------------------------------------------------------------------------------- uploads
 
 
-def upload_tree(store: Store, local_dir: str | os.PathLike[str], dest: Any) -> list[dict[str, Any]]:
+def upload_tree(store: Store, local_dir: str | os.PathLike[str], dest: Any,
+                known: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Upload every file under `local_dir` to `dest/<relative path>`, each checksum-verified.
 
+    `known` maps relative paths to checksums already computed (a local checkpoint's marker): those files are
+    not read twice. The server compares what it receives with them, so a file changed since is still caught.
     Returns one manifest entry per file: path (relative, '/'-separated), size, crc32c.
     """
     root = Path(local_dir)
@@ -43,7 +46,10 @@ def upload_tree(store: Store, local_dir: str | os.PathLike[str], dest: Any) -> l
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        sums = file_checksums(path)
+        sums = (known or {}).get(rel)
+        if sums is None or "crc32c" not in sums or sums.get("size") != path.stat().st_size:
+            sums = file_checksums(path)
+        sums = {"size": sums["size"], "crc32c": sums["crc32c"]}
         store.upload_file(path, dest.child(rel), sums)
         entries.append({"path": rel, **sums})
     return entries
@@ -65,7 +71,8 @@ def upload_checkpoint(store: Store, local_dir: str | os.PathLike[str], checkpoin
     dest = checkpoints.child(f"{CHECKPOINT_PREFIX}{step}")
     store.delete(dest.child(MARKER))
     started = time.monotonic()
-    files = upload_tree(store, local_dir, dest)
+    known = marker_files(Path(local_dir)) or {}
+    files = upload_tree(store, local_dir, dest, {Path(rel).as_posix(): sums for rel, sums in known.items()})
     if not files:
         raise IntegrityError(f"{local_dir} has no files; refusing to commit an empty checkpoint")
     manifest_bytes = json.dumps({"format": MANIFEST_FORMAT, "step": step, "files": files}, indent=1).encode()
@@ -197,6 +204,20 @@ def download_checkpoint(store: Store, ckpt: Any, local_parent: str | os.PathLike
         raise
     logger.info("downloaded and verified %s -> %s", ckpt, target)
     return target
+
+
+def remove_partial_downloads(local_parent: str | os.PathLike[str]) -> list[Path]:
+    """Delete what an interrupted `download_checkpoint` left in `local_parent` (its `.partial` folders and a
+    replaced checkpoint's `.old-<pid>` folder). Returns what was deleted."""
+    parent = Path(local_parent)
+    if not parent.is_dir():
+        return []
+    leftovers = [p for p in parent.iterdir() if p.is_dir() and p.name.startswith(f".{CHECKPOINT_PREFIX}")
+                 and (p.name.endswith(".partial") or ".old-" in p.name)]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+        logger.info("removed %s, left by an interrupted download", path)
+    return leftovers
 
 
 def _replace_dir(src: Path, target: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -23,9 +24,21 @@ from transformers import (
 from transformers.trainer_utils import set_seed
 
 from trainer import demo, storage
-from trainer import remote_checkpoints as remote
-from trainer.checkpoint_sync import CloudDirs, CloudSyncCallback, resolve_cloud_dirs, resume_from_bucket
-from trainer.checkpoints import CompleteMarkerCallback, checkpoint_step, resolve_resume, write_text_atomically
+from trainer.checkpoint_sync import (
+    CloudDirs,
+    CloudSyncCallback,
+    download_named_checkpoint,
+    resolve_cloud_dirs,
+    resume_from_bucket,
+)
+from trainer.checkpoints import (
+    CompleteMarkerCallback,
+    checkpoint_step,
+    latest_complete_checkpoint,
+    resolve_resume,
+    trained_steps,
+    write_text_atomically,
+)
 from trainer.console import EvalTableCallback, summary
 from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
@@ -34,10 +47,11 @@ from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR
 from trainer.metrics import METRICS_FILE, metrics_by_task
 from trainer.model_card import write_cards
 from trainer.modeling import MultitaskModel
-from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer
+from trainer.multitask_trainer import AGGREGATE_METRIC, FinalSaveCallback, MultitaskTrainer, TrainingDiverged
 from trainer.packing import Packer, packer_for
 from trainer.positions import check_max_seq_length
 from trainer.preemption import PreemptionCallback
+from trainer.remote_checkpoints import remove_partial_downloads
 from trainer.report import REPORT_FILE, SETTINGS_FILE, write_report, write_settings
 from trainer.run_claim import claim_run
 from trainer.sampling import STRATEGIES
@@ -102,7 +116,7 @@ def load_encoder(
         return tokenizer, encoder
     try:
         encoder = AutoModel.from_pretrained(model_name, config=config)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, SafetensorError) as err:  # SafetensorError: truncated or damaged weights
         raise _unloadable(model_name, err) from None
     if tokenizer.pad_token_id is not None:
         encoder.config.pad_token_id = tokenizer.pad_token_id  # every task config copies it
@@ -158,6 +172,7 @@ def training_arguments(settings: Settings) -> TrainingArguments:
         save_strategy="steps",
         logging_strategy="steps",
         logging_steps=settings.logging_steps,
+        logging_nan_inf_filter=False,  # not averaged away (a host sync per step): MultitaskTrainer stops the run
         save_total_limit=settings.save_total_limit,
         report_to=list(settings.report_to),  # ["none"]: no tracker
         seed=settings.seed,
@@ -170,25 +185,65 @@ def training_arguments(settings: Settings) -> TrainingArguments:
 
 
 def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDirs | None) -> str | None:
-    """The checkpoint to resume from: RESUME=auto takes the newest complete one, local or in the bucket."""
+    """The checkpoint to resume from: RESUME=auto takes the newest intact one, local or in the bucket.
+
+    Each machine's main process verifies it (checksums), sets damaged ones aside, downloads from the bucket;
+    the other processes then take the checkpoint it left in place.
+    """
     mode = settings.effective_resume
-    if storage.is_uri(mode):  # one given checkpoint in a bucket
-        uri = storage.parse_uri(mode)
-        with args.main_process_first(local=True, desc="downloading the checkpoint"):
-            if args.local_process_index == 0:
-                remote.download_checkpoint(storage.open_store(uri), uri, settings.output_dir)
-        return resolve_resume(str(Path(settings.output_dir) / uri.name), settings.output_dir)
-    local = resolve_resume(mode, settings.output_dir)
-    if mode != "auto" or dirs is None:
+    with args.main_process_first(local=True, desc="finding the checkpoint to resume from"):
+        if args.local_process_index != 0:  # the main process has verified, set aside or downloaded it
+            if mode == "auto":
+                found = latest_complete_checkpoint(settings.output_dir)
+                return str(found) if found else None
+            if storage.is_uri(mode):
+                return str(Path(settings.output_dir) / storage.parse_uri(mode).name)
+            return None if mode == "never" else mode
+        remove_partial_downloads(settings.output_dir)
+        if storage.is_uri(mode):  # one given checkpoint in a bucket
+            uri = storage.parse_uri(mode)
+            return str(download_named_checkpoint(storage.open_store(uri), mode, settings.output_dir))
+        local = resolve_resume(mode, settings.output_dir)
+        if mode != "auto" or dirs is None:
+            return local
+        local_step = checkpoint_step(Path(local).name) if local else -1
+        found = resume_from_bucket(storage.open_store(dirs.checkpoints), dirs.checkpoints, settings.output_dir,
+                                   newer_than=local_step)
+        if found:
+            logger.info("downloaded %s from %s", found.name, dirs.checkpoints)
+            return str(found)
         return local
-    local_step = checkpoint_step(Path(local).name) if local else -1
-    with args.main_process_first(local=True, desc="looking for checkpoints in the bucket"):
-        if args.local_process_index == 0:
-            found = resume_from_bucket(storage.open_store(dirs.checkpoints), dirs.checkpoints, settings.output_dir,
-                                       newer_than=local_step)
-            if found:
-                logger.info("downloaded %s from %s", found.name, dirs.checkpoints)
-    return resolve_resume(mode, settings.output_dir)
+
+
+def finished_run(checkpoint: str, args: TrainingArguments, steps_per_epoch: int) -> bool:
+    """The checkpoint is at (or past) the run's last step: MAX_STEPS, else NUM_EPOCHS' steps."""
+    planned = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    return trained_steps(checkpoint) >= planned
+
+
+def already_finished(settings: Settings, checkpoint: str, args: TrainingArguments) -> dict[str, Any]:
+    """Nothing to train: say so (one line) and return the run's metrics.json, if it has one."""
+    metrics = Path(settings.output_dir) / METRICS_FILE
+    report = json.loads(metrics.read_text(encoding="utf-8")) if metrics.is_file() else {}
+    if args.process_index == 0:
+        exported = "" if report else (f"; it has no {METRICS_FILE} or export: python -m trainer export "
+                                      f"--model_dir={checkpoint} writes one")
+        print(f"the run in {settings.output_dir} already finished at step {trained_steps(checkpoint)}; nothing to do "
+              f"(raise MAX_STEPS or NUM_EPOCHS to train on, or RESUME=never to start over){exported}", flush=True)
+    return report
+
+
+def diverged_error(diverged: TrainingDiverged, output_dir: str, dirs: CloudDirs | None) -> TrainingDiverged:
+    """The one line of a run whose loss became NaN or inf: the step, the task and the last finite checkpoint."""
+    last = latest_complete_checkpoint(output_dir)  # saves stop at the first non-finite loss: this one is finite
+    advice = "lower LEARNING_RATE or check the task's data"
+    if last:
+        where = f"the last finite checkpoint is {last}" + (f" (also in {dirs.checkpoints})" if dirs else "")
+        advice += f", then resume with RESUME={last}"
+    else:
+        where = "no checkpoint was saved before it"
+    diverged.args = (f"{diverged.args[0]}; {where}; {advice}",)
+    return diverged
 
 
 def write_metrics(path: Path, metrics: dict[str, float], tasks: list[TaskSpec], step: int,
@@ -277,8 +332,6 @@ def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[
 
     model = MultitaskModel(encoder, tasks, settings.task_weighting, settings.task_weights)
     selection = BestSelection(settings.select_best, tasks, tokenizer, settings.output_dir)
-    if args.should_save:
-        selection.restore(resume)
     trainer = MultitaskTrainer(
         model=model,
         args=args,
@@ -300,6 +353,10 @@ def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[
     args.eval_steps = settings.eval_steps or steps_per_epoch
     logger.info("tasks: %s; %d train examples; %d steps per epoch", ", ".join(t.name for t in tasks), len(train_set),
                 steps_per_epoch)
+    if resume and finished_run(resume, args, steps_per_epoch):
+        return already_finished(settings, resume, args)
+    if args.should_save:
+        selection.restore(resume)
     if resume:
         logger.info("resuming from %s", resume)
     if args.should_save:  # what `python -m trainer report` needs to rebuild the report later
@@ -308,6 +365,8 @@ def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[
             sync.upload_soon(settings_file, dirs.model.child(SETTINGS_FILE))
 
     trainer.train(resume_from_checkpoint=resume)
+    if trainer.diverged:
+        raise diverged_error(trainer.diverged, settings.output_dir, dirs)
     if preemption.preempted:  # exit 143 whatever became of the upload: on_train_end waited what the grace allows
         step = trainer.state.global_step
         bucket = sync.after_preemption(step) if sync and args.should_save else ""
@@ -327,5 +386,6 @@ def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[
             sync.upload_final(output / FINAL_MODEL_DIR, settings.effective_log_dir, output / METRICS_FILE,
                               export_dir=output / EXPORT_DIR, report_file=report_file)
         print(summary(report, tasks, outputs(settings, tasks, report_file, dirs)), flush=True)
+        remove_partial_downloads(settings.output_dir)
     return report
 
