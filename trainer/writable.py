@@ -2,7 +2,7 @@
 
 A directory (or a file's folder) that is a file, sits under a file, or is on a read-only location is refused.
 The only test that tells for sure is writing: a probe folder is created beside what would be created, and
-removed at once, so nothing is left behind.
+removed at once (the folder's times put back), so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ def _unwritable(directory: Path) -> str | None:
         existing = existing.parent
     if not existing.is_dir():
         return f"is under {existing}, which is a file; give a path in a directory"
+    times = existing.stat()
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=existing))
+        os.utime(existing, ns=(times.st_atime_ns, times.st_mtime_ns))  # and the folder looks untouched
     except OSError as err:
         return f"can't be written: {existing} is read-only or not writable ({err.strerror}); choose a writable place"
     return None
