@@ -96,7 +96,7 @@ def test_help_on_every_command_lists_its_flags(command):
     assert f"usage: python -m trainer {command}" in result.stdout
     if command not in ("job-spec",):
         assert re.search(r"--batch_size\s+BATCH_SIZE\s+default 32", result.stdout), result.stdout[:2000]
-        assert "Examples per batch per device" in result.stdout
+        assert "Examples per training batch per device" in result.stdout
     if command == "predict":
         assert "--model_dir" in result.stdout and "- for stdin" in result.stdout
 

@@ -30,7 +30,7 @@ from trainer.errors import UserError
 from trainer.file_rows import csv_reader, iter_file_rows, python_encoding
 from trainer.spec import TaskData, TaskSpec
 
-READER_VERSION = "1"  # bump when reading or normalising changes, to invalidate cached splits
+READER_VERSION = "2"  # bump when reading or normalising changes, to invalidate cached splits
 BLOCK_BYTES = 1 << 20  # Arrow parses about this much at a time
 BATCH_ROWS = 10_000  # rows per batch written on the row-by-row path
 
@@ -144,7 +144,7 @@ def _arrow_batches(task: TaskSpec, path: str, split: str) -> Iterator[pa.Table |
                 raise UnlabelledSplit(task, split, path)
             first = False
             yield task.kind.normalise_arrow(task, block)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, UnicodeDecodeError):
         # a row Arrow can't parse (column count, quoting, encoding, JSON types that change): go row by row
         yield None
 
@@ -156,7 +156,7 @@ def _raw_blocks(task: TaskSpec, path: str) -> Iterator[pa.Table] | None:
     if fmt not in ("csv", "tsv", "jsonl") or python_encoding(task) != "utf-8-sig":
         return None
     if fmt == "jsonl":  # each block's types are inferred on their own: no block fixes the next one's
-        return (pa_json.read_json(pa.BufferReader(piece)) for piece in _pieces(path, quoted=False))
+        return (pa_json.read_json(pa.BufferReader(_utf8(piece))) for piece in _pieces(path, quoted=False))
     header = _header(task, path, fmt)
     if header is None:
         return None
@@ -171,6 +171,12 @@ def _raw_blocks(task: TaskSpec, path: str) -> Iterator[pa.Table] | None:
                         ).rename_columns(names)
         for i, piece in enumerate(_pieces(path, quoted=fmt == "csv"))
     )
+
+
+def _utf8(piece: bytes) -> bytes:
+    """The piece, once it is known to be UTF-8 (Arrow's JSON reader does not check; its csv reader does)."""
+    piece.decode("utf-8")
+    return piece
 
 
 def _pieces(path: str, quoted: bool) -> Iterator[bytes]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ from trainer.run_identity import (
     write_local,
 )
 from trainer.run_lease import LEASE_FILE, Lease, owner
-from trainer.run_lock import OutputLock
+from trainer.run_lock import LOCK_FILE, OutputLock
 from trainer.settings import Settings
 from trainer.spec import TaskData, TaskSpec
 
@@ -135,6 +136,7 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
     store = storage.open_store(checkpoints) if checkpoints is not None else None
     identity = decide(mine, find_places(settings, checkpoints, store), mode)
     had_checkpoints = checkpoint_steps(settings.output_dir)
+    created = not Path(settings.output_dir).exists()
     lock = OutputLock(settings.output_dir)
     lock.acquire({"run_id": identity.run_id, "pid": os.getpid(), "host": socket.gethostname(),
                   "since": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -162,7 +164,17 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
         else:
             logger.info("run %s: continuing it (created %s)", identity.run_id, identity.created)
         yield identity
+    except BaseException:
+        _forget(settings.output_dir, created)
+        raise
     finally:
         if lease is not None:
             lease.release()
         lock.release()
+
+
+def _forget(output_dir: str, created: bool) -> None:
+    """A run that stops before it wrote anything but its claim (a refused resume, say) leaves no OUTPUT_DIR."""
+    folder = Path(output_dir)
+    if created and folder.is_dir() and {p.name for p in folder.iterdir()} <= {RUN_FILE, LOCK_FILE}:
+        shutil.rmtree(folder, ignore_errors=True)
