@@ -111,7 +111,7 @@ def test_every_kinds_training_loss_falls(arch, task):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     inputs = batch(task, tokenizer)
     curve = []
-    for _ in range(40):
+    for _ in range(60):
         loss = model(**inputs).loss
         loss.backward()
         optimizer.step()

@@ -140,7 +140,8 @@ def test_gpt2_shared_by_a_causal_lm_and_a_classifier(gpt2_run):
     result = run_cli("predict", "--task=text", "--text=the movie was", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     continuation = json.loads(result.stdout)["continuation"]
-    assert continuation.strip().startswith(tokenizer.decode(generated[0, prompt["input_ids"].shape[1]:]).strip())
+    assert continuation.strip().startswith(tokenizer.decode(generated[0, prompt["input_ids"].shape[1]:],
+                                                                        skip_special_tokens=True).strip())
     classifier = transformers.AutoModelForSequenceClassification.from_pretrained(out / "export" / "demo_sentiment")
     assert classifier.config.id2label == {0: "negative", 1: "positive"}
     result = run_cli("predict", "--task=demo_sentiment", '--text=["what a wonderful film","the plot was dull"]',
