@@ -5,7 +5,7 @@ Trains the MiniLM in ../shared/models/all-MiniLM-L6-v2 on STS-B + RTE + MRPC thr
 MAX_TRAIN_SAMPLES rows, the same task order), and prints each task's main dev metric as mean ± std over
 the seeds, the average, and the wall time per run:
 
-    .venv/bin/python benchmarks/group_by_length.py [--seeds 1,2,3] [--steps 100] [--train_samples 512] [--threads 1]
+    .venv/bin/python benchmarks/group_by_length.py [--seeds 1,2,3] [--steps 250] [--train_samples 1000] [--threads 1]
 
 Every finished run is appended to --results (JSON lines), so a long comparison can be read while it goes,
 and `--table_only` prints the table from that file without training. `--window F` sorts within windows of
@@ -95,11 +95,11 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT.parent / "shared" / "models" / "all-MiniLM-L6-v2"))
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--train_samples", type=int, default=512, help="MAX_TRAIN_SAMPLES per task")
-    parser.add_argument("--eval_samples", type=int, default=1000, help="MAX_EVAL_SAMPLES per task")
+    parser.add_argument("--train_samples", type=int, default=1000, help="MAX_TRAIN_SAMPLES per task")
+    parser.add_argument("--eval_samples", type=int, default=500, help="MAX_EVAL_SAMPLES per task")
     parser.add_argument("--window", type=int, default=None, help="global batches per sorting window")
     parser.add_argument("--results", default=str(ROOT / "outputs" / "group_by_length.jsonl"))
     parser.add_argument("--table_only", action="store_true")
