@@ -137,19 +137,21 @@ def parse_uri(text: str) -> GcsUri:
 
 
 def open_store(client: storage.Client | None = None, retry: Retry | None = None,
-               timeout: float | None = None) -> GcsStore:
-    """`timeout`: give up retrying a request after this many seconds (default GCS_RETRY's 10 minutes)."""
-    return GcsStore(client, retry or (GCS_RETRY.with_timeout(timeout) if timeout else None))
+               timeout: float | None = None, health: StoreHealth | None = None) -> GcsStore:
+    """`timeout`: give up retrying a request after this many seconds (default GCS_RETRY's 10 minutes);
+    `health`: another store's, so that an outage both see is reported once."""
+    return GcsStore(client, retry or (GCS_RETRY.with_timeout(timeout) if timeout else None), health)
 
 
 class GcsStore:
     """Object I/O on Cloud Storage (`trainer.storage.Store`), every request retried with `retry`; `health`
     warns once when requests start failing and once when they are answered again."""
 
-    def __init__(self, client: storage.Client | None = None, retry: Retry | None = None) -> None:
+    def __init__(self, client: storage.Client | None = None, retry: Retry | None = None,
+                 health: StoreHealth | None = None) -> None:
         self.client = client or make_client()
         retry = retry or GCS_RETRY
-        self.health = StoreHealth("Cloud Storage", retry.timeout)
+        self.health = health or StoreHealth("Cloud Storage", retry.timeout)
         self.retry = _reporting(retry, self.health.failed)
 
     def _blob(self, uri: GcsUri) -> storage.Blob:

@@ -124,16 +124,22 @@ def _record(identity: RunIdentity, places: list[Place], output_dir: str, store: 
             store.upload_bytes(identity.to_json().encode(), checkpoints.child(RUN_FILE))
 
 
+STOPPING_RELEASE_TIMEOUT = 1.0  # seconds a run that stops on SIGTERM or an error waits to release its lease
+
+
 @contextlib.contextmanager
 def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[str, TaskData]], checkpoints: Any,
-              writer: bool = True) -> Iterator[RunIdentity | None]:
-    """Hold OUTPUT_DIR (and the bucket's `checkpoints` dir, when given) for this run while the block runs."""
+              writer: bool = True, store: Any = None) -> Iterator[RunIdentity | None]:
+    """Hold OUTPUT_DIR (and the bucket's `checkpoints` dir, when given) for this run while the block runs.
+
+    `store`: the run's own store of `checkpoints` (its uploads'), so an outage is reported once for both."""
     if not writer:
         yield None
         return
     mode = settings.effective_resume
     mine = new_identity(defining_settings(settings, tasks, rows))
-    store = storage.open_store(checkpoints) if checkpoints is not None else None
+    if store is None and checkpoints is not None:
+        store = storage.open_store(checkpoints)
     identity = decide(mine, find_places(settings, checkpoints, store), mode)
     had_checkpoints = checkpoint_steps(settings.output_dir)
     created = not Path(settings.output_dir).exists()
@@ -144,7 +150,8 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
     try:
         if checkpoints is not None:
             # heartbeats give up after one interval (and warn), where the checkpoint uploads retry for minutes
-            beats = storage.open_store(checkpoints, timeout=settings.lease_seconds)
+            beats = storage.open_store(checkpoints, timeout=settings.lease_seconds,
+                                       health=getattr(store, "health", None))
             candidate = Lease(store, checkpoints.child(LEASE_FILE), owner(identity.run_id), settings.lease_seconds,
                               heartbeat_store=beats)
             candidate.acquire()
@@ -166,6 +173,9 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
         yield identity
     except BaseException:
         _forget(settings.output_dir, created)
+        if lease is not None:  # SIGTERM's grace is spent on the checkpoint; a restart takes an ended run's lease
+            lease.release(timeout=STOPPING_RELEASE_TIMEOUT)
+            lease = None
         raise
     finally:
         if lease is not None:

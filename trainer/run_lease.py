@@ -125,17 +125,18 @@ class Lease:
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
 
-    def release(self) -> None:
-        """Stop the heartbeat and delete the lease if it is still ours; gives up after RELEASE_TIMEOUT."""
+    def release(self, timeout: float = RELEASE_TIMEOUT) -> None:
+        """Stop the heartbeat and delete the lease if it is still ours; gives up after `timeout` seconds."""
+        give_up = time.monotonic() + timeout
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(RELEASE_TIMEOUT)
+            self._thread.join(timeout)
         deleter = threading.Thread(target=self._delete, name="lease-release", daemon=True)
         deleter.start()
-        deleter.join(RELEASE_TIMEOUT)
+        deleter.join(max(0.0, give_up - time.monotonic()))
         if deleter.is_alive():
             logger.warning("could not release %s within %.0f s; it goes stale after %.0f s", self.uri,
-                           RELEASE_TIMEOUT, self.stale_after)
+                           timeout, self.stale_after)
 
     # ---------------------------------------------------------------- internals
 

@@ -308,7 +308,8 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         compile_encoder(encoder)
     args = training_arguments(settings)
     # OUTPUT_DIR and JOB_DIR are this run's (or it stops with one line) before anything is written to them
-    with claim_run(settings, tasks, rows, dirs.checkpoints if dirs else None, writer=args.should_save):
+    with claim_run(settings, tasks, rows, dirs.checkpoints if dirs else None, writer=args.should_save,
+                   store=sync.store if sync else None):
         return _train_claimed(settings, callbacks, tasks, rows, tokenizer, encoder, packer, args, dirs, sync)
 
 
