@@ -72,11 +72,6 @@ def _files(directory: Path) -> list[Path]:
             if p.is_file() and p.name not in (COMPLETE_MARKER, f".{COMPLETE_MARKER}.tmp")]
 
 
-def file_sizes(directory: Path) -> dict[str, int]:
-    """Relative path -> size of every file under `directory` (the marker excluded)."""
-    return {str(p.relative_to(directory)): p.stat().st_size for p in _files(directory)}
-
-
 class ChecksumCache:
     """crc32c of files by inode: the hard-linked `best/` copies in every checkpoint are read once, not at
     every save (a file is never modified in place; a new copy is a new inode)."""

@@ -172,6 +172,7 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
             logger.info("run %s: continuing it (created %s)", identity.run_id, identity.created)
         yield identity
     except BaseException:
+        lock.release()  # before its file may go: the lock file is never deleted while held
         _forget(settings.output_dir, created)
         if lease is not None:  # SIGTERM's grace is spent on the checkpoint; a restart takes an ended run's lease
             lease.release(timeout=STOPPING_RELEASE_TIMEOUT)

@@ -59,7 +59,15 @@ def _digest(value: Any) -> str:
 
 def data_fingerprint(rows: dict[str, dict[str, TaskData]]) -> dict[str, str]:
     """`task/split` -> a hash of the rows that split trains or evaluates on."""
-    return {f"{task}/{split}": _digest(data.columns) for task, splits in rows.items() for split, data in splits.items()}
+    return {f"{task}/{split}": _split_digest(data) for task, splits in rows.items() for split, data in splits.items()}
+
+
+def _split_digest(data: TaskData) -> str:
+    """A local file's split is an Arrow dataset whose fingerprint already hashes its bytes (and the caps' row
+    selection): no need to read it into memory again; rows held in lists (hub sources) are hashed."""
+    if data.dataset is not None:
+        return data.dataset._fingerprint
+    return _digest(data.columns)
 
 
 def defining_settings(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[str, TaskData]]) -> dict:
