@@ -182,7 +182,7 @@ class Settings:
     )
     lease_seconds: float = field(
         default=30.0, metadata={"help": "With JOB_DIR: refresh the run's lease on the bucket this often; another run "
-                                "takes over a lease not refreshed for 3x this long."}
+                                "takes over a lease not refreshed for 3x this long.", "range": POSITIVE}
     )
 
     @property
@@ -300,8 +300,6 @@ def _validate(s: Settings) -> None:
         raise UserError(f"REPORT_TO={unknown[0]!r} is not allowed; choose one or more of: {', '.join(TRACKERS)}")
     if "none" in s.report_to and len(s.report_to) > 1:
         raise UserError(f"REPORT_TO={','.join(s.report_to)}: 'none' turns every tracker off; give it alone")
-    if not 0 < s.lease_seconds < float("inf"):
-        raise UserError(f"LEASE_SECONDS={s.lease_seconds} must be a number of seconds > 0")
     if s.job_dir:
         storage.parse_uri(s.job_dir)  # gs://bucket/prefix, or one line saying what is wrong
     if s.resume not in ("", "auto", "never") and not (storage.is_uri(s.resume) or Path(s.resume).is_dir()):
