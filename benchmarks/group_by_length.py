@@ -5,7 +5,7 @@ Trains the MiniLM in ../shared/models/all-MiniLM-L6-v2 on STS-B + RTE + MRPC thr
 MAX_TRAIN_SAMPLES rows, the same task order), and prints each task's main dev metric as mean ± std over
 the seeds, the average, and the wall time per run:
 
-    .venv/bin/python benchmarks/group_by_length.py [--seeds 1,2,3] [--steps 250] [--train_samples 1000] [--threads 1]
+    .venv/bin/python benchmarks/group_by_length.py [--seeds 1,2,3] [--steps 250] [--train_samples 0] [--threads 1]
 
 Every finished run is appended to --results (JSON lines), so a long comparison can be read while it goes,
 and `--table_only` prints the table from that file without training. `--window F` sorts within windows of
@@ -53,7 +53,7 @@ def run(grouped: bool, seed: int, opts: argparse.Namespace, work: Path) -> dict:
     flags = {"model_name": opts.model, "data_dir": opts.data_dir, "tasks": ",".join(TASKS), "seed": seed,
              "group_by_length": grouped, "max_steps": opts.steps, "eval_steps": opts.steps,
              "save_steps": opts.steps, "batch_size": opts.batch_size, "learning_rate": opts.learning_rate,
-             "max_train_samples": opts.train_samples, "max_eval_samples": opts.eval_samples,
+             "max_train_samples": opts.train_samples or None, "max_eval_samples": opts.eval_samples,
              "output_dir": str(work / f"{'grouped' if grouped else 'plain'}-{seed}"), "report_to": "none",
              "save_total_limit": 1}
     settings, _ = load_settings(flags, environ={}, dotenv_path=None)
@@ -98,7 +98,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--train_samples", type=int, default=1000, help="MAX_TRAIN_SAMPLES per task")
+    parser.add_argument("--train_samples", type=int, default=0,
+                        help="MAX_TRAIN_SAMPLES per task (0: the whole split)")
     parser.add_argument("--eval_samples", type=int, default=500, help="MAX_EVAL_SAMPLES per task")
     parser.add_argument("--window", type=int, default=None, help="global batches per sorting window")
     parser.add_argument("--results", default=str(ROOT / "outputs" / "group_by_length.jsonl"))

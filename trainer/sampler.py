@@ -21,7 +21,7 @@ from torch.utils.data import Sampler
 from trainer.sampling import STRATEGIES
 from trainer.sampling.base import Step
 
-MEGABATCH_FACTOR = 50  # length grouping sorts within windows of this many global batches
+MEGABATCH_FACTOR = 200  # length grouping sorts within windows of this many global batches
 
 
 class MultitaskBatchSampler(Sampler[list[int]]):

@@ -119,7 +119,7 @@ class Settings:
     )
     group_by_length: bool = field(
         default=True, metadata={"help": "Batch examples of similar length together within a task (sorted within "
-                                "windows of 50 batches; batches in random order)."}
+                                "windows of 200 batches; batches in random order)."}
     )
     eval_steps: int | None = field(
         default=None, metadata={"help": "Evaluate every N steps; empty = at the end of each epoch.", "range": COUNT}
