@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from trainer.packing import Packer
 from trainer.spec import TaskData, TaskSpec
 
-TOKENIZER_VERSION = "3"  # bump when tokenize_batch changes, to invalidate cached files
+TOKENIZER_VERSION = "4"  # bump when tokenize_batch changes, to invalidate cached files
 
 
 def cache_dir() -> str:

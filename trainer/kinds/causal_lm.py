@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
+from trainer.encode import encode_texts
 from trainer.errors import UserError
 from trainer.kinds.language_model import LanguageModelKind
 
@@ -25,7 +26,7 @@ class CausalLM(LanguageModelKind):
     def token_stream(self, texts: list[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
         """Each text's tokens followed by EOS, so the model learns where a text ends."""
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        return [ids + eos for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+        return [ids + eos for ids in encode_texts(tokenizer, texts, add_special_tokens=False)["input_ids"]]
 
     def shift(self) -> int:
         return 1

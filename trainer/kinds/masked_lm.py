@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import AutoModelForMaskedLM
 
+from trainer.encode import encode_texts
 from trainer.errors import UserError
 from trainer.kinds.base import IGNORE_INDEX
 from trainer.kinds.language_model import LanguageModelKind
@@ -30,7 +31,7 @@ class MaskedLM(LanguageModelKind):
     pipeline = "fill-mask"
 
     def token_stream(self, texts: list[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
-        return tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
+        return encode_texts(tokenizer, texts)["input_ids"]
 
     def check_model(self, task: TaskSpec, config: PreTrainedConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         if tokenizer.mask_token_id is None:

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import torch
 from transformers import AutoModelForMultipleChoice
 
+from trainer.encode import encode_texts
 from trainer.errors import UserError
 from trainer.kinds import columns
 from trainer.kinds.base import Field, TaskKind, batch_logits, has_column, label_index, lookup
@@ -118,7 +119,7 @@ class MultipleChoice(TaskKind):
     ) -> dict[str, list[Any]]:
         firsts = [q for q, choices in zip(batch["text_a"], batch["choices"], strict=True) for _ in choices]
         seconds = [c for choices in batch["choices"] for c in choices]
-        flat = tokenizer(firsts, seconds, truncation=True, max_length=max_length)
+        flat = encode_texts(tokenizer, firsts, seconds, max_length)
         out: dict[str, list[Any]] = {}
         start = 0
         for choices in batch["choices"]:

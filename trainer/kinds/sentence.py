@@ -8,6 +8,7 @@ import datasets
 import pyarrow as pa
 from transformers import AutoModelForSequenceClassification
 
+from trainer.encode import encode_texts
 from trainer.errors import UserError
 from trainer.kinds import columns
 from trainer.kinds.base import Field, TaskKind, batch_logits, has_column, lookup
@@ -70,7 +71,7 @@ class SentenceKind(TaskKind):
         self, batch: dict[str, list[Any]], task: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int
     ) -> dict[str, list[Any]]:
         pairs = batch["text_b"] if self.is_pair(task, batch) else None
-        out = dict(tokenizer(batch["text_a"], pairs, truncation=True, max_length=max_length))
+        out = encode_texts(tokenizer, batch["text_a"], pairs, max_length)
         out["length"] = [len(ids) for ids in out["input_ids"]]
         out["labels"] = batch["label"]
         return out
