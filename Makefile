@@ -19,7 +19,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 
-.PHONY: help install install-dev test lint run-local settings clean
+.PHONY: help install install-dev test test-all chromium lint run-local settings clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -40,13 +40,19 @@ install: $(VENV)/.installed ## Create .venv and install the pinned requirements
 
 install-dev: $(VENV)/.installed-dev ## install, plus test and lint tools
 
-test: install-dev ## Run the offline test suite
-	@# the report's browser check (tests/test_report.py) needs Chromium; without apt it is skipped, not failed
+test: install-dev ## The offline test suite without the tests marked slow (what CI runs; about 10 minutes on 2 cores)
+	$(VENV)/bin/ruff check trainer tests benchmarks scripts
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: install-dev chromium ## Every test, the slow end-to-end ones too (about 20 minutes on 2 cores)
+	$(VENV)/bin/ruff check trainer tests benchmarks scripts
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+chromium:
+	@# the report's browser check (tests/test_report.py, marked slow) needs Chromium; without apt it is skipped
 	@command -v chromium >/dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
 		|| (apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1)) \
 		|| echo "chromium not installed (no apt, or not root): the browser check of report.html will be skipped"
-	$(VENV)/bin/ruff check trainer tests benchmarks scripts
-	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install-dev ## ruff
 	$(VENV)/bin/ruff check trainer tests benchmarks scripts

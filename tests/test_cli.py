@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from .tiny import run_cli
+from .tiny import ROOT, cli_environ, run_cli
 
 
 def test_settings_precedence_default_dotenv_env_flag(tmp_path):
@@ -54,7 +54,7 @@ BAD_INPUT = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
-def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, case):
+def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, forked_cli, case):
     env, message = BAD_INPUT[case]
     env = {k: v.replace("{tmp}", str(tmp_path)) for k, v in env.items()}
     if env.get("TASKS_FILE", "").startswith("tasks:"):
@@ -71,7 +71,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, case):
         (stsb / "train.tsv").write_text(header + "0\tg\tf\ty\t0\ts\ts\ta\tb\thigh\n")
         (stsb / "dev.tsv").write_text(header + "0\tg\tf\ty\t0\ts\ts\ta\tb\t1.0\n")
     output = tmp_path / "out"
-    result = run_cli("train", env={**env, "OUTPUT_DIR": str(output), "MAX_STEPS": "2"})
+    result = forked_cli.run("train", env=cli_environ({**env, "OUTPUT_DIR": str(output), "MAX_STEPS": "2"}), cwd=ROOT)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr[-2000:]

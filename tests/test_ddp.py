@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from .gcs_emulator import free_port
@@ -60,6 +61,7 @@ def write_ner_and_text_tasks(tmp_path) -> None:
         "  - {name: text, type: masked_lm, train_file: text.txt, dev_file: text.txt}\n")
 
 
+@pytest.mark.slow
 def test_torchrun_mixes_classification_masked_lm_and_token_classification(tmp_path):
     write_ner_and_text_tasks(tmp_path)
     tasks, _ = torchrun_worker(tmp_path, SAMPLING="uniform", TASKS="demo_sentiment,ner,text",
@@ -69,6 +71,7 @@ def test_torchrun_mixes_classification_masked_lm_and_token_classification(tmp_pa
     assert "f1" in report["tasks"]["ner"] and "perplexity" in report["tasks"]["text"]
 
 
+@pytest.mark.slow
 def test_torchrun_all_tasks_steps_run_ddp_without_finding_unused_parameters(tmp_path):
     """Token classification and masked LM leave BERT's pooler unused: it is frozen before DDP is built,
     so every parameter that DDP reduces gets a gradient in every step."""

@@ -148,6 +148,7 @@ def test_a_pair_task_without_text_pair_is_refused(named_run):
     assert "task 'same' takes sentence pairs: give --text_pair" in line
 
 
+@pytest.mark.slow
 def test_model_dir_takes_an_output_dir_a_checkpoint_or_an_export(named_run, tmp_path):
     out, env, _ = named_run
     base = {k: v for k, v in env.items() if k != "OUTPUT_DIR"}

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from tests.gcs_emulator import GcsEmulator
@@ -35,6 +36,7 @@ def local_sums(ckpt: Path) -> dict[str, dict]:
     return {p.relative_to(ckpt).as_posix(): file_checksums(p) for p in ckpt.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_upload_survives_server_restart(
     gcs_client, gcs_emulator: GcsEmulator, gcs_bucket: str, tmp_path: Path, monkeypatch
 ) -> None:

@@ -78,6 +78,7 @@ def _steps_done(log_path) -> int:
     return log_path.read_text(errors="replace").count("'loss':") if log_path.exists() else 0
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_from_the_bucket_matches_an_uninterrupted_run(tmp_path, gcs_client, gcs_bucket):
     model = save_tiny_pretrained(tmp_path / "tiny")
     # A checkpoint every 20 steps: as in production, an upload finishes well within one save interval,
@@ -197,6 +198,7 @@ def _committed_lines(text: str, job: str) -> list[int]:
     return [int(m) for m in re.findall(rf"committed {re.escape(job)}/checkpoints/checkpoint-(\d+) ", text)]
 
 
+@pytest.mark.slow
 def test_outage_then_sigterm_with_storage_down(tmp_path, gcs_client, gcs_emulator, gcs_bucket):
     """A 6 s outage while training saves every 2 steps, then SIGTERM while storage is down again."""
     job, out, task_log = f"gs://{BUCKET}/jobs/outage", tmp_path / "out", tmp_path / "run.log"

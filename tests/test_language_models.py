@@ -13,7 +13,7 @@ from trainer.tasks import BUILTIN_TASKS, read_split
 from trainer.train import train
 
 from .test_training import StopAt
-from .tiny import SHARED_DATA, run_cli, save_tiny_gpt2, save_tiny_pretrained, write_text
+from .tiny import ROOT, SHARED_DATA, cli_environ, run_cli, save_tiny_gpt2, save_tiny_pretrained, write_text
 
 
 def tasks_file(root, *entries: str):
@@ -203,13 +203,14 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", sorted(KIND_ERRORS))
-def test_kind_bad_input_gets_one_line_and_writes_nothing(tmp_path, tiny_models, case):
+def test_kind_bad_input_gets_one_line_and_writes_nothing(tmp_path, tiny_models, forked_cli, case):
     entry, content, model, message = KIND_ERRORS[case]
     data = tmp_path / ("a.jsonl" if "jsonl" in entry else "a.txt")
     data.write_text(content + "\n")
     out = tmp_path / "out"
-    result = run_cli("train", env={"MODEL_NAME": str(tiny_models[model]), "TASKS": "t", "OUTPUT_DIR": str(out),
-                                   "TASKS_FILE": str(tasks_file(tmp_path, entry)), "MAX_STEPS": "2"})
+    env = {"MODEL_NAME": str(tiny_models[model]), "TASKS": "t", "OUTPUT_DIR": str(out),
+           "TASKS_FILE": str(tasks_file(tmp_path, entry)), "MAX_STEPS": "2"}
+    result = forked_cli.run("train", env=cli_environ(env), cwd=ROOT)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]

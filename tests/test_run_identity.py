@@ -92,6 +92,7 @@ def test_resume_with_other_tasks_or_another_model_is_one_line(exported_run, tmp_
     assert sorted((str(p), p.stat().st_mtime_ns) for p in out.rglob("*")) == listing  # nothing written
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_and_a_stale_lease(tmp_path, gcs_client, gcs_bucket, caplog):
     job = f"gs://{BUCKET}/busy"
     lease_blob = gcs_client.bucket(BUCKET).blob("busy/checkpoints/lease.json")

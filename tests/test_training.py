@@ -43,6 +43,7 @@ def test_demo_learns_every_task_well_above_chance(demo_run):
     assert latest_complete_checkpoint(out).name == f"checkpoint-{report['global_step']}"  # the last step is saved
 
 
+@pytest.mark.slow
 def test_predict_and_export_from_the_command_line(demo_run, tmp_path):
     out, _ = demo_run
     env = {"OUTPUT_DIR": str(out)}
