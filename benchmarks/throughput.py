@@ -8,16 +8,17 @@ alternating rounds (seed, project, seed, project, ...), so drift in machine load
   `AutoModelFor...` per task, and the stock `Trainer` with that data loader;
 - `project`: the project's own path with its default settings (`MultitaskTrainer`, its sampler,
   `TaskBatchCollator`), on STS-B + RTE + CommonsenseQA from DATA_DIR;
-- overhead: `project` on RTE alone against a stock run_glue-style `Trainer` (`DataCollatorWithPadding`,
-  random batches) on the same tokenised RTE, both without length grouping (the same batch shapes), compared
-  per processed token.
+- overhead: `project` on RTE alone against a stock run_glue-style `Trainer` (`DataCollatorWithPadding`) on the
+  same tokenised RTE, both without length grouping; the stock Trainer gets the project's TrainingArguments and
+  draws the examples in the project's sampler's order, so both train the same batches. After a short warm-up of
+  each, it compares microseconds per processed token over all steps and as the median of the paired steps.
 
 The time of a step runs from the end of the step before to the end of this one (so it includes fetching
 and collating its batch); the first step of each run is left out. Samples/s per task is batch / the task's
 median step time; a mode's samples/s combines the tasks' medians with the proportional mix (each task's
 share of the epoch's batches), so the random order of tasks in a short run can't skew the ratio.
 
-    .venv/bin/python benchmarks/throughput.py [--steps 40] [--rounds 2] [--overhead_steps 30] [--threads 0]
+    .venv/bin/python benchmarks/throughput.py [--steps 40] [--rounds 3] [--overhead_steps 30] [--threads 0]
 """
 
 from __future__ import annotations
@@ -332,7 +333,7 @@ def main() -> None:
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--steps", type=int, default=40, help="steps per mode per round (seed vs project)")
     parser.add_argument("--overhead_steps", type=int, default=30, help="steps per mode per round (overhead)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default (every core)")

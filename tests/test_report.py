@@ -135,7 +135,7 @@ def test_the_report_is_one_self_contained_file_with_a_chart_per_section(demo_run
     assert len({p.name for p in out.iterdir()} & {"report.html", ".report.html.tmp"}) == 1  # no temporary left
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (make test installs it: apt-get install "
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (make test-all installs it: apt-get install "
                     "chromium); the browser check of report.html needs it")
 def test_every_image_of_the_report_decodes_in_a_real_browser(demo_run, tmp_path):
     from PIL import Image
