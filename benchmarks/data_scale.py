@@ -180,8 +180,11 @@ def main() -> None:
         if bare:
             print(f"  the tokenizer alone (Rust encode_batch_fast on every core, nothing else): {bare:,.0f} rows/s;"
                   f" load + tokenise, cold, runs at {cold['rows_per_s'] / bare:.2f}x that")
-        print(f"  targets: peak RSS < 2048 MB: {max(cold['rss_mb'], cold['worker_rss_mb']) < 2048}; "
-              f">= 50,000 rows/s: {cold['rows_per_s'] >= 50_000}; cached start < 5 s: {warm['total_s'] < 5}")
+        if kind == "mlm":  # its rows are paragraphs of 20-200 words: tokens/s says more than rows/s
+            print(f"  cold: {cold['tokens'] / cold['total_s']:,.0f} tokens/s")
+        speed = f">= 50,000 rows/s: {cold['rows_per_s'] >= 50_000}; " if kind == "cls" else ""
+        print(f"  targets: peak RSS < 2048 MB: {max(cold['rss_mb'], cold['worker_rss_mb']) < 2048}; {speed}"
+              f"cached start < 5 s: {warm['total_s'] < 5}")
 
 
 if __name__ == "__main__":
