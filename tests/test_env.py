@@ -7,7 +7,7 @@ import pytest
 from trainer.env import make_fragment, parse_bool, parse_float, parse_int, read_dotenv
 from trainer.errors import UserError
 
-from .tiny import ROOT, run_cli
+from .tiny import ROOT, cli_environ, run_cli
 
 
 def test_dotenv_values_are_literal(tmp_path):
@@ -64,11 +64,11 @@ def test_invalid_values_are_errors_naming_the_variable(parse, raw, message):
     ({"TASK_WEIGHTS": "demo_sentiment=inf"}, r"weight for 'demo_sentiment'='inf' must be a finite number"),
     ({"MAX_STEPS": "ten"}, r"MAX_STEPS='ten' is not an integer"),
 ])
-def test_train_and_settings_refuse_invalid_values(tmp_path, env, message):
+def test_train_and_settings_refuse_invalid_values(tmp_path, forked_cli, env, message):
     import re
 
     for command in ("settings", "train") if "MAX_STEPS" in env else ("settings",):  # train parses as settings does
-        result = run_cli(command, env={**env, "OUTPUT_DIR": str(tmp_path / "out")})
+        result = forked_cli.run(command, env=cli_environ({**env, "OUTPUT_DIR": str(tmp_path / "out")}), cwd=ROOT)
         assert result.returncode == 2, result.stderr
         assert re.search(message, result.stderr.strip()), result.stderr
         assert not (tmp_path / "out").exists()

@@ -5,8 +5,8 @@ lists of five fields, most of which a split never stores: the attention mask is 
 batch is padded (`tokenizer.pad` makes it then), and the offsets are unused. On a fast tokenizer this
 calls its Rust tokenizer directly instead (`encode_batch_fast`: no offsets) and keeps only the ids and,
 where the model takes them, the token type ids: the same ids as the call above. A 1M-row split tokenises
-1.3x as fast end to end (`benchmarks/data_scale.py`), at 0.92x the speed of the bare Rust tokenizer.
-A tokenizer without a Rust backend takes the call above.
+1.3-1.6x as fast end to end (`benchmarks/data_scale.py`). A tokenizer without a Rust backend takes the call
+above.
 """
 
 from __future__ import annotations
