@@ -305,7 +305,7 @@ class SameOrderTrainer(Trainer):
 
 def stock_run(opts: argparse.Namespace, settings: Settings, task: TaskSpec, split: Any, tokenizer: Any,
               record: Record) -> None:
-    """run_glue.py's way: the stock model and Trainer, DataCollatorWithPadding, the Trainer's random sampler.
+    """run_glue.py's way: the stock model and Trainer, DataCollatorWithPadding.
 
     It gets the project's TrainingArguments (the same optimizer, weight decay and schedule) and draws the
     examples in the order the project's sampler does, so both train on the same batches and the comparison
