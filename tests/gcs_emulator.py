@@ -6,7 +6,9 @@ port with its buckets and objects intact (to simulate an outage).
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -74,13 +76,30 @@ class GcsEmulator:
         if self._proc is None:
             return
         if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=5)
+            self._freeze_between_writes()
+            self._proc.kill()
+            self._proc.wait(timeout=5)
         self._proc = None
+
+    def _freeze_between_writes(self) -> None:
+        """Pause the server at a moment when its metadata file is whole.
+
+        The emulator rewrites `.meta` in place (truncate, then write) on every object change, so killing it at
+        a random moment can leave that file empty and the next start fails on it. A real outage loses no
+        committed metadata; this keeps the simulated one honest: stop the process, and if it was caught
+        mid-write, let it run a moment and try again.
+        """
+        meta = self.data_dir / ".cloudstorage" / ".meta"
+        for _ in range(200):
+            self._proc.send_signal(signal.SIGSTOP)
+            try:
+                json.loads(meta.read_bytes())
+                return
+            except FileNotFoundError:
+                return
+            except ValueError:
+                self._proc.send_signal(signal.SIGCONT)
+                time.sleep(0.005)
 
     def patch_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Point google-cloud-storage clients (and our make_client) at this server."""
