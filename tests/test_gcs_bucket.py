@@ -77,7 +77,7 @@ def run_make(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_make_create_bucket_refuses_without_settings() -> None:
     result = run_make({"PROJECT_ID": "demo-project", "BUCKET_NAME": "", "REGION": ""})
     assert result.returncode != 0
-    assert "BUCKET_NAME REGION not set" in result.stderr and ".env.example" in result.stderr
+    assert "BUCKET_NAME, REGION not set" in result.stderr and ".env.example" in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
