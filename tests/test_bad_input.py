@@ -195,6 +195,9 @@ TABLE: dict[str, Row] = {
     "ENV_FILE missing": train(r"ENV_FILE=.*/missing.env does not exist", ENV_FILE="{tmp}/missing.env"),
     ".env with a bad line": train(r"\.env:2: expected NAME=value", {".env": "SEED=1\nthis is not a setting\n"}),
     ".env with a bad number": train(r"SEED='zero' is not an integer", {".env": "SEED=zero\n"}),
+    ".env with a NUL byte": train(r"\.env:2: the line holds a NUL byte", {".env": "SEED=1\nMAX_STEPS=2\0\n"}),
+    "ENV_FILE with a NUL byte": train(r"bad.env:1: the line holds a NUL byte", {"bad.env": "SEED=\0\n"},
+                                      ENV_FILE="{tmp}/bad.env"),
     "--batch_size=0": train(r"BATCH_SIZE=0 must be a positive integer", None, "--batch_size=0"),
     "--seed=-5": train(r"SEED=-5 must be in \[0, 4294967295\]", None, "--seed=-5"),
     "--learning_rate=inf": train(r"LEARNING_RATE='?inf'? must be a finite number", None, "--learning_rate=inf"),
@@ -243,6 +246,26 @@ TABLE: dict[str, Row] = {
     "check --tasks=nope": command("check --tasks=nope", r"unknown task\(s\) nope"),
     "check MAX_SEQ_LENGTH": command("check --max_seq_length=129", r"MAX_SEQ_LENGTH=129 is more than MODEL_NAME=demo"),
     "settings SEED=-1": command("settings", r"SEED=-1 must be in", SEED="-1"),
+    # ---- issue 18: gcloud settings are checked before gcloud starts, and never reach a shell ------------------
+    "create-bucket in no region": command("create-bucket", r"REGION='mars-central1' is not a Cloud Storage location; "
+                                          r"use a region such as us-central1", REGION="mars-central1", **CLOUD),
+    "create-bucket PROJECT_ID with a quote": command(
+        "create-bucket", r"PROJECT_ID=\"x'; touch .*canary; echo '\" is not valid: a project ID has 6-30",
+        PROJECT_ID="x'; touch {tmp}/canary; echo '", BUCKET_NAME="my-bucket", REGION="us-central1"),
+    "cloud-status REGION with $(...)": command(
+        "cloud-status", r"REGION='us-central1\$\(touch .*canary\)' is not valid: use a region like us-central1",
+        REGION="us-central1$(touch {tmp}/canary)", JOB_ID="123", PROJECT_ID="my-project"),
+    "cloud-logs JOB_ID with backticks": command("cloud-logs", r"JOB_ID='1`touch .*canary`' is not valid: use the job's "
+                                                r"number", JOB_ID="1`touch {tmp}/canary`", PROJECT_ID="my-project"),
+    "cloud-status without JOB_ID": command("cloud-status", r"JOB_ID not set and no job submitted from here yet",
+                                           PROJECT_ID="my-project"),
+    "cloud-train JOB_NAME with a newline": command("cloud-train", r"JOB_NAME='a\\ntouch .*canary' is not valid",
+                                                   JOB_NAME="a\ntouch {tmp}/canary", **CLOUD),
+    "cloud-train PROJECT_ID with a double quote": command(
+        "cloud-train", r"PROJECT_ID='x\"; touch .*' is not valid", PROJECT_ID='x"; touch {tmp}/canary; echo "',
+        BUCKET_NAME="my-bucket"),
+    "cloud-train IMAGE_TAG with a semicolon": command("cloud-train", r"IMAGE_TAG='a; touch .*canary' is not valid",
+                                                      IMAGE_TAG="a; touch {tmp}/canary", **CLOUD),
 }
 
 DEFAULTS = {"OUTPUT_DIR": "{tmp}/out", "MAX_STEPS": "2", "BATCH_SIZE": "4"}

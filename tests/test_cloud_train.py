@@ -184,3 +184,68 @@ def test_targets_refuse_to_start_without_a_setting(
     assert missing in result.stderr
     assert ".env.example" in result.stderr or "JOB_ID=" in result.stderr
     assert vertex.requests == []
+
+
+# --- hostile values: nothing in a setting ever runs (issue 18) ------------------------------------------------
+
+HOSTILE = {
+    "single quote": "x'; touch {canary}; echo '",
+    "double quote": 'x"; touch {canary}; echo "',
+    "command substitution": "us-central1$(touch {canary})",
+    "backticks": "a`touch {canary}`",
+    "semicolon": "a; touch {canary}",
+    "newline": "a\ntouch {canary}",
+}
+
+
+def dotenv_line(name: str, value: str) -> str:
+    """NAME="value" with .env's double-quote escapes, so any value fits on one line."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'{name}="{escaped}"\n'
+
+
+def test_hostile_values_never_run(gcloud_to_fake: tuple[Path, dict[str, str]], vertex: FakeVertex):
+    work, env = gcloud_to_fake
+    for kind in HOSTILE:
+        check_hostile_value(work, env, HOSTILE[kind].format(canary=work.parent / "canary"), work.parent / "canary")
+    assert vertex.requests == []
+    assert not (work / ".make" / "job-spec.yaml").exists() and not (work / ".make" / "env.mk").exists()
+
+
+def check_hostile_value(work: Path, env: dict[str, str], value: str, canary: Path) -> None:
+    """One hostile value in each gcloud setting in turn: one `error:` line naming it, and nothing runs."""
+    good = {"PROJECT_ID": PROJECT, "BUCKET_NAME": "test-bucket", "JOB_ID": JOB_NUMBER}
+    cases = [  # (target, the hostile setting, from .env or the environment)
+        ("cloud-status", "REGION", "env"),
+        ("cloud-status", "PROJECT_ID", ".env"),
+        ("cloud-logs", "JOB_ID", ".env"),
+        ("cloud-train", "JOB_NAME", ".env"),
+        ("cloud-train", "PROJECT_ID", "env"),
+    ]
+    for target, name, source in cases:
+        settings = {**good, name: value}
+        dotenv = {k: v for k, v in settings.items() if source == ".env" or k != name}
+        (work / ".env").write_text("".join(dotenv_line(k, v) for k, v in dotenv.items()))
+        result = make(work, {**env, name: value} if source == "env" else env, target, "SKIP_DOCKER=1")
+        assert not canary.exists(), f"{target} ran {name}={value!r} from {source}"
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert result.returncode != 0 and len(errors) == 1, result.stderr
+        assert errors[0].startswith(f"error: {name}=") and "not valid" in errors[0], errors[0]
+        assert "Traceback" not in result.stderr
+    # make -n: every value hostile, in .env and in the environment; make never holds one, so no command shows it
+    (work / ".env").write_text("".join(dotenv_line(k, value) for k in ("PROJECT_ID", "REGION", "JOB_NAME")))
+    hostile_env = {**env, "JOB_ID": value, "BUCKET_NAME": value, "IMAGE_TAG": value}
+    result = make(work, hostile_env, "-n", "cloud-train", "cloud-status", "cloud-logs", "create-bucket",
+                  "SKIP_DOCKER=1")
+    assert not canary.exists() and value not in result.stdout, result.stdout
+
+
+def test_a_valid_job_id_reaches_gcloud_as_one_argument(gcloud_to_fake, vertex: FakeVertex):
+    """JOB_ID from the environment, PROJECT_ID from .env: cloud-status asks the fake for exactly that job."""
+    work, env = gcloud_to_fake
+    (work / ".env").write_text(dotenv_line("PROJECT_ID", PROJECT) + dotenv_line("REGION", "us-central1"))
+    vertex.job = {"name": JOB_NAME, "displayName": "j"}
+    result = make(work, {**env, "JOB_ID": JOB_NUMBER}, "cloud-status")
+    assert result.returncode == 0, result.stderr
+    assert [r["path"].split("?")[0] for r in vertex.requests] == [
+        f"/v1/projects/{PROJECT}/locations/us-central1/customJobs/{JOB_NUMBER}"]

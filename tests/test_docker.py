@@ -56,11 +56,16 @@ def test_dockerignore_keeps_secrets_and_bulk_out():
 # --- the make targets' docker commands, with a stand-in docker CLI (no engine needed) ------------------------
 
 
-def dry_run(tmp_path: Path, runtimes: str, with_adc: bool, dotenv: str) -> str:
-    """`make -n docker-local-train` with a fake `docker info`; returns the commands make would run."""
+def fake_docker_run(tmp_path: Path, runtimes: str, with_adc: bool, dotenv: str,
+                    env: dict[str, str] | None = None) -> list[list[str]]:
+    """`make docker-local-train` with a stand-in docker that records its argument lists (one per call)."""
     fake = tmp_path / "bin" / "docker"
     fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\n[ \"$1\" = info ] && echo '{runtimes}'\nexit 0\n")
+    log = tmp_path / "docker-calls"
+    fake.write_text(f"#!/bin/sh\n[ \"$1\" = info ] && echo '{runtimes}'\n"
+                    f"for a in \"$@\"; do printf '%s\\0' \"$a\"; done >> {log}\necho >> {log}\n"
+                    f"[ \"$1\" = run ] && cp .make/docker.env {tmp_path}/env-file-seen && "
+                    f"stat -c %a .make/docker.env > {tmp_path}/env-file-mode\nexit 0\n")
     fake.chmod(0o755)
     gcloud = tmp_path / "gcloud"
     gcloud.mkdir()
@@ -69,34 +74,51 @@ def dry_run(tmp_path: Path, runtimes: str, with_adc: bool, dotenv: str) -> str:
     work = tmp_path / "work"
     work.mkdir()
     (work / ".env").write_text(dotenv)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "CLOUDSDK_", "MAKE"))}
-    env.update(CLOUDSDK_CONFIG=str(gcloud), HOME=str(tmp_path))
-    cmd = ["make", "-n", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-C", str(work),
-           f"DOCKER={fake}", "docker-local-train"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "CLOUDSDK_", "MAKE"))}
+    environ.update(CLOUDSDK_CONFIG=str(gcloud), HOME=str(tmp_path), **(env or {}))
+    cmd = ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-C", str(work), f"DOCKER={fake}",
+           "docker-local-train"]
+    result = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.replace("\\\n", " ")
+    calls = [line.split("\0")[:-1] for line in log.read_text().splitlines() if line]
+    return [call for call in calls if call[0] != "info"]
 
 
 def test_docker_local_train_uses_gpus_env_file_outputs_and_adc(tmp_path: Path):
-    out = dry_run(tmp_path, '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}', True,
-                  "OUTPUT_DIR=runs/exp1\nPROJECT_ID=my-project\n")
-    run = next(line for line in out.splitlines() if " run --rm " in line)
-    assert "--gpus all" in run
-    assert "--env-file .make/docker.env" in run
-    assert f'-v "{tmp_path}/work/runs/exp1":/app/outputs/run' in run and "-e OUTPUT_DIR=/app/outputs/run" in run
+    build, run = fake_docker_run(tmp_path, '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}',
+                                 True, "OUTPUT_DIR=runs/exp1\nPROJECT_ID=my-project\nHF_TOKEN=hf_secret\n")
+    assert build[:4] == ["build", "-f", "docker/Dockerfile", "-t"] and build[4] == "multitask-trainer:latest"
+    assert run[0] == "run" and run[-1] == "multitask-trainer:latest"
+    assert "--gpus" in run and run[run.index("--gpus") + 1] == "all"
+    assert run[run.index("--env-file") + 1] == ".make/docker.env"
+    assert f"{tmp_path}/work/runs/exp1:/app/outputs/run" in run and "OUTPUT_DIR=/app/outputs/run" in run
     adc = tmp_path / "gcloud" / "application_default_credentials.json"
-    assert f"-v {adc}:/tmp/gcloud/adc.json:ro -e GOOGLE_APPLICATION_CREDENTIALS=/tmp/gcloud/adc.json" in run
-    assert "-e GOOGLE_CLOUD_PROJECT=my-project" in run
-    assert run.index("--env-file") < run.index("-e OUTPUT_DIR")  # -e wins over the env file
+    assert f"{adc}:/tmp/gcloud/adc.json:ro" in run and "GOOGLE_APPLICATION_CREDENTIALS=/tmp/gcloud/adc.json" in run
+    assert "GOOGLE_CLOUD_PROJECT=my-project" in run
+    assert run.index("--env-file") < run.index("OUTPUT_DIR=/app/outputs/run")  # -e wins over the env file
+    # docker saw .env's values in a file only the owner could read, and no copy is left behind
+    assert "HF_TOKEN=hf_secret" in (tmp_path / "env-file-seen").read_text()
+    assert (tmp_path / "env-file-mode").read_text().strip() == "600"
+    assert not (tmp_path / "work" / ".make" / "docker.env").exists()
 
 
 def test_docker_local_train_without_nvidia_runtime_or_adc(tmp_path: Path):
-    out = dry_run(tmp_path, '{"runc":{"path":"runc"}}', False, "MAX_STEPS=5\n")
-    run = next(line for line in out.splitlines() if " run --rm " in line)
-    assert "--gpus" not in run and "GOOGLE_APPLICATION_CREDENTIALS" not in run
-    assert f'-v "{tmp_path}/work/outputs/run":/app/outputs/run' in run
-    assert "docker/Dockerfile" in out  # built first
+    build, run = fake_docker_run(tmp_path, '{"runc":{"path":"runc"}}', False, "MAX_STEPS=5\n")
+    assert "--gpus" not in run and not any("GOOGLE_APPLICATION_CREDENTIALS" in arg for arg in run)
+    assert f"{tmp_path}/work/outputs/run:/app/outputs/run" in run
+    assert "docker/Dockerfile" in build  # built first
+
+
+def test_docker_values_reach_docker_literally(tmp_path: Path):
+    """Hostile image names, paths and a base image from .env and the environment: each is one argument, none runs."""
+    canary = tmp_path / "canary"
+    evil = f"x'\"$(touch {canary})`touch {canary}`;touch {canary}"
+    quoted = evil.replace('"', '\\"')  # .env's double quotes take \" for a quote
+    dotenv = f'OUTPUT_DIR="out {quoted}"\nBASE_IMAGE="b{quoted}"\n'
+    build, run = fake_docker_run(tmp_path, '{"runc":{}}', False, dotenv, env={"IMAGE_TAG": evil, "PROJECT_ID": evil})
+    assert not canary.exists()
+    assert build[build.index("-t") + 1] == f"multitask-trainer:{evil}" and f"BASE_IMAGE=b{evil}" in build
+    assert f"{tmp_path}/work/out {evil}:/app/outputs/run" in run and f"GOOGLE_CLOUD_PROJECT={evil}" in run
 
 
 # --- a real image: only with a Docker engine and a local CPU base image ------------------------------------

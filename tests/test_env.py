@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from trainer.env import make_fragment, parse_bool, parse_float, parse_int, read_dotenv
+from trainer.env import parse_bool, parse_float, parse_int, read_dotenv
 from trainer.errors import UserError
 
 from .tiny import ROOT, cli_environ, run_cli
@@ -35,15 +35,17 @@ def test_bad_dotenv_lines_name_the_line(tmp_path, line, message):
 
 def test_make_never_runs_what_a_dotenv_value_says(tmp_path):
     marker = tmp_path / "ran"
-    (tmp_path / ".env").write_text(f"EVIL=$(shell touch {marker})\nPROJECT_ID=pa$word\n")
-    (tmp_path / "show.mk").write_text("include $(MAKEFILE)\nshow:\n\t@echo '$(EVIL)|$(PROJECT_ID)'\n")
+    (tmp_path / ".env").write_text(f"EVIL=$(shell touch {marker})\nPROJECT_ID=pa$word\nX=`touch {marker}`'\"\n")
+    (tmp_path / "show.mk").write_text("include $(MAKEFILE)\nshow:\n\t@echo '[$(EVIL)]'; $(DOTENV) get PROJECT_ID; "
+                                      "x=$$($(DOTENV) get X); echo \"$$x\"\n")
     for target in ("help", "show"):
         result = subprocess.run(["make", "-s", "-f", str(tmp_path / "show.mk"), f"MAKEFILE={ROOT / 'Makefile'}",
                                  target], cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert not marker.exists(), f"make {target} ran a command from .env"
-    assert result.stdout.strip() == f"$(shell touch {marker})|pa$word"  # values reach make unchanged
-    assert make_fragment({"A": "x$y#z"}) == "A ?= x$$y\\#z\n"
+    # make holds no .env value (no copy of .env is written); a recipe gets one, literally, as one word
+    assert result.stdout.splitlines() == ["[]", "pa$word", f"`touch {marker}`'\""]
+    assert not (tmp_path / ".make").exists()
 
 
 @pytest.mark.parametrize(("parse", "raw", "message"), [
@@ -80,3 +82,19 @@ def test_job_spec_and_launcher_refuse_invalid_numbers_and_booleans(tmp_path):
     assert result.returncode == 2 and "SPOT='maybe' is not a boolean" in result.stderr, result.stderr
     result = run_cli("job-spec", env={**env, "SPOT": "true", "REPLICA_COUNT": "two"}, cwd=tmp_path)
     assert result.returncode == 2 and "REPLICA_COUNT='two' is not an integer" in result.stderr, result.stderr
+
+
+def test_a_misspelt_dotenv_name_is_named_with_the_nearest_setting(tmp_path, forked_cli):
+    """BACH_SIZE in .env would be ignored without a word: every command warns once, naming BATCH_SIZE; a name
+    close to none of ours (another tool's) passes silently."""
+    (tmp_path / ".env").write_text("BACH_SIZE=8\nMAX_STEP=3\nMY_TOOLS_HOME=/opt\nHF_TOKEN=x\nPROJECT_ID=p-123456\n")
+    (tmp_path / "recipe.env").write_text("REGON=us-central1\n")
+    for command in ("settings", "tasks"):
+        result = forked_cli.run(command, env=cli_environ({}), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.splitlines() == [
+            "warning: .env:1: BACH_SIZE is not a setting; did you mean BATCH_SIZE? (it is ignored)",
+            "warning: .env:2: MAX_STEP is not a setting; did you mean MAX_STEPS? (it is ignored)"]
+    result = forked_cli.run("settings", env=cli_environ({"ENV_FILE": "recipe.env"}), cwd=tmp_path)
+    assert result.stderr.splitlines() == [
+        "warning: recipe.env:1: REGON is not a setting; did you mean REGION? (it is ignored)"], result.stderr

@@ -77,7 +77,7 @@ def run_make(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_make_create_bucket_refuses_without_settings() -> None:
     result = run_make({"PROJECT_ID": "demo-project", "BUCKET_NAME": "", "REGION": ""})
     assert result.returncode != 0
-    assert "BUCKET_NAME REGION not set" in result.stderr and ".env.example" in result.stderr
+    assert "BUCKET_NAME, REGION not set" in result.stderr and ".env.example" in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
@@ -92,3 +92,36 @@ def test_make_create_bucket_twice(gcs_emulator: GcsEmulator) -> None:
     second = run_make(env)
     assert second.returncode == 0, second.stderr
     assert "already exists" in second.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_create_bucket_never_runs_a_value_and_refuses_an_unknown_region(gcs_client, tmp_path: Path) -> None:
+    """Hostile values in .env and the environment, and a region that does not exist: one `error:` line each,
+    nothing runs, nothing is created (the emulator takes any location, so the check must be ours)."""
+    from tests.test_cloud_train import HOSTILE, dotenv_line
+
+    canary = tmp_path / "canary"
+    work = tmp_path / "work"
+    work.mkdir()
+    good = {"PROJECT_ID": "demo-project", "BUCKET_NAME": "s-hostile", "REGION": "europe-west4"}
+    places = [("PROJECT_ID", ".env"), ("REGION", "env"), ("BUCKET_NAME", ".env"), ("PROJECT_ID", "env"),
+              ("REGION", ".env"), ("BUCKET_NAME", "env")]  # each hostile value in another setting and source
+    cases = [(name, template.format(canary=canary), source)
+             for (name, source), template in zip(places, HOSTILE.values(), strict=True)]
+    cases.append(("REGION", "mars-central1", "env"))
+    for name, value, source in cases:
+        (work / ".env").write_text("".join(dotenv_line(k, value if k == name else v) for k, v in good.items()
+                                           if source == ".env" or k != name))
+        env = {k: v for k, v in os.environ.items() if k not in good and not k.startswith("MAKE")}
+        env["PYTHONPATH"] = str(ROOT)  # the project's python in another folder, as in test_cloud_train
+        if source == "env":
+            env[name] = value
+        result = subprocess.run(["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-C", str(work),
+                                 f"VENV={ROOT / '.venv'}", "-o", "install", "create-bucket"],
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert not canary.exists(), f"create-bucket ran {name}={value!r} from {source}"
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert result.returncode != 0 and len(errors) == 1, result.stderr
+        assert (name if name != "BUCKET_NAME" else "bucket name") in errors[0], errors[0]
+    assert "mars-central1' is not a Cloud Storage location" in errors[0]
+    assert list(gcs_client.list_buckets()) == []

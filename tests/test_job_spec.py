@@ -191,15 +191,9 @@ def test_missing_project_points_to_env_example():
         render_job_spec({"BUCKET_NAME": "b-123"}, now=NOW)
 
 
-def test_cloud_settings_are_documented_and_passed_by_make():
+def test_cloud_settings_are_documented():
     example = (ROOT / ".env.example").read_text()
     cloud_section = example[example.index("# --- Cloud (Docker / Vertex AI) ---"):]
     for name in CLOUD_ENV_NAMES:
         if name != "JOB_DIR":  # a training setting, documented above the Cloud section
             assert re.search(rf"^# {name}=", cloud_section, re.M), f"{name} missing from .env.example"
-    import subprocess
-
-    shown = subprocess.run(["make", "-s", "--eval", "show-cloud-vars: ; @echo $(CLOUD_VARS)", "-f",
-                            str(ROOT / "Makefile"), "show-cloud-vars"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=60)
-    assert shown.stdout.split() == list(CLOUD_ENV_NAMES), shown.stderr  # make asks python for the one list

@@ -17,7 +17,7 @@ from typing import Any
 
 import fire
 
-from trainer.env import env_file, load_dotenv
+from trainer.env import CLOUD_ENV_NAMES, OTHER_ENV_NAMES, env_file, load_dotenv, misspelt_names
 from trainer.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
 from trainer.settings import FIELDS, Settings, describe, load_settings
 
@@ -95,6 +95,29 @@ class CLI:
         from trainer.bucket import create_bucket_command
 
         sys.exit(create_bucket_command())
+
+    def cloud_train(self, check: Any = False) -> None:
+        """Submit a Vertex AI custom job: render the job spec into .make/job-spec.yaml, send it with gcloud.
+
+        Settings: the Cloud section of .env.example (make cloud-train builds and pushes the image first).
+        --check: check every setting, send nothing.
+        """
+        from trainer.cloud import train
+        from trainer.env import parse_bool
+
+        sys.exit(train(os.environ, check_only=parse_bool("--check", check)))
+
+    def cloud_status(self) -> None:
+        """State of the Vertex AI job cloud-train last submitted from here (or JOB_ID)."""
+        from trainer.cloud import status
+
+        sys.exit(status(os.environ))
+
+    def cloud_logs(self) -> None:
+        """Stream the logs of the Vertex AI job cloud-train last submitted from here (or JOB_ID)."""
+        from trainer.cloud import logs
+
+        sys.exit(logs(os.environ))
 
     def tasks(self) -> None:
         """List the built-in tasks, and every task kind with its TASKS_FILE fields."""
@@ -287,11 +310,12 @@ _OWN_FLAGS = {
              "model_dir": "an export/<task> directory, an export/ or an OUTPUT_DIR (default OUTPUT_DIR/export)"},
     "job-spec": {"output": "write the YAML here instead of printing it"},
     "report": {"output": "the HTML file to write (default OUTPUT_DIR/report.html)"},
+    "cloud-train": {"check": "check every setting and send nothing"},
 }
 _TAKES_SETTINGS = ("train", "launch", "settings", "check", "predict", "predict-file", "evaluate", "export",
                    "report", "push")
 _COMMANDS = ("train", "launch", "check", "settings", "tasks", "predict", "predict-file", "evaluate", "export",
-             "report", "push", "job-spec", "create-bucket")
+             "report", "push", "job-spec", "create-bucket", "cloud-train", "cloud-status", "cloud-logs")
 
 
 def help_text(command: str | None) -> str:
@@ -313,6 +337,8 @@ def help_text(command: str | None) -> str:
         lines += ["", "flags:"] + [f"  --{name:<24} {text}" for name, text in _OWN_FLAGS[command].items()]
     if command == "create-bucket":
         lines += ["", "reads PROJECT_ID, BUCKET_NAME and REGION from the environment or .env"]
+    if command in ("cloud-status", "cloud-logs"):
+        lines += ["", "reads JOB_ID (else .make/last-job-id), PROJECT_ID and REGION from the environment or .env"]
     if command in _TAKES_SETTINGS:
         lines += ["", "settings (flag, or the environment variable, or .env; flags win):"]
         for name, field in FIELDS.items():
@@ -327,6 +353,9 @@ def main(argv: list[str] | None = None) -> None:
     _REAL_ENV.clear()
     _REAL_ENV.update(os.environ)
     load_dotenv(env_file(os.environ))  # also for libraries: credentials, STORAGE_EMULATOR_HOST, HF_TOKEN
+    known = frozenset((*(name.upper() for name in FIELDS), *CLOUD_ENV_NAMES, *OTHER_ENV_NAMES))
+    for warning in misspelt_names(env_file(os.environ), known):  # BACH_SIZE would be ignored without a word
+        print(warning, file=sys.stderr, flush=True)
     args = list(argv if argv is not None else sys.argv[1:])
     if not args or any(a in ("--help", "-h") for a in args):
         print(help_text(args[0] if args and not args[0].startswith("-") else None))

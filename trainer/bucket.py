@@ -16,7 +16,7 @@ import sys
 from google.api_core import exceptions as api_exceptions
 from google.cloud import storage
 
-from trainer import gcs
+from trainer import cloud, gcs
 from trainer.errors import EXIT_USER_ERROR, UserError
 
 SOFT_DELETE_DAYS = 7
@@ -51,10 +51,9 @@ def _configured(bucket: storage.Bucket, soft_delete_days: int) -> bool:
 
 
 def _validate(project_id: str, bucket_name: str, region: str) -> None:
-    for name, value in (("PROJECT_ID", project_id), ("REGION", region)):
-        if not value or any(c.isspace() for c in value):
-            raise UserError(f"{name}={value!r} must be non-empty without spaces; set it in the environment or .env")
+    cloud.check("PROJECT_ID", project_id, cloud.PROJECT_ID, cloud.PROJECT_ID_RULE)
     gcs.validate_bucket_name(bucket_name)
+    cloud.check_bucket_location(region)
 
 
 def create_bucket(

@@ -6,12 +6,14 @@ never a silent default. `.env` is read by `read_dotenv`, with no command or vari
 a value is taken literally, `$` and all.
 
 This module uses the standard library only, so the Makefile can run it with any `python3`
-before the virtual environment exists: `python3 -m trainer.env make .env` prints the `.env`
-values as a makefile fragment (`NAME ?= value`, `$` escaped), `docker .env` as a docker env-file.
+before the virtual environment exists. The Makefile never holds a `.env` value in its own text:
+`python3 -m trainer.env get NAME` prints one effective value (the environment over ENV_FILE), which a
+recipe takes as one quoted shell word, and `docker FILE` writes the docker env-file (mode 0600).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -22,12 +24,20 @@ from typing import Any
 
 from trainer.errors import UserError
 
-# The cloud settings job-spec reads (documented in .env.example); the Makefile asks for this list
-# (`python3 -m trainer.env cloud-vars`) to hand make's own values to python.
+# The cloud settings job-spec reads (documented in .env.example).
 CLOUD_ENV_NAMES = (
     "PROJECT_ID", "REGION", "BUCKET_NAME", "JOB_DIR", "IMAGE_REPO_NAME", "IMAGE_NAME", "IMAGE_TAG",
     "MACHINE_TYPE", "ACCELERATOR_TYPE", "ACCELERATOR_COUNT", "REPLICA_COUNT", "BOOT_DISK_TYPE",
     "BOOT_DISK_SIZE_GB", "SPOT", "JOB_TIMEOUT", "RESTART_JOB_ON_WORKER_RESTART", "SERVICE_ACCOUNT", "JOB_NAME",
+)
+# Other names this project reads from the environment or `.env` (the Makefile's, the launcher's, libraries' and
+# Vertex AI's): with the settings and CLOUD_ENV_NAMES, the names a `.env` line may hold without a warning.
+OTHER_ENV_NAMES = (
+    "ENV_FILE", "JOB_ID", "SKIP_DOCKER", "BASE_IMAGE", "TORCH_INDEX_URL", "NPROC_PER_NODE", "LOCAL_IMAGE", "DOCKER",
+    "DOCKER_BUILD_ARGS", "DOCKER_RUN_ARGS", "DOCKER_SHM_SIZE", "TRAIN_ARGS", "HF_TOKEN", "HF_ENDPOINT", "HF_HOME",
+    "STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CONFIG",
+    "TRAINER_DEBUG", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "MLFLOW_TRACKING_URI", "MASTER_ADDR",
+    "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "CLUSTER_SPEC",
 )
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
@@ -86,16 +96,23 @@ def read_dotenv(path: str | os.PathLike[str] | None) -> dict[str, str]:
 
     Blank lines and `#` comments are skipped, `export ` is allowed. A value may be 'single-quoted'
     (literal), "double-quoted" (with \\n, \\t, \\" and \\\\ escapes) or bare (up to a ` #` comment).
-    Nothing is expanded. A line that is none of these is an error naming the file and line.
+    Nothing is expanded. A line that is none of these, or holds a NUL byte, is an error naming the file and line.
     """
+    return {name: value for _, name, value in _dotenv_entries(path)}
+
+
+def _dotenv_entries(path: str | os.PathLike[str] | None) -> list[tuple[int, str, str]]:
+    """(line number, name, value) per setting line of a `.env` file."""
     if not path or not Path(path).is_file():
-        return {}
-    values: dict[str, str] = {}
+        return []
+    entries = []
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text ({err.reason}); save it as UTF-8") from None
     for lineno, line in enumerate(text.splitlines(), 1):
+        if "\0" in line:  # no program takes it: C strings end there, and a shell or make would cut the value
+            raise UserError(f"{path}:{lineno}: the line holds a NUL byte; a .env file is text, NAME=value per line")
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -105,8 +122,24 @@ def read_dotenv(path: str | os.PathLike[str] | None) -> dict[str, str]:
         name = name.strip()
         if not sep or not _NAME.fullmatch(name):
             raise UserError(f"{path}:{lineno}: expected NAME=value, found {stripped[:40]!r}")
-        values[name] = _dotenv_value(rest.strip(), f"{path}:{lineno}")
-    return values
+        entries.append((lineno, name, _dotenv_value(rest.strip(), f"{path}:{lineno}")))
+    return entries
+
+
+def misspelt_names(path: str | os.PathLike[str] | None, known: set[str] | frozenset[str]) -> list[str]:
+    """A warning per `.env` name that is not in `known` but close to a name that is (BACH_SIZE: BATCH_SIZE).
+
+    A name close to none of ours (PATH, a tool's own variable) is someone else's and passes without a word.
+    """
+    warnings = []
+    for lineno, name, _ in _dotenv_entries(path):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if close:
+            warnings.append(f"warning: {path}:{lineno}: {name} is not a setting; did you mean {close[0]}? "
+                            "(it is ignored)")
+    return warnings
 
 
 def _dotenv_value(raw: str, where: str) -> str:
@@ -172,37 +205,48 @@ def hf_token(environ: Mapping[str, str]) -> str | None:
 # ---- for the Makefile and docker -----------------------------------------------------------------
 
 
-def make_fragment(values: Mapping[str, str]) -> str:
-    """`NAME ?= value` lines; `$` and `#` are escaped so make takes the value literally."""
-    lines = []
+def setting(name: str, default: str = "", environ: Mapping[str, str] | None = None) -> str:
+    """NAME's effective value: the environment, else ENV_FILE (`.env`), else `default`; blanks stripped."""
+    environ = os.environ if environ is None else environ
+    value = effective_environ(env_file(environ), environ).get(name, "").strip()
+    if "\n" in value:
+        raise UserError(f"{name} holds a line break; a setting is one line")
+    return value or default
+
+
+def write_docker_env_file(values: Mapping[str, str], path: str | os.PathLike[str]) -> None:
+    """`NAME=value` lines as `docker run --env-file` reads them (literally, no quotes), readable by the owner only:
+    the file holds every `.env` value, secrets too."""
     for name, value in values.items():
-        if "\n" in value:
-            raise UserError(f".env: {name} holds a line break, which make can't take")
-        lines.append(f"{name} ?= {value.replace('$', '$$').replace('#', chr(92) + '#')}")
-    return "\n".join(lines) + "\n"
+        if "\n" in value:  # docker would read the rest of the value as a line of its own: another variable
+            raise UserError(f"{name} holds a line break, which docker's --env-file can't take")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older copy may have been 0644
+    with os.fdopen(fd, "w") as out:
+        out.write("".join(f"{name}={value}\n" for name, value in values.items()))
 
 
-def docker_env_file(values: Mapping[str, str]) -> str:
-    """`NAME=value` lines as `docker run --env-file` reads them (literally, no quotes)."""
-    return "".join(f"{name}={value}\n" for name, value in values.items())
+USAGE = ("usage: python3 -m trainer.env get NAME [DEFAULT] | require NAME... | docker OUTPUT "
+         "(ENV_FILE, default .env, is the settings file)")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """For the Makefile's recipes, which take what this prints as one quoted word and never read `.env` themselves."""
     args = sys.argv[1:] if argv is None else argv
-    if args == ["cloud-vars"]:
-        print(" ".join(CLOUD_ENV_NAMES))
-        return 0
-    if len(args) != 2 or args[0] not in ("make", "docker"):
-        print("usage: python3 -m trainer.env make|docker PATH, or python3 -m trainer.env cloud-vars", file=sys.stderr)
-        return 2
     try:
-        values = read_dotenv(args[1])
-        sys.stdout.write(make_fragment(values) if args[0] == "make" else docker_env_file(values))
+        if args[:1] == ["get"] and len(args) in (2, 3):
+            print(setting(args[1], args[2] if len(args) == 3 else ""))
+        elif args[:1] == ["require"] and len(args) > 1:
+            missing = [name for name in args[1:] if not setting(name)]
+            if missing:
+                raise UserError(f"{' '.join(missing)} not set; set it in the environment or in .env "
+                                "(see the Cloud section of .env.example)")
+        elif args[:1] == ["docker"] and len(args) == 2:
+            write_docker_env_file(read_dotenv(env_file(os.environ)), args[1])
+        else:
+            print(USAGE, file=sys.stderr)
+            return 2
     except UserError as err:
-        if args[0] == "make":  # make stops at this line, with the message
-            message = str(err).replace("$", "$$").replace("(", "[").replace(")", "]")
-            sys.stdout.write(f"$(error error: {message})\n")
-            return 0
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from trainer import gcs
+from trainer import cloud, gcs
 from trainer import settings as training_settings
 from trainer.env import effective_environ, parse_bool, parse_int
 from trainer.errors import UserError
@@ -170,7 +170,7 @@ def default_job_name(now: datetime | None = None) -> str:
 
 # Settings with a default that must match a pattern: name -> (default, pattern, what is allowed).
 PATTERNED_SETTINGS = {
-    "REGION": ("us-central1", r"[a-z]+(-[a-z]+)+\d+", "use a region like us-central1"),
+    "REGION": ("us-central1", cloud.REGION, "use a region like us-central1"),
     "IMAGE_REPO_NAME": (
         "multitask",
         r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?",
@@ -192,12 +192,8 @@ PATTERNED_SETTINGS = {
 
 def cloud_settings(environ: Mapping[str, str], now: datetime | None = None) -> CloudSettings:
     """Read and check the cloud settings; a bad one raises UserError naming it."""
-    project = _check(
-        "PROJECT_ID",
-        _require(environ, "PROJECT_ID", "my-project"),
-        r"([a-z][a-z0-9.-]*:)?[a-z][a-z0-9-]{4,28}[a-z0-9]",
-        "a project ID has 6-30 lowercase letters, digits or hyphens and starts with a letter",
-    )
+    project = _check("PROJECT_ID", _require(environ, "PROJECT_ID", "my-project"), cloud.PROJECT_ID,
+                     cloud.PROJECT_ID_RULE)
     checked = {
         name: _check(name, _get(environ, name, default), pattern, what)
         for name, (default, pattern, what) in PATTERNED_SETTINGS.items()
