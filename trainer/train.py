@@ -43,7 +43,7 @@ from trainer.console import EvalTableCallback, summary
 from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
 from trainer.gpu import compile_encoder, gpu_arguments
-from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR
+from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR, check_export_target, run_outputs
 from trainer.metrics import METRICS_FILE, metrics_by_task
 from trainer.model_card import write_cards
 from trainer.modeling import MultitaskModel
@@ -62,6 +62,7 @@ from trainer.tasks import describe_choice, read_split, resolve_source, resolve_t
 from trainer.writable import check_writable_dir
 
 logger = logging.getLogger(__name__)
+EXPORT_WHAT = "OUTPUT_DIR/export"  # how errors name the run's export folder
 PREEMPTION_UPLOAD_TIMEOUT = 25.0  # seconds after SIGTERM: Vertex AI gives a preempted worker 30 s
 
 
@@ -298,6 +299,7 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         sync.check_bucket()  # a missing bucket stops the run here, before anything is read or written
     check_writable_dir(settings.output_dir, "OUTPUT_DIR")
     check_writable_dir(settings.effective_log_dir, "LOG_DIR")
+    check_export_target(Path(settings.output_dir, EXPORT_DIR), EXPORT_WHAT)  # not found out after training
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
     set_seed(settings.seed)
@@ -378,7 +380,8 @@ def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[
     if args.should_save:
         output = Path(settings.output_dir)
         trainer.save_model(str(output / FINAL_MODEL_DIR))
-        selection.export(trainer.accelerator.unwrap_model(trainer.model), output / EXPORT_DIR)
+        selection.export(trainer.accelerator.unwrap_model(trainer.model), output / EXPORT_DIR, what=EXPORT_WHAT,
+                         output_dir=output, keep=run_outputs(output, settings.effective_log_dir))
         record = as_record(settings)
         report = write_metrics(output / METRICS_FILE, metrics, tasks, trainer.state.global_step, selection, record)
         write_cards(output / EXPORT_DIR, tasks, report, record)  # README.md of each export/<task>

@@ -1,0 +1,91 @@
+"""Nothing a user already has is lost (issue 18, section 1): an export replaces only a previous export, predict-file
+never writes over its input, a resume continues only its own run's checkpoints, damage is set aside and said, and a
+refused run writes nothing, locally or in the bucket.
+
+Through the real CLI (forked from the pre-imported helper, tests/cli_fork.py) and, where a bucket is involved, the
+real storage emulator. The one-line refusals of bad flags are rows of tests/test_bad_input.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import cli_environ
+from trainer.inference import EXPORT_MARKER
+
+
+def error_lines(result) -> list[str]:
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def files(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+# ---- export ---------------------------------------------------------------------------------------------------
+
+
+def test_an_export_replaces_a_previous_export_and_nothing_else(exported_run, tmp_path, forked_cli):
+    out, env, _ = exported_run
+    run = cli_environ({**env, "OUTPUT_DIR": str(out)})
+    assert (out / "export" / EXPORT_MARKER).is_file(), "the training run's export carries the marker"
+    target = tmp_path / "exp"
+    for _ in range(2):  # the second replaces the first
+        result = forked_cli.run("export", f"--export_dir={target}", env=run, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in target.iterdir()) == sorted([EXPORT_MARKER, *json.loads(
+        (target / EXPORT_MARKER).read_text())["tasks"]])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export-")]
+
+    (target / EXPORT_MARKER).unlink()  # an export from before the marker: task folders only, still recognised
+    assert forked_cli.run("export", f"--export_dir={target}", env=run, cwd=tmp_path).returncode == 0
+
+    (target / "notes.txt").write_text("mine")  # now it holds something the project did not write
+    before = files(target)
+    result = forked_cli.run("export", f"--export_dir={target}", env=run, cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert "is not a previous export" in line and "notes.txt" in line, line
+    assert files(target) == before
+
+
+def test_a_training_run_refuses_an_export_folder_it_did_not_write_before_training(tmp_path, forked_cli):
+    out = tmp_path / "out"
+    (out / "export").mkdir(parents=True)
+    (out / "export" / "keep.txt").write_text("mine")
+    result = forked_cli.run("train", env=cli_environ({"OUTPUT_DIR": str(out), "MAX_STEPS": "2"}), cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert "OUTPUT_DIR/export=" in line and "is not a previous export" in line, line
+    assert sorted(p.name for p in out.rglob("*")) == ["export", "keep.txt"]
+
+
+# ---- predict-file ---------------------------------------------------------------------------------------------
+
+
+def test_predict_file_refuses_an_output_that_is_a_hard_link_to_its_input(exported_run, tmp_path, forked_cli):
+    source = tmp_path / "in.tsv"
+    source.write_text("text\na fine film\n")
+    os.link(source, tmp_path / "link.tsv")
+    result = forked_cli.run("predict-file", "--task=demo_sentiment", f"--input={source}",
+                            f"--output={tmp_path / 'link.tsv'}", env=cli_environ({"OUTPUT_DIR": str(exported_run[0])}),
+                            cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert "would overwrite --input" in line and "the same file" in line, line
+    assert source.read_text() == "text\na fine film\n"
+
+
+@pytest.fixture
+def run_copy(exported_run, tmp_path):
+    """A writable copy of the session's 12-step demo run (checkpoints 4, 8, 12), and its env."""
+    out, env, _ = exported_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, symlinks=True)
+    return copy, {**env, "OUTPUT_DIR": str(copy)}
