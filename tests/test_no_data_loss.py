@@ -89,3 +89,28 @@ def run_copy(exported_run, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(out, copy, symlinks=True)
     return copy, {**env, "OUTPUT_DIR": str(copy)}
+
+
+# ---- damaged checkpoints --------------------------------------------------------------------------------------
+
+
+def test_every_checkpoint_damaged_is_set_aside_and_the_run_says_it_starts_from_scratch(run_copy, forked_cli):
+    copy, env = run_copy
+    optimizer = copy / "checkpoint-12" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:1000])  # truncated: its size no longer matches the marker
+    (copy / "checkpoint-8" / "checkpoint_complete.json").write_text("{garbage")
+    weights = copy / "checkpoint-4" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+    result = forked_cli.run("train", env=cli_environ({**env, "RESUME": "auto"}), cwd=copy)
+    assert result.returncode == 0, result.stderr[-3000:]
+    damaged = [line for line in result.stderr.splitlines() if "is damaged" in line]
+    assert len(damaged) == 3, result.stderr[-3000:]
+    assert "optimizer.pt has 1000 bytes" in damaged[0] and "no valid checkpoint_complete.json" in damaged[1]
+    scratch = [line for line in result.stderr.splitlines() if "starts from scratch" in line]
+    assert len(scratch) == 1 and "damaged-checkpoint-12" in scratch[0], result.stderr[-3000:]
+    assert "resuming from" not in result.stderr and "older checkpoint" not in result.stderr
+    assert all((copy / f"damaged-checkpoint-{step}").is_dir() for step in (4, 8, 12))
+    assert json.loads((copy / "metrics.json").read_text())["global_step"] == 12

@@ -37,6 +37,8 @@ from trainer.checkpoints import (
     latest_complete_checkpoint,
     resolve_resume,
     trained_steps,
+    verified_checkpoint,
+    warn_fresh_start,
     write_text_atomically,
 )
 from trainer.console import EvalTableCallback, summary
@@ -204,16 +206,18 @@ def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDi
         if storage.is_uri(mode):  # one given checkpoint in a bucket
             uri = storage.parse_uri(mode)
             return str(download_named_checkpoint(storage.open_store(uri), mode, settings.output_dir))
-        local = resolve_resume(mode, settings.output_dir)
         if mode != "auto" or dirs is None:
-            return local
-        local_step = checkpoint_step(Path(local).name) if local else -1
+            return resolve_resume(mode, settings.output_dir)
+        local, set_aside = verified_checkpoint(settings.output_dir)
+        local_step = checkpoint_step(local.name) if local else -1
         found = resume_from_bucket(storage.open_store(dirs.checkpoints), dirs.checkpoints, settings.output_dir,
                                    newer_than=local_step)
         if found:
             logger.info("downloaded %s from %s", found.name, dirs.checkpoints)
             return str(found)
-        return local
+        if local is None and set_aside:
+            warn_fresh_start(f"{settings.output_dir} or {dirs.checkpoints}", set_aside)
+        return str(local) if local else None
 
 
 def finished_run(checkpoint: str, args: TrainingArguments, steps_per_epoch: int) -> bool:
