@@ -114,3 +114,48 @@ def test_every_checkpoint_damaged_is_set_aside_and_the_run_says_it_starts_from_s
     assert "resuming from" not in result.stderr and "older checkpoint" not in result.stderr
     assert all((copy / f"damaged-checkpoint-{step}").is_dir() for step in (4, 8, 12))
     assert json.loads((copy / "metrics.json").read_text())["global_step"] == 12
+
+
+# ---- a resume continues only its own run's checkpoints ------------------------------------------------------------
+
+
+def test_checkpoints_without_run_json_are_resumed_only_when_their_own_settings_match(run_copy, forked_cli):
+    copy, env = run_copy
+    (copy / "run.json").unlink()  # a folder from before run identities, or checkpoints copied alone
+    assert (copy / "checkpoint-12" / "run.json").is_file(), "every checkpoint records its run"
+    before = files(copy)
+    result = forked_cli.run("train", env=cli_environ({**env, "RESUME": "auto", "SEED": "7", "MAX_STEPS": "16"}),
+                            cwd=copy)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = error_lines(result)
+    assert "checkpoint-12 holds run" in line and "SEED 42 -> 7" in line, line
+    assert files(copy) == before
+
+    for step in (4, 8, 12):  # checkpoints from before run identities: what their multitask.json records
+        (copy / f"checkpoint-{step}" / "run.json").unlink()
+        marker = json.loads((copy / f"checkpoint-{step}" / "checkpoint_complete.json").read_text())
+        del marker["files"]["run.json"]
+        (copy / f"checkpoint-{step}" / "checkpoint_complete.json").write_text(json.dumps(marker))
+    result = forked_cli.run("train", env=cli_environ({**env, "RESUME": "auto", "TASKS": "demo_sentiment"}), cwd=copy)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = error_lines(result)
+    assert "TASKS demo_sentiment,demo_similarity,demo_category -> demo_sentiment" in line, line
+
+
+def test_a_checkpoint_copied_alone_of_other_tasks_or_another_model_is_one_line_and_writes_nothing(
+        exported_run, tmp_path, forked_cli):
+    from tests.tiny import save_tiny_pretrained
+
+    out, env, _ = exported_run
+    alone = tmp_path / "alone" / "checkpoint-12"
+    shutil.copytree(out / "checkpoint-12", alone)
+    model = save_tiny_pretrained(tmp_path / "tiny")
+    before = files(tmp_path)
+    for other, differs in ({"TASKS": "demo_sentiment"}, "TASKS "), ({"MODEL_NAME": str(model)}, "MODEL_NAME demo -> "):
+        new = tmp_path / "new"
+        result = forked_cli.run("train", env=cli_environ({**env, "OUTPUT_DIR": str(new), "RESUME": str(alone),
+                                                          **other}), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-3000:]
+        (line,) = error_lines(result)
+        assert f"checkpoint {alone} holds run" in line and differs in line, line
+        assert not new.exists() and files(tmp_path) == before

@@ -219,10 +219,15 @@ def resolve_resume(resume: str, output_dir: str) -> str | None:
 
 
 class CompleteMarkerCallback(TrainerCallback):
-    """Mark each checkpoint complete once the Trainer has finished writing it (main process only)."""
+    """Mark each checkpoint complete once the Trainer has finished writing it (main process only).
 
-    def __init__(self) -> None:
+    `also`: files of OUTPUT_DIR copied into each checkpoint first (its run.json: a checkpoint copied alone
+    still says which run, with which settings, it belongs to).
+    """
+
+    def __init__(self, also: tuple[str, ...] = ()) -> None:
         self.sums = ChecksumCache()
+        self.also = also
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -230,5 +235,8 @@ class CompleteMarkerCallback(TrainerCallback):
         if args.should_save:
             directory = checkpoint_dir(args.output_dir, state.global_step)
             if directory.is_dir():
+                for name in self.also:
+                    if (Path(args.output_dir) / name).is_file():
+                        shutil.copyfile(Path(args.output_dir) / name, directory / name)
                 mark_complete(directory, state.global_step, self.sums)
         return control

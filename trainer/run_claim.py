@@ -27,14 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from trainer import storage
-from trainer.checkpoints import checkpoint_steps
+from trainer.checkpoints import checkpoint_steps, latest_complete_checkpoint
 from trainer.errors import UserError
 from trainer.run_identity import (
+    LEGACY_RUN,
     RUN_FILE,
     RunIdentity,
     defining_settings,
     differences,
     new_identity,
+    read_checkpoint,
     read_local,
     write_local,
 )
@@ -89,7 +91,21 @@ def find_places(settings: Settings, checkpoints: Any, store: storage.Store | Non
         places.append(Place("bucket", f"the bucket's {checkpoints}", "a new JOB_DIR", found))
     out = settings.output_dir
     places.append(Place("output", f"OUTPUT_DIR={out}", f"a new OUTPUT_DIR (or delete {out})", _local(out)))
-    return places
+    return places + _checkpoint_place(settings, places)
+
+
+def _checkpoint_place(settings: Settings, places: list[Place]) -> list[Place]:
+    """What the checkpoint to resume records of its run (`read_checkpoint`), where no `run.json` beside it
+    says: a checkpoint copied alone, or one of a folder from before run identities."""
+    mode = settings.effective_resume
+    if mode == "auto" and not any(p.identity for p in places if p.where == "output"):
+        checkpoint = latest_complete_checkpoint(settings.output_dir)
+    elif mode not in ("auto", "never") and not storage.is_uri(mode) and not places[0].identity:
+        checkpoint = Path(mode)
+    else:
+        return []
+    found = read_checkpoint(checkpoint) if checkpoint is not None else None
+    return [Place("checkpoint", f"checkpoint {checkpoint}", "a new OUTPUT_DIR" if mode == "auto" else "", found)]
 
 
 def decide(mine: RunIdentity, places: list[Place], mode: str) -> RunIdentity:
@@ -97,7 +113,8 @@ def decide(mine: RunIdentity, places: list[Place], mode: str) -> RunIdentity:
     held = [p for p in places if p.identity is not None]
     for place in held:
         theirs = place.identity
-        diff = "; ".join(differences(theirs.defines, mine.defines))
+        ours = {k: mine.defines.get(k) for k in theirs.defines} if place.where == "checkpoint" else mine.defines
+        diff = "; ".join(differences(theirs.defines, ours))
         if mode == "never" and diff:
             raise UserError(f"{place.label} holds run {theirs.run_id} (created {theirs.created}); this new run "
                             f"{mine.run_id} has other settings: {diff}. Use {place.choice}, or RESUME=auto with "
@@ -110,6 +127,7 @@ def decide(mine: RunIdentity, places: list[Place], mode: str) -> RunIdentity:
                             f"this run's: {diff}. Continue it with its settings, or "
                             + (f"start a new run in {place.choice}" if place.choice else
                                "resume from a checkpoint of a run with these settings"))
+    held = [p for p in held if p.identity.run_id != LEGACY_RUN]
     if mode == "never" or not held:
         return mine
     return mine.with_run(held[0].identity)
@@ -165,8 +183,8 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
                             place.label, place.identity.run_id)
         if identity.run_id == mine.run_id:
             if mode != "never" and had_checkpoints:
-                logger.warning("%s has checkpoints but no %s (written before run identities): their settings "
-                               "are not checked", settings.output_dir, RUN_FILE)
+                logger.warning("%s has checkpoints but no %s (written before run identities): only the tasks and "
+                               "TASK_WEIGHTING they record are checked", settings.output_dir, RUN_FILE)
             logger.info("run %s: a new run in %s", identity.run_id, settings.output_dir)
         else:
             logger.info("run %s: continuing it (created %s)", identity.run_id, identity.created)

@@ -56,6 +56,7 @@ from trainer.preemption import PreemptionCallback
 from trainer.remote_checkpoints import remove_partial_downloads
 from trainer.report import REPORT_FILE, SETTINGS_FILE, write_report, write_settings
 from trainer.run_claim import claim_run
+from trainer.run_identity import RUN_FILE
 from trainer.sampling import STRATEGIES
 from trainer.selection import BestSelection
 from trainer.settings import DEMO_MODEL, Settings, as_record
@@ -347,8 +348,8 @@ def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[
         processing_class=tokenizer,
         data_collator=TaskBatchCollator(tokenizer, tasks, pad_to_multiple_of=8 if not args.use_cpu else None,
                                         packer=packer),
-        callbacks=[FinalSaveCallback(), selection, CompleteMarkerCallback(), preemption, *([sync] if sync else []),
-                   EvalTableCallback(tasks), *(callbacks or [])],
+        callbacks=[FinalSaveCallback(), selection, CompleteMarkerCallback(also=(RUN_FILE,)), preemption,
+                   *([sync] if sync else []), EvalTableCallback(tasks), *(callbacks or [])],
         tasks=tasks,
         sampling=settings.sampling,
         sampling_temperature=settings.sampling_temperature,
