@@ -210,6 +210,8 @@ TABLE: dict[str, Row] = {
                                          **JOB),
     "JOB_DIR + MAX_SEQ_LENGTH": train(r"MAX_SEQ_LENGTH=512 is more than MODEL_NAME=demo takes",
                                       MAX_SEQ_LENGTH="512", **JOB),
+    "JOB_DIR + RESUME of a missing bucket checkpoint": train(r"RESUME=gs://.*/checkpoint-5 does not exist",
+                                                             RESUME="gs://{bucket}/{row}-else/checkpoint-5", **JOB),
     "JOB_DIR not gs://": train(r"'s3://bucket/run' is not a bucket URI; it must start with gs://",
                                JOB_DIR="s3://bucket/run"),
     # ---- predict, predict-file, export, evaluate, job-spec, report, check, settings ------------------------

@@ -159,3 +159,56 @@ def test_a_checkpoint_copied_alone_of_other_tasks_or_another_model_is_one_line_a
         (line,) = error_lines(result)
         assert f"checkpoint {alone} holds run" in line and differs in line, line
         assert not new.exists() and files(tmp_path) == before
+
+
+# ---- the bucket: a refused run writes nothing there -------------------------------------------------------------
+
+
+def test_a_refused_resume_leaves_no_claim_in_the_bucket_and_a_later_run_starts(exported_run, tmp_path, gcs_client,
+                                                                               gcs_bucket, forked_cli):
+    from trainer import remote_checkpoints as remote
+    from trainer.gcs import GcsStore, parse_gcs_uri
+
+    job = f"gs://{gcs_bucket}/job"
+    env = {"JOB_DIR": job, "MAX_STEPS": "2", "SAVE_STEPS": "2", "EVAL_STEPS": "2", "MAX_TRAIN_SAMPLES": "16",
+           "MAX_EVAL_SAMPLES": "8", "BATCH_SIZE": "4"}
+    result = forked_cli.run("train", env=cli_environ({**env, "OUTPUT_DIR": str(tmp_path / "a"),
+                                                      "RESUME": f"gs://{gcs_bucket}/else/checkpoint-5"}), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = error_lines(result)
+    assert "checkpoint-5 does not exist" in line, line
+    assert [b.name for b in gcs_client.list_blobs(gcs_bucket)] == []
+    assert not (tmp_path / "a").exists()
+
+    # one that is there but fails verification is refused after the claim: the claim is taken back
+    uri = remote.upload_checkpoint(GcsStore(gcs_client), exported_run[0] / "checkpoint-12",
+                                   parse_gcs_uri(f"gs://{gcs_bucket}/else/checkpoints"), 12)
+    gcs_client.bucket(gcs_bucket).blob(uri.child("optimizer.pt").prefix).upload_from_string(b"garbage")
+    result = forked_cli.run("train", env=cli_environ({**env, "OUTPUT_DIR": str(tmp_path / "a"), "RESUME": str(uri)}),
+                            cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = error_lines(result)
+    assert "failed verification" in line, line
+    assert [b.name for b in gcs_client.list_blobs(gcs_bucket, prefix="job/")] == []
+    assert not (tmp_path / "a").exists()
+
+    result = forked_cli.run("train", env=cli_environ({**env, "OUTPUT_DIR": str(tmp_path / "b"), "SEED": "3"}),
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "job/checkpoints/run.json" in [b.name for b in gcs_client.list_blobs(gcs_bucket)]
+
+
+def test_a_job_dir_inside_another_runs_checkpoints_is_one_line_and_writes_nothing(exported_run, tmp_path,
+                                                                                   gcs_client, gcs_bucket, forked_cli):
+    out, env, _ = exported_run
+    theirs = json.loads((out / "run.json").read_text())["run_id"]
+    gcs_client.bucket(gcs_bucket).blob("a/checkpoints/run.json").upload_from_string((out / "run.json").read_bytes())
+    before = [(b.name, b.generation) for b in gcs_client.list_blobs(gcs_bucket)]
+    result = forked_cli.run("train", env=cli_environ({**env, "OUTPUT_DIR": str(tmp_path / "o"),
+                                                      "JOB_DIR": f"gs://{gcs_bucket}/a/checkpoints/mine"}),
+                            cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = error_lines(result)
+    assert f"lie inside gs://{gcs_bucket}/a/checkpoints, which holds run {theirs}" in line, line
+    assert [(b.name, b.generation) for b in gcs_client.list_blobs(gcs_bucket)] == before
+    assert not (tmp_path / "o").exists()

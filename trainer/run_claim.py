@@ -87,6 +87,7 @@ def find_places(settings: Settings, checkpoints: Any, store: storage.Store | Non
         places.append(Place("resume", "the checkpoint's directory", "", _local(str(Path(mode).parent))))
     if checkpoints is not None:
         names = store.list_names(checkpoints)  # a missing bucket stops here, with one line
+        _refuse_inside_another_run(store, checkpoints)
         found = _read_bucket(store, checkpoints.child(RUN_FILE)) if RUN_FILE in names else None
         places.append(Place("bucket", f"the bucket's {checkpoints}", "a new JOB_DIR", found))
     out = settings.output_dir
@@ -106,6 +107,18 @@ def _checkpoint_place(settings: Settings, places: list[Place]) -> list[Place]:
         return []
     found = read_checkpoint(checkpoint) if checkpoint is not None else None
     return [Place("checkpoint", f"checkpoint {checkpoint}", "a new OUTPUT_DIR" if mode == "auto" else "", found)]
+
+
+def _refuse_inside_another_run(store: storage.Store, checkpoints: Any) -> None:
+    """JOB_DIR's checkpoints must not lie inside another run's (a folder above them holding a run.json): that
+    run's listing, rotation and resume would meet this one's files."""
+    text = str(checkpoints).rstrip("/")
+    for depth in range(1, len(checkpoints.prefix.strip("/").split("/"))):
+        above = storage.parse_uri(text.rsplit("/", depth)[0])
+        theirs = _read_bucket(store, above.child(RUN_FILE))
+        if theirs is not None:
+            raise UserError(f"JOB_DIR's checkpoints {checkpoints} lie inside {above}, which holds run {theirs.run_id}"
+                            f" (created {theirs.created}); choose a JOB_DIR outside {above}")
 
 
 def decide(mine: RunIdentity, places: list[Place], mode: str) -> RunIdentity:
@@ -165,6 +178,7 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
     lock.acquire({"run_id": identity.run_id, "pid": os.getpid(), "host": socket.gethostname(),
                   "since": time.strftime("%Y-%m-%d %H:%M:%S")})
     lease = None
+    recorded = False  # the bucket's run.json is this run's own, new claim
     try:
         if checkpoints is not None:
             # heartbeats give up after one interval (and warn), where the checkpoint uploads retry for minutes
@@ -177,6 +191,7 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
         places = find_places(settings, checkpoints, store)  # again: nobody else writes here now
         identity = decide(mine, places, mode)
         _record(identity, places, settings.output_dir, store, checkpoints)
+        recorded = any(p.where == "bucket" and p.identity is None for p in places)
         for place in places:
             if place.identity is not None and identity.run_id != place.identity.run_id:
                 logger.info("%s held run %s with the same settings; RESUME=never starts it over",
@@ -189,9 +204,11 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
         else:
             logger.info("run %s: continuing it (created %s)", identity.run_id, identity.created)
         yield identity
-    except BaseException:
+    except BaseException as err:
         lock.release()  # before its file may go: the lock file is never deleted while held
         _forget(settings.output_dir, created)
+        if recorded and isinstance(err, UserError):  # refused; not an outage, where the bucket can't answer
+            _forget_bucket(store, checkpoints)
         if lease is not None:  # SIGTERM's grace is spent on the checkpoint; a restart takes an ended run's lease
             lease.release(timeout=STOPPING_RELEASE_TIMEOUT)
             lease = None
@@ -207,3 +224,13 @@ def _forget(output_dir: str, created: bool) -> None:
     folder = Path(output_dir)
     if created and folder.is_dir() and {p.name for p in folder.iterdir()} <= {RUN_FILE, LOCK_FILE}:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _forget_bucket(store: storage.Store, checkpoints: Any) -> None:
+    """The same in the bucket: a run that claimed a new JOB_DIR and stopped before its first upload (a RESUME
+    that is not there, say) takes its run.json back, so that it does not refuse the next run."""
+    try:
+        if set(store.list_names(checkpoints)) <= {RUN_FILE, LEASE_FILE}:
+            store.delete(checkpoints.child(RUN_FILE))
+    except Exception as err:  # the run's own error is the one to report
+        logger.warning("could not take back %s: %s", checkpoints.child(RUN_FILE), err)

@@ -27,6 +27,7 @@ from trainer import demo, storage
 from trainer.checkpoint_sync import (
     CloudDirs,
     CloudSyncCallback,
+    check_named_checkpoint,
     download_named_checkpoint,
     resolve_cloud_dirs,
     resume_from_bucket,
@@ -302,6 +303,9 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
                              log_upload_seconds=settings.log_upload_seconds) if dirs else None
     if sync:
         sync.check_bucket()  # a missing bucket stops the run here, before anything is read or written
+    if storage.is_uri(settings.effective_resume):  # and a missing checkpoint to resume, before the run claims any
+        check_named_checkpoint(storage.open_store(storage.parse_uri(settings.effective_resume)),
+                               settings.effective_resume)
     check_writable_dir(settings.output_dir, "OUTPUT_DIR")
     check_writable_dir(settings.effective_log_dir, "LOG_DIR")
     check_export_target(Path(settings.output_dir, EXPORT_DIR), EXPORT_WHAT)  # not found out after training
