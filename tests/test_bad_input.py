@@ -213,6 +213,8 @@ TABLE: dict[str, Row] = {
                                          **JOB),
     "JOB_DIR + MAX_SEQ_LENGTH": train(r"MAX_SEQ_LENGTH=512 is more than MODEL_NAME=demo takes",
                                       MAX_SEQ_LENGTH="512", **JOB),
+    "JOB_DIR + RESUME of a missing bucket checkpoint": train(r"RESUME=gs://.*/checkpoint-5 does not exist",
+                                                             RESUME="gs://{bucket}/{row}-else/checkpoint-5", **JOB),
     "JOB_DIR not gs://": train(r"'s3://bucket/run' is not a bucket URI; it must start with gs://",
                                JOB_DIR="s3://bucket/run"),
     # ---- predict, predict-file, export, evaluate, job-spec, report, check, settings ------------------------
@@ -235,6 +237,23 @@ TABLE: dict[str, Row] = {
                                              "--output={tmp}/out.tsv --max_seq_length=999",
                                              r"MAX_SEQ_LENGTH=999 is more than", {"in.tsv": "text\nhi\n"}),
     "export --model_dir missing": command("export --model_dir={tmp}/none", r"no trained multitask model in"),
+    # ---- issue 18, data loss: an export replaces only a previous export; predict-file never its input --------
+    "export --export_dir=.": command("export --export_dir=.", r"--export_dir=\. is the working folder"),
+    "export --export_dir=OUTPUT_DIR": command("export --export_dir={run}", r"--export_dir=.* is OUTPUT_DIR="),
+    "export --export_dir holding OUTPUT_DIR": command("export --export_dir={run}/..", r"holds OUTPUT_DIR="),
+    "export --export_dir a checkpoint": command("export --export_dir={run}/checkpoint-12",
+                                                r"is .*checkpoint-12, which the export must leave alone"),
+    "export --export_dir inside the logs": command("export --export_dir={run}/logs/export",
+                                                   r"lies inside .*logs, which the export must leave alone"),
+    "export --export_dir with other files": command("export --export_dir={tmp}/mine",
+                                                    r"mine is not empty and is not a previous export \(.*notes.txt",
+                                                    {"mine/notes.txt": "mine"}),
+    "predict-file --output=--input": command("predict-file --task=demo_sentiment --input={tmp}/in.tsv "
+                                             "--output={tmp}/in.tsv", r"--output=.*in.tsv would overwrite --input=",
+                                             {"in.tsv": "text\nhi\n"}),
+    "predict-file --output.partial=--input": command("predict-file --task=demo_sentiment --input={tmp}/o.tsv.partial "
+                                                     "--output={tmp}/o.tsv", r"would overwrite --input=",
+                                                     {"o.tsv.partial": "text\nhi\n"}),
     "evaluate --split=train": command("evaluate --split=train", r"--split='train' is not allowed"),
     "evaluate a demo test split": command("evaluate --split=test", r"offline demo task"),
     "evaluate --max_seq_length": command("evaluate --split=dev --max_seq_length=4000", r"MAX_SEQ_LENGTH=4000 is more"),

@@ -99,7 +99,7 @@ def test_recipe_runs_offline(name, tmp_path, tiny_models):
         t["name"] for t in yaml.safe_load(tasks_file.read_text())["tasks"]]
     assert sorted(report["tasks"]) == sorted(expected)
     assert report["select_best"] == settings.get("SELECT_BEST", "per_task")
-    assert sorted(p.name for p in (tmp_path / "out" / "export").iterdir()) == sorted(expected)
+    assert sorted(p.name for p in (tmp_path / "out" / "export").iterdir() if p.is_dir()) == sorted(expected)
     _, sources = load_settings(environ={}, dotenv_path=recipe)  # every value named as coming from the recipe
     assert {key: sources[key.lower()] for key in settings} == {key: recipe.name for key in settings}
 

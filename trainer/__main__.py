@@ -210,16 +210,26 @@ class CLI:
         """
         from pathlib import Path
 
-        from trainer.inference import EXPORT_DIR, export_tasks, find_model_dir, load_trained
+        from trainer.inference import (
+            EXPORT_DIR,
+            check_export_target,
+            export_tasks,
+            find_model_dir,
+            load_trained,
+            run_outputs,
+        )
         from trainer.model_card import run_report, write_cards
         from trainer.writable import check_writable_dir
 
         settings, _ = _settings(flags)
         directory = find_model_dir(settings.output_dir, model_dir)
         target = Path(export_dir or os.path.join(settings.output_dir, EXPORT_DIR))
-        check_writable_dir(target, "--export_dir" if export_dir else "OUTPUT_DIR/export")
+        what = "--export_dir" if export_dir else "OUTPUT_DIR/export"
+        check_writable_dir(target, what)
+        keep = run_outputs(settings.output_dir, settings.effective_log_dir, directory)
+        check_export_target(target, what, settings.output_dir, keep)  # before the model is loaded
         model, tokenizer = load_trained(directory)
-        paths = export_tasks(model, tokenizer, str(target))
+        paths = export_tasks(model, tokenizer, str(target), what=what, output_dir=settings.output_dir, keep=keep)
         tasks = list(model.tasks.values())
         report, step = run_report(directory, tasks)
         write_cards(target, tasks, report, report.get("settings") if report else None, step)

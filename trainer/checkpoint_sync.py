@@ -100,6 +100,17 @@ def resume_from_bucket(
 def download_named_checkpoint(store: storage.Store, resume: str, local_output_dir: str | os.PathLike[str]) -> Path:
     """RESUME=gs://.../checkpoint-<step>: download and verify that one checkpoint. One that is not there, or not
     committed, or fails verification is a `UserError` naming it and the committed checkpoints beside it."""
+    uri = check_named_checkpoint(store, resume)
+    try:
+        return remote.download_checkpoint(store, uri, local_output_dir)
+    except IntegrityError as err:
+        raise UserError(f"RESUME={resume} failed verification: {err}; pick another checkpoint, or RESUME=auto") \
+            from None
+
+
+def check_named_checkpoint(store: storage.Store, resume: str) -> Any:
+    """RESUME=gs://.../checkpoint-<step> is there and committed (asked before the run claims anything), or a
+    `UserError` naming the committed checkpoints beside it."""
     uri = storage.parse_uri(resume)
     parent = storage.parse_uri(str(uri).rstrip("/").rpartition("/")[0]) if uri.name else uri
     beside = [f"checkpoint-{s}" for s, _ in remote.list_committed_checkpoints(store, parent)]  # a bucket must exist
@@ -112,11 +123,7 @@ def download_named_checkpoint(store: storage.Store, resume: str, local_output_di
         found = f"committed checkpoints in {parent}: {', '.join(beside)}" if beside else \
             f"{parent} holds no committed checkpoint"
         raise UserError(f"RESUME={resume} {state}; {found}")
-    try:
-        return remote.download_checkpoint(store, uri, local_output_dir)
-    except IntegrityError as err:
-        raise UserError(f"RESUME={resume} failed verification: {err}; pick another checkpoint, or RESUME=auto") \
-            from None
+    return uri
 
 
 class LogMirror:

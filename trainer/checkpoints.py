@@ -7,7 +7,8 @@ once the save is done; only a directory whose marker matches its files is used t
 
 Two checks: `is_complete` compares sizes (cheap: finds half-written directories), `damage`
 also recomputes every crc32c (finds flipped bytes; ~0.5 s for a 270 MB MiniLM checkpoint).
-Resume verifies the checkpoint it picks and falls back to the next older one when it is damaged.
+Resume verifies the checkpoint it picks and falls back to the next older one when it is damaged; with none
+intact, RESUME=auto starts from scratch, and says so.
 The upload reuses the marker's checksums instead of reading the files again.
 """
 
@@ -163,24 +164,43 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike[str]) -> Path | Non
 
 
 def latest_verified_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest checkpoint in `output_dir` whose files all match their marker's checksums.
+    """The newest checkpoint in `output_dir` whose files all match their marker's checksums
+    (`verified_checkpoint`); when every one was damaged, one more warning says the run starts from scratch."""
+    found, set_aside = verified_checkpoint(output_dir)
+    if found is None and set_aside:
+        warn_fresh_start(str(output_dir), set_aside)
+    return found
 
-    Half-written ones are skipped silently. A damaged one is renamed `damaged-checkpoint-<step>` (kept for a
-    look, out of the Trainer's rotation and of every later lookup) with one warning naming the file.
+
+def verified_checkpoint(output_dir: str | os.PathLike[str]) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint in `output_dir` whose files all match their marker, and the names of the damaged
+    ones set aside on the way.
+
+    One without a marker is half-written (the marker is written last): skipped silently, the Trainer writes
+    it again. One with a marker that is unreadable or does not match its files (a truncated optimizer.pt, a
+    flipped byte) is damaged: renamed `damaged-checkpoint-<step>` (kept for a look, out of the Trainer's
+    rotation and of every later lookup) with one warning naming the file.
     """
+    set_aside = []
     for step in reversed(checkpoint_steps(output_dir)):
         candidate = checkpoint_dir(output_dir, step)
-        if not is_complete(candidate):
+        if not (candidate / COMPLETE_MARKER).is_file():
             continue
         problem = damage(candidate)
         if problem is None:
-            return candidate
+            return candidate, set_aside
         aside = candidate.with_name(f"{DAMAGED_PREFIX}{candidate.name}")
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(candidate, aside)
-        logger.warning("%s is damaged (%s); set aside as %s, resuming from an older checkpoint", candidate,
-                       problem, aside.name)
-    return None
+        logger.warning("%s is damaged (%s); set aside as %s", candidate, problem, aside.name)
+        set_aside.append(aside.name)
+    return None, set_aside
+
+
+def warn_fresh_start(where: str, set_aside: list[str]) -> None:
+    """RESUME=auto found only damaged checkpoints: like a folder without any, the run starts over (said once)."""
+    logger.warning("no intact checkpoint left in %s (%s set aside): the run starts from scratch, at step 0",
+                   where, ", ".join(set_aside))
 
 
 def resolve_resume(resume: str, output_dir: str) -> str | None:
@@ -199,10 +219,15 @@ def resolve_resume(resume: str, output_dir: str) -> str | None:
 
 
 class CompleteMarkerCallback(TrainerCallback):
-    """Mark each checkpoint complete once the Trainer has finished writing it (main process only)."""
+    """Mark each checkpoint complete once the Trainer has finished writing it (main process only).
 
-    def __init__(self) -> None:
+    `also`: files of OUTPUT_DIR copied into each checkpoint first (its run.json: a checkpoint copied alone
+    still says which run, with which settings, it belongs to).
+    """
+
+    def __init__(self, also: tuple[str, ...] = ()) -> None:
         self.sums = ChecksumCache()
+        self.also = also
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -210,5 +235,8 @@ class CompleteMarkerCallback(TrainerCallback):
         if args.should_save:
             directory = checkpoint_dir(args.output_dir, state.global_step)
             if directory.is_dir():
+                for name in self.also:
+                    if (Path(args.output_dir) / name).is_file():
+                        shutil.copyfile(Path(args.output_dir) / name, directory / name)
                 mark_complete(directory, state.global_step, self.sums)
         return control

@@ -153,25 +153,84 @@ def save_task(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, name: s
     (directory / TASK_FILE).write_text(json.dumps(model.tasks[name].to_dict(), indent=2), encoding="utf-8")
 
 
+EXPORT_MARKER = ".trainer-export.json"  # in an export folder: this project wrote it (and may replace it)
+
+
+def _export_entries(directory: Path) -> list[str] | None:
+    """What a previous export in `directory` holds, or None when something there is not ours.
+
+    Ours: the marker and the task folders it names, each with its declaration; an export from before the
+    marker: task folders with their declaration and nothing else.
+    """
+    try:
+        listed = json.loads((directory / EXPORT_MARKER).read_text(encoding="utf-8"))["tasks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = []
+    names = sorted(p.name for p in directory.iterdir())
+    strangers = [n for n in names if n != EXPORT_MARKER and not (directory / n / TASK_FILE).is_file()]
+    if strangers or (not listed and EXPORT_MARKER in names):
+        return None
+    return names
+
+
+def run_outputs(output_dir: str | os.PathLike[str], *more: str | os.PathLike[str]) -> list[Path]:
+    """What an export must leave alone: OUTPUT_DIR's other outputs (checkpoints, model/, logs, best/, ...)
+    and `more` (LOG_DIR, the model exported)."""
+    root = Path(output_dir)
+    found = [p for p in root.iterdir() if p.name != EXPORT_DIR and not p.name.startswith(".export-")] \
+        if root.is_dir() else []
+    return [*found, *map(Path, more)]
+
+
+def check_export_target(target: Path, what: str, output_dir: str | os.PathLike[str] | None = None,
+                        keep: list[Path] = ()) -> None:
+    """Refuse an export folder whose replacement would delete what this project did not write: the working
+    folder, OUTPUT_DIR or a folder holding it, a folder that is, holds or lies inside the run's other outputs
+    (`keep`, from `run_outputs`), and a non-empty folder that is not a previous export."""
+    real = target.resolve()
+    if output_dir is not None and Path(output_dir).resolve().is_relative_to(real):
+        relation = "is" if Path(output_dir).resolve() == real else "holds"
+        raise UserError(f"{what}={target} {relation} OUTPUT_DIR={output_dir}; the export replaces its folder "
+                        "whole: choose a new folder, or leave --export_dir out for OUTPUT_DIR/export")
+    for other in keep:
+        other = other.resolve()
+        if real == other or other.is_relative_to(real) or real.is_relative_to(other):
+            relation = "is" if real == other else "holds" if other.is_relative_to(real) else "lies inside"
+            raise UserError(f"{what}={target} {relation} {other}, which the export must leave alone; choose a "
+                            "new folder, or leave --export_dir out for OUTPUT_DIR/export")
+    if real == Path.cwd().resolve():  # replaced, it would leave the shell in a deleted folder
+        raise UserError(f"{what}={target} is the working folder; choose a new folder for the export")
+    if target.is_dir() and any(target.iterdir()) and _export_entries(target) is None:
+        raise UserError(f"{what}={target} is not empty and is not a previous export ({_what_is_there(target)}); "
+                        "the export replaces its folder whole: choose a new or empty folder")
+
+
 def export_tasks(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, export_dir: str | os.PathLike[str],
-                 write: Callable[[str, Path], None] | None = None) -> list[Path]:
+                 write: Callable[[str, Path], None] | None = None, what: str = "--export_dir",
+                 output_dir: str | os.PathLike[str] | None = None, keep: list[Path] = ()) -> list[Path]:
     """Write one standalone directory per task, loadable with plain `AutoModelFor...`: the model's current
     weights, or whatever `write(task, directory)` puts there (the selected copy, for SELECT_BEST).
 
-    Everything is written to a temporary sibling first and moved into place at the end,
-    so a failed export never leaves a half-written directory behind.
+    Everything is written to a new staging folder beside the target, with the marker that says this project
+    wrote it, and moved into place at the end, so a failed export never leaves a half-written directory
+    behind. The folder it replaces must be empty or a previous export (`check_export_target`).
     """
     target = Path(export_dir)
+    check_export_target(target, what, output_dir, keep)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    old = staging.with_name(staging.name + "-old")
     try:
         for name in model.tasks:
             (write or (lambda task, directory: save_task(model, tokenizer, task, directory)))(name, staging / name)
+        (staging / EXPORT_MARKER).write_text(json.dumps({"tasks": list(model.tasks)}), encoding="utf-8")
         if target.exists():
-            shutil.rmtree(target)
+            check_export_target(target, what, output_dir, keep)  # again: only a previous export is ever moved away
+            os.replace(target, old)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return [target / name for name in model.tasks]
 
 
@@ -207,6 +266,11 @@ def predict_file(
         raise UserError(f"--output {output_path}: the folder {target.parent} does not exist")
     check_writable_file(target, "--output")
     partial = target.with_name(target.name + ".partial")
+    for written in (target, partial):
+        if written.exists() and os.path.samefile(input_path, written):
+            how = "the same file" if written == target else f"its temporary {written.name} is that file"
+            raise UserError(f"--output={output_path} would overwrite --input={input_path} ({how}); give another "
+                            "--output")
     count = 0
     try:
         with open(partial, "w", encoding="utf-8", newline="") as handle, \

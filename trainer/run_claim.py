@@ -27,14 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from trainer import storage
-from trainer.checkpoints import checkpoint_steps
+from trainer.checkpoints import checkpoint_steps, latest_complete_checkpoint
 from trainer.errors import UserError
 from trainer.run_identity import (
+    LEGACY_RUN,
     RUN_FILE,
     RunIdentity,
     defining_settings,
     differences,
     new_identity,
+    read_checkpoint,
     read_local,
     write_local,
 )
@@ -85,11 +87,38 @@ def find_places(settings: Settings, checkpoints: Any, store: storage.Store | Non
         places.append(Place("resume", "the checkpoint's directory", "", _local(str(Path(mode).parent))))
     if checkpoints is not None:
         names = store.list_names(checkpoints)  # a missing bucket stops here, with one line
+        _refuse_inside_another_run(store, checkpoints)
         found = _read_bucket(store, checkpoints.child(RUN_FILE)) if RUN_FILE in names else None
         places.append(Place("bucket", f"the bucket's {checkpoints}", "a new JOB_DIR", found))
     out = settings.output_dir
     places.append(Place("output", f"OUTPUT_DIR={out}", f"a new OUTPUT_DIR (or delete {out})", _local(out)))
-    return places
+    return places + _checkpoint_place(settings, places)
+
+
+def _checkpoint_place(settings: Settings, places: list[Place]) -> list[Place]:
+    """What the checkpoint to resume records of its run (`read_checkpoint`), where no `run.json` beside it
+    says: a checkpoint copied alone, or one of a folder from before run identities."""
+    mode = settings.effective_resume
+    if mode == "auto" and not any(p.identity for p in places if p.where == "output"):
+        checkpoint = latest_complete_checkpoint(settings.output_dir)
+    elif mode not in ("auto", "never") and not storage.is_uri(mode) and not places[0].identity:
+        checkpoint = Path(mode)
+    else:
+        return []
+    found = read_checkpoint(checkpoint) if checkpoint is not None else None
+    return [Place("checkpoint", f"checkpoint {checkpoint}", "a new OUTPUT_DIR" if mode == "auto" else "", found)]
+
+
+def _refuse_inside_another_run(store: storage.Store, checkpoints: Any) -> None:
+    """JOB_DIR's checkpoints must not lie inside another run's (a folder above them holding a run.json): that
+    run's listing, rotation and resume would meet this one's files."""
+    text = str(checkpoints).rstrip("/")
+    for depth in range(1, len(checkpoints.prefix.strip("/").split("/"))):
+        above = storage.parse_uri(text.rsplit("/", depth)[0])
+        theirs = _read_bucket(store, above.child(RUN_FILE))
+        if theirs is not None:
+            raise UserError(f"JOB_DIR's checkpoints {checkpoints} lie inside {above}, which holds run {theirs.run_id}"
+                            f" (created {theirs.created}); choose a JOB_DIR outside {above}")
 
 
 def decide(mine: RunIdentity, places: list[Place], mode: str) -> RunIdentity:
@@ -97,7 +126,8 @@ def decide(mine: RunIdentity, places: list[Place], mode: str) -> RunIdentity:
     held = [p for p in places if p.identity is not None]
     for place in held:
         theirs = place.identity
-        diff = "; ".join(differences(theirs.defines, mine.defines))
+        ours = {k: mine.defines.get(k) for k in theirs.defines} if place.where == "checkpoint" else mine.defines
+        diff = "; ".join(differences(theirs.defines, ours))
         if mode == "never" and diff:
             raise UserError(f"{place.label} holds run {theirs.run_id} (created {theirs.created}); this new run "
                             f"{mine.run_id} has other settings: {diff}. Use {place.choice}, or RESUME=auto with "
@@ -110,6 +140,7 @@ def decide(mine: RunIdentity, places: list[Place], mode: str) -> RunIdentity:
                             f"this run's: {diff}. Continue it with its settings, or "
                             + (f"start a new run in {place.choice}" if place.choice else
                                "resume from a checkpoint of a run with these settings"))
+    held = [p for p in held if p.identity.run_id != LEGACY_RUN]
     if mode == "never" or not held:
         return mine
     return mine.with_run(held[0].identity)
@@ -147,6 +178,7 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
     lock.acquire({"run_id": identity.run_id, "pid": os.getpid(), "host": socket.gethostname(),
                   "since": time.strftime("%Y-%m-%d %H:%M:%S")})
     lease = None
+    recorded = False  # the bucket's run.json is this run's own, new claim
     try:
         if checkpoints is not None:
             # heartbeats give up after one interval (and warn), where the checkpoint uploads retry for minutes
@@ -159,21 +191,24 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
         places = find_places(settings, checkpoints, store)  # again: nobody else writes here now
         identity = decide(mine, places, mode)
         _record(identity, places, settings.output_dir, store, checkpoints)
+        recorded = any(p.where == "bucket" and p.identity is None for p in places)
         for place in places:
             if place.identity is not None and identity.run_id != place.identity.run_id:
                 logger.info("%s held run %s with the same settings; RESUME=never starts it over",
                             place.label, place.identity.run_id)
         if identity.run_id == mine.run_id:
             if mode != "never" and had_checkpoints:
-                logger.warning("%s has checkpoints but no %s (written before run identities): their settings "
-                               "are not checked", settings.output_dir, RUN_FILE)
+                logger.warning("%s has checkpoints but no %s (written before run identities): only the tasks and "
+                               "TASK_WEIGHTING they record are checked", settings.output_dir, RUN_FILE)
             logger.info("run %s: a new run in %s", identity.run_id, settings.output_dir)
         else:
             logger.info("run %s: continuing it (created %s)", identity.run_id, identity.created)
         yield identity
-    except BaseException:
+    except BaseException as err:
         lock.release()  # before its file may go: the lock file is never deleted while held
         _forget(settings.output_dir, created)
+        if recorded and isinstance(err, UserError):  # refused; not an outage, where the bucket can't answer
+            _forget_bucket(store, checkpoints)
         if lease is not None:  # SIGTERM's grace is spent on the checkpoint; a restart takes an ended run's lease
             lease.release(timeout=STOPPING_RELEASE_TIMEOUT)
             lease = None
@@ -189,3 +224,13 @@ def _forget(output_dir: str, created: bool) -> None:
     folder = Path(output_dir)
     if created and folder.is_dir() and {p.name for p in folder.iterdir()} <= {RUN_FILE, LOCK_FILE}:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _forget_bucket(store: storage.Store, checkpoints: Any) -> None:
+    """The same in the bucket: a run that claimed a new JOB_DIR and stopped before its first upload (a RESUME
+    that is not there, say) takes its run.json back, so that it does not refuse the next run."""
+    try:
+        if set(store.list_names(checkpoints)) <= {RUN_FILE, LEASE_FILE}:
+            store.delete(checkpoints.child(RUN_FILE))
+    except Exception as err:  # the run's own error is the one to report
+        logger.warning("could not take back %s: %s", checkpoints.child(RUN_FILE), err)

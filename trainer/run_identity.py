@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.checkpoints import write_text_atomically
+from trainer.modeling import MULTITASK_FILE
 from trainer.settings import Settings
 from trainer.spec import TaskData, TaskSpec
 
@@ -137,3 +138,24 @@ def read_local(output_dir: str | Path) -> RunIdentity | None:
 
 def write_local(output_dir: str | Path, identity: RunIdentity) -> None:
     write_text_atomically(Path(output_dir) / RUN_FILE, identity.to_json())
+
+
+LEGACY_RUN = "without an id"  # the run id of what a checkpoint from before run identities records (tasks, weighting)
+
+
+def read_checkpoint(checkpoint: str | Path) -> RunIdentity | None:
+    """What a checkpoint records of the run that wrote it: its own copy of `run.json` (written into every
+    checkpoint at save), else what its multitask.json says (a checkpoint from before run identities: its task
+    set and loss weighting, under the run id LEGACY_RUN); None when it records neither."""
+    directory = Path(checkpoint)
+    try:
+        return RunIdentity.from_json((directory / RUN_FILE).read_text(encoding="utf-8"), str(directory / RUN_FILE))
+    except (OSError, ValueError):
+        pass
+    try:
+        payload = json.loads((directory / MULTITASK_FILE).read_text(encoding="utf-8"))
+        defines = {"tasks": [t["name"] for t in payload["tasks"]],
+                   "task_weighting": payload.get("task_weighting", "static")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return RunIdentity(LEGACY_RUN, "?", defines)

@@ -117,8 +117,9 @@ class BestSelection(TrainerCallback):
 
     # -- the end of the run -------------------------------------------------------------
 
-    def export(self, model: MultitaskModel, export_dir: str | os.PathLike[str]) -> None:
-        """Write `export/<task>` for every task from its selected copy (the final weights with `last`)."""
+    def export(self, model: MultitaskModel, export_dir: str | os.PathLike[str], **where: Any) -> None:
+        """Write `export/<task>` for every task from its selected copy (the final weights with `last`); `where`:
+        `export_tasks`' checks of the folder it replaces."""
 
         def write(task: str, directory: Path) -> None:
             chosen = self.selected.get(task)
@@ -127,7 +128,7 @@ class BestSelection(TrainerCallback):
             else:
                 shutil.copytree(self.root / chosen["dir"], directory)
 
-        export_tasks(model, self.tokenizer, export_dir, write)
+        export_tasks(model, self.tokenizer, export_dir, write, **where)
 
     def report(self, final: dict[str, dict[str, float]], final_step: int) -> dict[str, Any]:
         """`metrics.json`'s view of the selection: each task's selected step and metrics."""

@@ -27,6 +27,7 @@ from trainer import demo, storage
 from trainer.checkpoint_sync import (
     CloudDirs,
     CloudSyncCallback,
+    check_named_checkpoint,
     download_named_checkpoint,
     resolve_cloud_dirs,
     resume_from_bucket,
@@ -37,13 +38,15 @@ from trainer.checkpoints import (
     latest_complete_checkpoint,
     resolve_resume,
     trained_steps,
+    verified_checkpoint,
+    warn_fresh_start,
     write_text_atomically,
 )
 from trainer.console import EvalTableCallback, summary
 from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.errors import UserError
 from trainer.gpu import compile_encoder, gpu_arguments
-from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR
+from trainer.inference import EXPORT_DIR, FINAL_MODEL_DIR, check_export_target, run_outputs
 from trainer.metrics import METRICS_FILE, metrics_by_task
 from trainer.model_card import write_cards
 from trainer.modeling import MultitaskModel
@@ -54,6 +57,7 @@ from trainer.preemption import PreemptionCallback
 from trainer.remote_checkpoints import remove_partial_downloads
 from trainer.report import REPORT_FILE, SETTINGS_FILE, write_report, write_settings
 from trainer.run_claim import claim_run
+from trainer.run_identity import RUN_FILE
 from trainer.sampling import STRATEGIES
 from trainer.selection import BestSelection
 from trainer.settings import DEMO_MODEL, Settings, as_record
@@ -62,6 +66,7 @@ from trainer.tasks import describe_choice, read_split, resolve_source, resolve_t
 from trainer.writable import check_writable_dir
 
 logger = logging.getLogger(__name__)
+EXPORT_WHAT = "OUTPUT_DIR/export"  # how errors name the run's export folder
 PREEMPTION_UPLOAD_TIMEOUT = 25.0  # seconds after SIGTERM: Vertex AI gives a preempted worker 30 s
 
 
@@ -203,16 +208,18 @@ def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDi
         if storage.is_uri(mode):  # one given checkpoint in a bucket
             uri = storage.parse_uri(mode)
             return str(download_named_checkpoint(storage.open_store(uri), mode, settings.output_dir))
-        local = resolve_resume(mode, settings.output_dir)
         if mode != "auto" or dirs is None:
-            return local
-        local_step = checkpoint_step(Path(local).name) if local else -1
+            return resolve_resume(mode, settings.output_dir)
+        local, set_aside = verified_checkpoint(settings.output_dir)
+        local_step = checkpoint_step(local.name) if local else -1
         found = resume_from_bucket(storage.open_store(dirs.checkpoints), dirs.checkpoints, settings.output_dir,
                                    newer_than=local_step)
         if found:
             logger.info("downloaded %s from %s", found.name, dirs.checkpoints)
             return str(found)
-        return local
+        if local is None and set_aside:
+            warn_fresh_start(f"{settings.output_dir} or {dirs.checkpoints}", set_aside)
+        return str(local) if local else None
 
 
 def finished_run(checkpoint: str, args: TrainingArguments, steps_per_epoch: int) -> bool:
@@ -296,8 +303,12 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
                              log_upload_seconds=settings.log_upload_seconds) if dirs else None
     if sync:
         sync.check_bucket()  # a missing bucket stops the run here, before anything is read or written
+    if storage.is_uri(settings.effective_resume):  # and a missing checkpoint to resume, before the run claims any
+        check_named_checkpoint(storage.open_store(storage.parse_uri(settings.effective_resume)),
+                               settings.effective_resume)
     check_writable_dir(settings.output_dir, "OUTPUT_DIR")
     check_writable_dir(settings.effective_log_dir, "LOG_DIR")
+    check_export_target(Path(settings.output_dir, EXPORT_DIR), EXPORT_WHAT)  # not found out after training
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
     set_seed(settings.seed)
@@ -341,8 +352,8 @@ def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[
         processing_class=tokenizer,
         data_collator=TaskBatchCollator(tokenizer, tasks, pad_to_multiple_of=8 if not args.use_cpu else None,
                                         packer=packer),
-        callbacks=[FinalSaveCallback(), selection, CompleteMarkerCallback(), preemption, *([sync] if sync else []),
-                   EvalTableCallback(tasks), *(callbacks or [])],
+        callbacks=[FinalSaveCallback(), selection, CompleteMarkerCallback(also=(RUN_FILE,)), preemption,
+                   *([sync] if sync else []), EvalTableCallback(tasks), *(callbacks or [])],
         tasks=tasks,
         sampling=settings.sampling,
         sampling_temperature=settings.sampling_temperature,
@@ -378,7 +389,8 @@ def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[
     if args.should_save:
         output = Path(settings.output_dir)
         trainer.save_model(str(output / FINAL_MODEL_DIR))
-        selection.export(trainer.accelerator.unwrap_model(trainer.model), output / EXPORT_DIR)
+        selection.export(trainer.accelerator.unwrap_model(trainer.model), output / EXPORT_DIR, what=EXPORT_WHAT,
+                         output_dir=output, keep=run_outputs(output, settings.effective_log_dir))
         record = as_record(settings)
         report = write_metrics(output / METRICS_FILE, metrics, tasks, trainer.state.global_step, selection, record)
         write_cards(output / EXPORT_DIR, tasks, report, record)  # README.md of each export/<task>
