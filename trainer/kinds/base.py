@@ -112,6 +112,10 @@ class TaskKind:
     no_packing: str = ""  # why PACKING=1 can't pack this kind's batches (empty: it can, see trainer.packing)
     takes_choices: bool = False  # `predict --choices`: candidate answers per input (multiple choice)
 
+    def takes_text_pair(self, task: TaskSpec) -> bool:
+        """Whether `predict --text_pair` means anything for this task (sentence-pair tasks only)."""
+        return False
+
     # -- declaration --------------------------------------------------------------------
 
     def validate(self, task: TaskSpec, where: str) -> None:
