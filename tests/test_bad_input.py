@@ -254,6 +254,8 @@ TABLE: dict[str, Row] = {
     "a task named --help": mine(r"task #1 \(--help\): name must not start with '-'",
                                 task=TASK.replace("mine", "'--help'")),
     "a task named -": mine(r"task #1 \(-\): name must not start with '-'", task=TASK.replace("mine", "'-'")),
+    "TASKS=--help": train(r"unknown task\(s\) --help in TASKS", TASKS="--help"),
+    "--tasks=-": train(r"unknown task\(s\) - in TASKS", None, "--tasks=-"),
     "predict stdin not UTF-8": command("predict --task=demo_sentiment --text=-", r"stdin line 2: not valid UTF-8",
                                        stdin="a fine film\n\udcff\udcfebinary\n"),
     "predict stdin with a NUL": command("predict --task=demo_sentiment --text=-", r"stdin line 2: contains a NUL",

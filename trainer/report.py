@@ -76,7 +76,7 @@ def read_scalars(log_dir: str | os.PathLike[str]) -> dict[str, Series]:
     for path in sorted(Path(log_dir).rglob(EVENT_FILES)):
         problem = _event_file_problem(path)
         if problem:
-            print(f"warning: skipping {path}: {problem}", file=sys.stderr)
+            print(f"warning: {path}: {problem}", file=sys.stderr)
     scalars: dict[str, dict[int, float]] = {}
     for run in runs:
         events = EventAccumulator(str(run), size_guidance={SCALARS: 0}, purge_orphaned_data=True).Reload()
@@ -89,7 +89,7 @@ def _event_file_problem(path: Path) -> str | None:
     """Why an event file yields nothing (or less than it holds), or None. TensorBoard's reader stops quietly at
     the first bad record: an empty file or a damaged one would just be missing from the charts."""
     if path.stat().st_size == 0:
-        return "the event file is empty"
+        return "the event file is empty: nothing of it is drawn; the report is built from the rest"
     reader = PyRecordReader_New(str(path))
     try:
         while True:
@@ -97,7 +97,8 @@ def _event_file_problem(path: Path) -> str | None:
     except tf_errors.OutOfRangeError:  # the end, every record whole
         return None
     except tf_errors.DataLossError as err:
-        return f"the event file is damaged or cut short ({err.message}); the report is built from the rest"
+        return (f"the event file is damaged or cut short ({err.message}): only its records before the damage are "
+                "drawn; the report is built from the rest")
     finally:
         reader.file_handle.close()
 
