@@ -48,10 +48,12 @@ _WORD_TEXT = (
 WORDS = _WORD_TEXT.split()
 
 
-def generate(directory: Path, rows: int, text_mb: int) -> tuple[Path, Path]:
-    """The two files, written once per size (a `.partial` until complete)."""
+def generate(directory: Path, rows: int, text_mb: int, one_line: bool = False) -> tuple[Path, Path]:
+    """The two files, written once per size (a `.partial` until complete); `one_line`: the text file's
+    paragraphs joined into one line (issue 18: a 100 MB line once peaked at 11.7 GB)."""
     directory.mkdir(parents=True, exist_ok=True)
-    tsv, txt = directory / f"classification-{rows}.tsv", directory / f"masked-lm-{text_mb}MB.txt"
+    shape = "-one-line" if one_line else ""
+    tsv, txt = directory / f"classification-{rows}.tsv", directory / f"masked-lm-{text_mb}MB{shape}.txt"
     rng = random.Random(0)
     if not tsv.is_file():
         partial = tsv.with_suffix(".partial")
@@ -65,8 +67,9 @@ def generate(directory: Path, rows: int, text_mb: int) -> tuple[Path, Path]:
         with open(partial, "w", encoding="utf-8") as handle:
             while size < text_mb << 20:
                 text = "" if line % 10 == 9 else " ".join(rng.choices(WORDS, k=rng.randint(20, 200))) + " ."
-                size += handle.write(text + "\n")
+                size += handle.write(text + (" " if one_line else "\n"))
                 line += 1
+            handle.write("\n")
         partial.replace(txt)
     return tsv, txt
 
@@ -159,6 +162,7 @@ def main() -> None:
     parser.add_argument("--text_mb", type=int, default=200)
     parser.add_argument("--model", default=str(MINILM) if MINILM.is_dir() else "demo")
     parser.add_argument("--only", choices=("cls", "mlm"))
+    parser.add_argument("--one_line", action="store_true", help="the text file as one single line")
     parser.add_argument("--measure", choices=("cls", "mlm", "ceiling"), help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -167,7 +171,8 @@ def main() -> None:
                                                                                             args.model)
         print(json.dumps(result))
         return
-    tsv, txt = generate(Path(tempfile.gettempdir()) / "trainer-data-scale", args.rows, args.text_mb)
+    tsv, txt = generate(Path(tempfile.gettempdir()) / "trainer-data-scale", args.rows, args.text_mb,
+                        args.one_line)
     print(f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} (shared with other work); "
           f"tokenizer {args.model}; MAX_SEQ_LENGTH {MAX_LENGTH}")
     for kind, path in (("cls", tsv), ("mlm", txt)):

@@ -95,7 +95,7 @@ def _serve() -> None:
 
 def _run_forked(request: dict[str, Any], scratch: Path, protocol: tuple[int, int]) -> dict[str, Any]:
     stdin, stdout, stderr = (scratch / name for name in ("stdin", "stdout", "stderr"))
-    stdin.write_text(request["stdin"], encoding="utf-8")
+    stdin.write_text(request["stdin"], encoding="utf-8", errors="surrogateescape")  # "\udcff": the byte 0xff
     for path in (stdout, stderr):
         path.write_bytes(b"")
     sys.stdout.flush()

@@ -285,6 +285,42 @@ TABLE: dict[str, Row] = {
         BUCKET_NAME="my-bucket"),
     "cloud-train IMAGE_TAG with a semicolon": command("cloud-train", r"IMAGE_TAG='a; touch .*canary' is not valid",
                                                       IMAGE_TAG="a; touch {tmp}/canary", **CLOUD),
+    # ---- issue 18, section 3: one line owed ---------------------------------------------------------------
+    "report --output under a file": command("report --output={tmp}/afile/report.html",
+                                            r"--output=.*/afile/report.html is under .*/afile, which is a file",
+                                            {"afile": "x"}),
+    "report --output is a folder": command("report --output={tmp}/folder", r"--output=.*/folder is a directory",
+                                           {"folder/keep.txt": "x"}),
+    "a task name of 200 characters": mine(r"task #1 \(a{200}\): name is 200 characters long; at most 64",
+                                          task=TASK.replace("mine", "a" * 200)),
+    "a task named --help": mine(r"task #1 \(--help\): name must not start with '-'",
+                                task=TASK.replace("mine", "'--help'")),
+    "a task named -": mine(r"task #1 \(-\): name must not start with '-'", task=TASK.replace("mine", "'-'")),
+    "TASKS=--help": train(r"unknown task\(s\) --help in TASKS", TASKS="--help"),
+    "--tasks=-": train(r"unknown task\(s\) - in TASKS", None, "--tasks=-"),
+    "predict stdin not UTF-8": command("predict --task=demo_sentiment --text=-", r"stdin line 2: not valid UTF-8",
+                                       stdin="a fine film\n\udcff\udcfebinary\n"),
+    "predict stdin with a NUL": command("predict --task=demo_sentiment --text=-", r"stdin line 2: contains a NUL",
+                                        stdin="a fine film\nbin\x00ary\n"),
+    "predict stdin JSON with a NUL": command("predict --task=demo_sentiment --text=-",
+                                             r"stdin line 1: a text contains a NUL", stdin='{"text": "a\\u0000b"}\n'),
+    "predict without --text": command("predict --task=demo_sentiment", r"predict needs --text"),
+    "predict --text_pair on a single-text task": command("predict --task=demo_sentiment --text=hi --text_pair=there",
+                                                         r"--text_pair is for sentence-pair tasks; task "
+                                                         r"'demo_sentiment' takes one text"),
+    "predict stdin text_pair on a single-text task": command(
+        "predict --task=demo_sentiment --text=-", r"--text_pair is for sentence-pair tasks",
+        stdin='{"text": "a", "text_pair": "b"}\n'),
+    "TASKS with a trailing comma": train(r"TASKS='demo_sentiment,demo_similarity,' has an empty entry",
+                                         TASKS="demo_sentiment,demo_similarity,"),
+    "a NUL in a tsv text": mine(r"train.tsv:3: a text contains a NUL character",
+                                data={"train.tsv": "text\tlabel\na\tyes\nb\x00c\tno\n"}),
+    "a NUL in a JSONL text": mine(r"train.jsonl:2: a text contains a NUL character",
+                                  task=TASK.replace("train.tsv", "train.jsonl"),
+                                  data={"train.jsonl": '{"text": "a", "label": "yes"}\n{"text": "b\\u0000", '
+                                                       '"label": "no"}\n'}),
+    "every task weight 0": train(r"TASK_WEIGHTS gives every task weight 0", TASKS="demo_sentiment,demo_similarity",
+                                 TASK_WEIGHTS="demo_sentiment=0,demo_similarity=0"),
 }
 
 DEFAULTS = {"OUTPUT_DIR": "{tmp}/out", "MAX_STEPS": "2", "BATCH_SIZE": "4"}
@@ -423,6 +459,18 @@ def test_a_3000_word_text_is_predicted_from_the_flag_and_from_stdin(tmp_path, fo
     for text in ("hello, world", "1e5"):  # fire would make two texts of the first and 100000.0 of the second
         result = forked_cli.run("predict", "--task=demo_sentiment", f"--text={text}", env=env, cwd=tmp_path)
         assert [json.loads(line)["input"]["text"] for line in result.stdout.splitlines()] == [text], result.stderr
+
+
+def test_a_nul_in_a_predict_file_input_is_refused_by_its_line(tmp_path, forked_cli, exported_run):
+    """predict-file's bar has started when the row comes up, so the error is the last line rather than the only one;
+    no output is left behind."""
+    (tmp_path / "in.tsv").write_text("text\nhi\nb\x00c\n")
+    result = forked_cli.run("predict-file", "--task=demo_sentiment", f"--input={tmp_path / 'in.tsv'}",
+                            f"--output={tmp_path / 'out.tsv'}", env=cli_environ({"OUTPUT_DIR": str(exported_run[0])}),
+                            cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert re.search(r"^error: .*in.tsv:3: a text contains a NUL character", result.stderr.splitlines()[-1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tsv"]
 
 
 # ---- the parts behind the rows ---------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ class CLI:
     def predict(
         self,
         task: str,
-        text: Any,
+        text: Any = None,
         text_pair: Any = None,
         choices: Any = None,
         model_dir: str | None = None,
@@ -158,6 +158,8 @@ class CLI:
         """
         from trainer.inference import load_task_model, predict_inputs
 
+        if text is None:
+            raise UserError("predict needs --text: a text, a list of texts ('[\"a\", \"b\"]'), or - to read stdin")
         settings, _ = _settings(flags)
         _quiet_model_loading()
         spec, model, tokenizer = load_task_model(settings.output_dir, model_dir, task, settings.max_seq_length)
@@ -262,7 +264,7 @@ def _predict_inputs(text: Any, text_pair: Any, choices: Any) -> Iterator[dict[st
     """`{"text", "text_pair", "choices"}` per input, from the flags or (for --text=-) from stdin."""
     shared_choices = _as_list(choices) if choices is not None else None
     if text == "-":
-        for lineno, line in enumerate(sys.stdin, 1):
+        for lineno, line in _stdin_lines():
             if not line.strip():
                 continue
             if not line.lstrip().startswith("{"):
@@ -275,6 +277,8 @@ def _predict_inputs(text: Any, text_pair: Any, choices: Any) -> Iterator[dict[st
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise UserError(f"stdin line {lineno}: a JSON line needs a \"text\" string (and optionally "
                                 "\"text_pair\", \"choices\")")
+            if any("\0" in str(row.get(key) or "") for key in ("text", "text_pair")):
+                raise UserError(f"stdin line {lineno}: a text contains a NUL character; remove it")
             yield {"text": row["text"], "text_pair": row.get("text_pair"),
                    "choices": row.get("choices", shared_choices)}
         return
@@ -284,6 +288,21 @@ def _predict_inputs(text: Any, text_pair: Any, choices: Any) -> Iterator[dict[st
         raise UserError(f"--text has {len(texts)} item(s) but --text_pair has {len(pairs)}; give one per text")
     for i, item in enumerate(texts):
         yield {"text": item, "text_pair": pairs[i] if pairs else None, "choices": shared_choices}
+
+
+def _stdin_lines() -> Iterator[tuple[int, str]]:
+    """stdin's lines, numbered, each checked: binary data (bytes that are not UTF-8, or a NUL) is one line naming
+    where it is, not a traceback or a text the tokenizer silently mangles."""
+    for lineno, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"stdin line {lineno}: not valid UTF-8 ({err.reason}, byte {raw[err.start:err.start + 1]!r}"
+                            "); predict reads UTF-8 text, one text or JSON line per line") from None
+        if "\0" in line:
+            raise UserError(f"stdin line {lineno}: contains a NUL byte (binary data?); predict reads UTF-8 text, "
+                            "one text or JSON line per line")
+        yield lineno, line
 
 
 def _chunks(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

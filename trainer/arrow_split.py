@@ -21,6 +21,7 @@ from pathlib import Path
 
 import datasets
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 from datasets.arrow_writer import ArrowWriter
@@ -30,7 +31,7 @@ from trainer.errors import UserError
 from trainer.file_rows import csv_reader, iter_file_rows, python_encoding
 from trainer.spec import TaskData, TaskSpec
 
-READER_VERSION = "2"  # bump when reading or normalising changes, to invalidate cached splits
+READER_VERSION = "3"  # bump when reading or normalising changes, to invalidate cached splits
 BLOCK_BYTES = 1 << 20  # Arrow parses about this much at a time
 BATCH_ROWS = 10_000  # rows per batch written on the row-by-row path
 
@@ -143,10 +144,22 @@ def _arrow_batches(task: TaskSpec, path: str, split: str) -> Iterator[pa.Table |
             if first and not task.kind.has_label(task, block.slice(0, 1).to_pylist()[0]):
                 raise UnlabelledSplit(task, split, path)
             first = False
-            yield task.kind.normalise_arrow(task, block)
+            normalised = task.kind.normalise_arrow(task, block)
+            yield None if normalised is None or _has_nul(normalised) else normalised
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, UnicodeDecodeError):
         # a row Arrow can't parse (column count, quoting, encoding, JSON types that change): go row by row
         yield None
+
+
+def _has_nul(table: pa.Table) -> bool:
+    """A NUL character in any text of the block (JSON's \\u0000 too): the row reader then names its line."""
+    for column in table.columns:
+        while pa.types.is_list(column.type):
+            column = pc.list_flatten(column)
+        texts = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        if texts and pc.any(pc.match_substring(column, "\0")).as_py():
+            return True
+    return False
 
 
 def _raw_blocks(task: TaskSpec, path: str) -> Iterator[pa.Table] | None:

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from trainer.packing import Packer
 from trainer.spec import TaskData, TaskSpec
 
-TOKENIZER_VERSION = "4"  # bump when tokenize_batch changes, to invalidate cached files
+TOKENIZER_VERSION = "5"  # bump when tokenize_batch changes, to invalidate cached files
 
 
 def cache_dir() -> str:
@@ -50,6 +50,7 @@ def tokenize_split(
     return raw.map(
         task.kind.tokenize,
         batched=True,
+        batch_size=task.kind.map_batch_rows,
         fn_kwargs={"task": task, "tokenizer": tokenizer, "max_length": max_length},
         remove_columns=raw.column_names,
         cache_file_name=os.path.join(cache_dir(), f"{task.name}-{key}.arrow"),

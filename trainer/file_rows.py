@@ -34,11 +34,25 @@ def iter_file_rows(task: TaskSpec, path: str) -> Iterator[tuple[str, dict[str, A
     rows = _iter_rows(task, path)
     while True:
         try:
-            yield next(rows)
+            where, row = next(rows)
         except StopIteration:
             return
         except UnicodeDecodeError as err:
             raise UserError(decode_error(task, path, err)) from None
+        if _has_nul(row):
+            raise UserError(f"{where}: a text contains a NUL character (binary data?); remove it, or fix the file")
+        yield where, row
+
+
+def _has_nul(value: Any) -> bool:
+    """A NUL anywhere in a row's texts: no tokenizer reads it as text, and C-string tools cut the text there."""
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def decode_error(task: TaskSpec, path: str, err: UnicodeDecodeError | None = None) -> str:

@@ -17,12 +17,15 @@ import html
 import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+from tensorboard.compat.tensorflow_stub import errors as tf_errors
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
 
 from trainer import storage
 from trainer.checkpoint_sync import resolve_cloud_dirs
@@ -30,6 +33,7 @@ from trainer.checkpoints import write_text_atomically
 from trainer.errors import UserError
 from trainer.metrics import METRICS_FILE
 from trainer.settings import Settings, as_record
+from trainer.writable import check_writable_file
 
 REPORT_FILE = "report.html"
 SETTINGS_FILE = "settings.json"
@@ -69,12 +73,34 @@ def read_scalars(log_dir: str | os.PathLike[str]) -> dict[str, Series]:
     if not runs:
         raise UserError(f"no TensorBoard logs in {log_dir} (no {EVENT_FILES} files); train first, or point "
                         "--output_dir/--log_dir (or --job_dir) at a run")
+    for path in sorted(Path(log_dir).rglob(EVENT_FILES)):
+        problem = _event_file_problem(path)
+        if problem:
+            print(f"warning: {path}: {problem}", file=sys.stderr)
     scalars: dict[str, dict[int, float]] = {}
     for run in runs:
         events = EventAccumulator(str(run), size_guidance={SCALARS: 0}, purge_orphaned_data=True).Reload()
         for tag in events.Tags()[SCALARS]:
             scalars.setdefault(tag, {}).update((e.step, e.value) for e in events.Scalars(tag))
     return {tag: sorted(points.items()) for tag, points in scalars.items()}
+
+
+def _event_file_problem(path: Path) -> str | None:
+    """Why an event file yields nothing (or less than it holds), or None. TensorBoard's reader stops quietly at
+    the first bad record: an empty file or a damaged one would just be missing from the charts."""
+    if path.stat().st_size == 0:
+        return "the event file is empty: nothing of it is drawn; the report is built from the rest"
+    reader = PyRecordReader_New(str(path))
+    try:
+        while True:
+            reader.GetNext()
+    except tf_errors.OutOfRangeError:  # the end, every record whole
+        return None
+    except tf_errors.DataLossError as err:
+        return (f"the event file is damaged or cut short ({err.message}): only its records before the damage are "
+                "drawn; the report is built from the rest")
+    finally:
+        reader.file_handle.close()
 
 
 def task_names(scalars: dict[str, Series]) -> list[str]:
@@ -250,15 +276,27 @@ def download_job(logs: Any, model: Any, target: Path) -> None:
             store.download_file(model.child(name), target / name)
 
 
+def _recorded_log_dir(recorded: dict[str, Any], output_dir: Path) -> Path:
+    """The run's logs as settings.json recorded them, followed if the run was moved or copied: a log folder that
+    was inside the recorded OUTPUT_DIR is read inside this one, never at the old absolute path."""
+    logs, was = recorded.get("log_dir"), recorded.get("output_dir")
+    if not logs:
+        return output_dir / "logs"
+    if was and Path(logs).is_relative_to(was):
+        return output_dir / Path(logs).relative_to(was)
+    return Path(logs)
+
+
 def rebuild_report(settings: Settings, output: str | None = None) -> Path:
     """Write the report of the run in OUTPUT_DIR, or of the job in JOB_DIR, to `output` (default
     OUTPUT_DIR/report.html)."""
     output_dir = Path(settings.output_dir)
     target = Path(output) if output else output_dir / REPORT_FILE
+    check_writable_file(target, "--output" if output else "OUTPUT_DIR/report.html")
     dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
     if dirs is None:
         run = _read_json(output_dir / SETTINGS_FILE) or {}
-        log_dir = settings.log_dir or run.get("settings", {}).get("log_dir") or output_dir / "logs"
+        log_dir = settings.log_dir or _recorded_log_dir(run.get("settings", {}), output_dir)
         return write_report(target, log_dir, output_dir / METRICS_FILE, output_dir / SETTINGS_FILE, str(output_dir))
     with tempfile.TemporaryDirectory(prefix="trainer-report-") as scratch:
         scratch = Path(scratch)

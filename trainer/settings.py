@@ -239,6 +239,8 @@ def _parse(name: str, raw: Any, hint: Any) -> Any:
         values = tuple(str(i).strip() for i in items if str(i).strip())
         if not values:
             raise UserError(f"{env} is empty; give a comma-separated list")
+        if len(values) != len(items):  # `stsb,rte,`: a stray comma is a typo, not a task named ''
+            raise UserError(f"{env}={','.join(str(i) for i in items)!r} has an empty entry; remove the stray comma")
         return values
     if origin is dict:
         return _parse_weights(env, raw)

@@ -94,6 +94,7 @@ DEMO_TASKS: dict[str, TaskSpec] = {
 # ---- declaring tasks -------------------------------------------------------------------
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+MAX_NAME_LENGTH = 64  # a name is part of cache and export paths: long ones fail there, far from the cause
 _REQUIRED = ("name", "type", "train_file", "dev_file")
 _FILE_FIELDS = ("header", "column_names", "encoding", "format")
 _DECLARABLE = ("test_file", "main_metric", "in_average", "override", "source", *_FILE_FIELDS)
@@ -144,6 +145,10 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
     where = f"{where} ({name})"
     if not _NAME.match(name):
         raise UserError(f"{where}: name may only contain letters, digits, '_' and '-'")
+    if name.startswith("-"):
+        raise UserError(f"{where}: name must not start with '-' (it reads as a flag); start with a letter or digit")
+    if len(name) > MAX_NAME_LENGTH:
+        raise UserError(f"{where}: name is {len(name)} characters long; at most {MAX_NAME_LENGTH} are allowed")
     kind = KINDS.get(kind_name)
     if kind is None:
         raise UserError(f"{where}: type {kind_name!r} is not allowed; choose one of {', '.join(KINDS)}")
@@ -265,6 +270,9 @@ def resolve_tasks(
     unweighted = sorted(set(task_weights or {}) - set(names))
     if unweighted:
         raise UserError(f"TASK_WEIGHTS names {', '.join(unweighted)}, which is not in TASKS ({', '.join(names)})")
+    if task_weights and all(task_weights.get(n, 1.0) == 0 for n in names):
+        raise UserError(f"TASK_WEIGHTS gives every task weight 0 ({', '.join(names)}): nothing would be trained; "
+                        "give at least one task a weight > 0")
     return [available[n] for n in names]
 
 

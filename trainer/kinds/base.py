@@ -111,6 +111,11 @@ class TaskKind:
     prediction_columns: tuple[str, ...] = ("prediction",)  # what predict-file writes after `index`
     no_packing: str = ""  # why PACKING=1 can't pack this kind's batches (empty: it can, see trainer.packing)
     takes_choices: bool = False  # `predict --choices`: candidate answers per input (multiple choice)
+    map_batch_rows: int = 1000  # rows per `datasets.map` batch when tokenising (datasets' default)
+
+    def takes_text_pair(self, task: TaskSpec) -> bool:
+        """Whether `predict --text_pair` means anything for this task (sentence-pair tasks only)."""
+        return False
 
     # -- declaration --------------------------------------------------------------------
 

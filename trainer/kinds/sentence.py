@@ -83,6 +83,9 @@ class SentenceKind(TaskKind):
         return {"text_a": [i["text"] for i in inputs], "text_b": [i.get("text_pair") or "" for i in inputs],
                 "label": [self.dummy_label] * len(inputs)}
 
+    def takes_text_pair(self, task: TaskSpec) -> bool:
+        return len(task.text_columns) == 2
+
     def predict(
         self, task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         inputs: list[dict[str, Any]], max_length: int,
