@@ -99,6 +99,9 @@ def test_every_file_of_a_run_follows_the_umask(exported_run):
     modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
     assert any(name.endswith("model.safetensors") for name in modes)
     assert {name: oct(mode) for name, mode in modes.items() if mode != expected} == {}
+    folders = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_dir()}
+    assert "export" in folders
+    assert {name: oct(mode) for name, mode in folders.items() if mode != 0o777 & ~current_umask()} == {}
 
 
 def test_truncated_model_weights_are_one_line(tmp_path):

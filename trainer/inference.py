@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer.checkpoints import latest_complete_checkpoint
 from trainer.errors import UserError
-from trainer.file_modes import follow_umask
+from trainer.file_modes import current_umask, follow_umask
 from trainer.file_rows import iter_file_rows
 from trainer.modeling import MULTITASK_FILE, MultitaskModel
 from trainer.positions import check_max_seq_length
@@ -219,6 +219,7 @@ def export_tasks(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, expo
     check_export_target(target, what, output_dir, keep)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; the export is a folder like any other
     old = staging.with_name(staging.name + "-old")
     try:
         for name in model.tasks:
