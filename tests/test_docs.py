@@ -63,3 +63,17 @@ def test_the_readme_source_example_declares_the_tweeteval_tasks(tmp_path):
         assert (task.hub_path, task.hub_name) == ("cardiffnlp/tweet_eval", name) and task.declared_source
         assert task.hub_splits == ("train", "validation", "test" if name == "emotion" else "")
         assert task.labels == () and task.text_columns == ("text",) and task.main_metric == "macro_f1"
+
+
+def test_the_readme_trec_and_tweeteval_example_reads_trec_lines(tmp_path):
+    block = re.search(r"```yaml\n(tasks:\n  - name: trec.*?)```", README, re.S).group(1)
+    (tmp_path / "tasks.yaml").write_text(block)
+    (tmp_path / "trec").mkdir()
+    lines = ["DESC:manner How did serfdom develop ?", "NUM:date When was Ozzy born ?", "HUM:ind Who is he ?",
+             "LOC:city Where is Caf\xe9 Rouge ?"] * 10
+    (tmp_path / "trec" / "train_5500.label").write_bytes("\n".join(lines).encode("latin-1"))
+    tasks = load_tasks_file(str(tmp_path / "tasks.yaml"))
+    dev = read_split(tasks["trec"], "dev", None)
+    assert len(dev) == 4 and sorted(dev.label) == [1, 3, 4, 5]  # 10 % of 40, one of each label
+    assert "Where is Caf\xe9 Rouge ?" in read_split(tasks["trec"], "train", None).text_a
+    assert tasks["irony"].test_labels_file.endswith("tweeteval/irony/test_labels.txt")

@@ -142,6 +142,27 @@ def test_label_names_reach_the_export_and_predict(named_run):
     assert output["input"] == {"text": "the cat sat", "text_pair": "the cat sat"}
 
 
+def test_evaluate_takes_the_current_tasks_files_test_file_and_prints_every_metric(named_run, forked_cli, tmp_path):
+    """Trained without a test_file; one added to TASKS_FILE afterwards is scored without retraining."""
+    from .tiny import cli_environ
+
+    out, env, _ = named_run
+    (tmp_path / "test.tsv").write_text("a\tb\tlabel\n" + "the cat sat\tthe cat sat\t1\nthe dog ran\tthe bird\t0\n" * 3)
+    (tmp_path / "tasks.yaml").write_text(
+        "tasks:\n  - {name: same, type: classification, text_columns: [a, b], label_column: label,"
+        " label_names: [different, same], train_file: pairs.tsv, dev_file: pairs.tsv, test_file: test.tsv}\n")
+    env = {**env, "TASKS_FILE": str(tmp_path / "tasks.yaml"), "OUTPUT_DIR": str(tmp_path / "scores")}
+    result = forked_cli.run("evaluate", "--tasks=same", f"--model_dir={out}", env=cli_environ(env), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"note: evaluate: task same's test split is TASKS_FILE {tmp_path / 'tasks.yaml'}'s: " \
+        f"{tmp_path / 'test.tsv'} (the export recorded none)" in result.stderr
+    report = json.loads((tmp_path / "scores" / "metrics_test.json").read_text())
+    assert report["examples"] == {"same": 6}
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert ["same", "accuracy", f"{report['tasks']['same']['accuracy']:.4f}", "6", "(main)"] in rows, result.stdout
+    assert {row[1] for row in rows if row[0] == "same"} == {"accuracy", "mcc", "f1", "loss"}, result.stdout
+
+
 def test_a_pair_task_without_text_pair_is_refused(named_run):
     _, env, _ = named_run
     line = one_error_line(run_cli("predict", "--task=same", "--text=the cat sat", env=env))

@@ -68,10 +68,11 @@ def read_local_split(task: TaskSpec, path: str, split: str = "train") -> TaskDat
 def content_key(task: TaskSpec, path: str) -> str:
     """A digest of the file's bytes and everything in the task that changes how they are read."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    declaration = {k: v for k, v in task.to_dict().items() if k not in ("train_file", "dev_file", "test_file")}
+    for file in filter(None, (path, task.labels_file_of(path))):  # a parallel labels file is part of the split
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    declaration = {k: v for k, v in task.to_dict().items() if not k.endswith("_file")}
     digest.update(json.dumps([READER_VERSION, task.file_format(path), declaration], sort_keys=True,
                              default=str).encode())
     return digest.hexdigest()[:24]

@@ -6,8 +6,8 @@ import numpy as np
 
 from trainer.positions import check_max_seq_length
 from trainer.settings import Settings
-from trainer.spec import SPLITS
-from trainer.tasks import describe_choice, resolve_tasks
+from trainer.spec import SPLITS, TaskData, TaskSpec
+from trainer.tasks import UnlabelledSplit, describe_choice, read_split, resolve_tasks
 
 
 def check(settings: Settings) -> str:
@@ -21,9 +21,15 @@ def check(settings: Settings) -> str:
     limit = settings.max_seq_length
     lines = [describe_choice(tasks, settings.tasks, settings.tasks_file),
              f"tokenizer of {settings.model_name}; MAX_SEQ_LENGTH={limit}"]
+    tests = {t.name: declared_test(t, settings) for t in tasks}
     for task in tasks:
         lines.append(f"{task.name} ({task.type}, main metric {task.metric}):")
-        for split in SPLITS:
+        for split in (*SPLITS, "test"):
+            if split == "test":
+                if not isinstance(tests[task.name], TaskData):
+                    lines.append(f"  test  {tests[task.name]}")
+                    continue
+                rows[task.name]["test"] = tests[task.name]
             columns = rows[task.name][split].columns
             lengths = task.kind.token_lengths(task, columns, tokenizer)
             p50, p90, p99 = np.percentile(lengths, [50, 90, 99]).astype(int)
@@ -35,3 +41,19 @@ def check(settings: Settings) -> str:
                 lines.append(f"        labels: {summary}")
     lines.append("ok: every task reads and validates; nothing was written")
     return "\n".join(lines)
+
+
+def declared_test(task: TaskSpec, settings: Settings) -> TaskData | str:
+    """The task's test split, read and validated as `evaluate` reads it, or a note why there is none to read.
+    A declared test file that is missing or bad stops `check` as it would stop `evaluate`."""
+    local = not task.declared_source and not (task.hub_path and not settings.data_dir)
+    if task.demo or (local and not (task.test_file or (task.split and task.split[1]))):
+        return "none declared (test_file or split: {test: ...})"
+    if not local and not task.declared_source:
+        return "on the hub; not read by check"
+    if task.declared_source and not task.hub_splits[2]:
+        return "none declared (source test: ...)"
+    try:
+        return read_split(task, "test", settings.data_dir).limit(settings.max_eval_samples)
+    except UnlabelledSplit:
+        return "no labels: predict-file only"

@@ -6,7 +6,9 @@ Each task's model is its standalone export, wrapped in a one-task `MultitaskMode
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from trainer.modeling import MultitaskModel
 from trainer.multitask_trainer import AGGREGATE_METRIC, MultitaskTrainer
 from trainer.settings import Settings
 from trainer.spec import TaskData, TaskSpec
-from trainer.tasks import UnlabelledSplit, read_split
+from trainer.tasks import UnlabelledSplit, load_tasks_file, read_split
 from trainer.train import precision_flags
 from trainer.writable import check_writable_dir
 
@@ -42,6 +44,8 @@ def evaluate(settings: Settings, split: str = "test", model_dir: str | None = No
         raise UserError(f"--split={split!r} is not allowed; choose one of {', '.join(EVAL_SPLITS)}")
     check_writable_dir(settings.output_dir, "OUTPUT_DIR")  # where metrics_<split>.json goes
     tasks = [find_task(settings.output_dir, model_dir, name)[0] for name in chosen_tasks(settings, model_dir)]
+    if split == "test" and settings.tasks_file:
+        tasks = current_test_files(tasks, settings.tasks_file)
     rows = read_labelled_splits(tasks, split, settings)
     metrics: dict[str, float] = {}
     for task in tasks:  # one model in memory at a time
@@ -59,6 +63,25 @@ def evaluate(settings: Settings, split: str = "test", model_dir: str | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(path, json.dumps(report, indent=2))
     return report
+
+
+def current_test_files(tasks: list[TaskSpec], tasks_file: str) -> list[TaskSpec]:
+    """The tasks with the test split the current TASKS_FILE declares, where it declares one: a `test_file`
+    added (or moved) after training needs no retraining. Says so, once per task it changes."""
+    declared = load_tasks_file(tasks_file)
+    updated = []
+    for task in tasks:
+        current = declared.get(task.name)
+        fields = ("test_file", "test_labels_file", "label_from", "split", "encoding", "header", "column_names",
+                  "format")
+        if current is not None and (current.test_file or (current.split and current.split[1])) \
+                and any(getattr(current, f) != getattr(task, f) for f in fields):
+            test = current.test_file or f"{current.train_file} (split)"
+            print(f"note: evaluate: task {task.name}'s test split is TASKS_FILE {tasks_file}'s: {test} (the export "
+                  f"recorded {task.test_file or 'none'})", file=sys.stderr, flush=True)
+            task = dataclasses.replace(task, **{f: getattr(current, f) for f in (*fields, "train_file")})
+        updated.append(task)
+    return updated
 
 
 def chosen_tasks(settings: Settings, model_dir: str | None) -> list[str]:
@@ -116,11 +139,17 @@ def score_task(
     return {k: v for k, v in metrics.items() if k != f"{split}_{AGGREGATE_METRIC}"}
 
 
+_TIMINGS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")  # not the model's
+
+
 def describe_report(report: dict[str, Any], path: Path) -> str:
-    """The table `evaluate` prints: task, main metric, value, examples; then the average and the file."""
+    """The table `evaluate` prints: each task's metrics (main first), value, examples; the average; the file."""
     lines = [f"{'task':<20} {'metric':<10} {'value':>8} {'examples':>9}"]
-    for name, metric in report["main_metric"].items():
-        lines.append(f"{name:<20} {metric:<10} {report['tasks'][name][metric]:>8.4f} {report['examples'][name]:>9}")
+    for name, main in report["main_metric"].items():  # every metric of the task, its main one first (marked)
+        metrics = report["tasks"][name]
+        for metric in sorted((m for m in metrics if m not in _TIMINGS), key=lambda m: m != main):
+            lines.append(f"{name:<20} {metric:<10} {metrics[metric]:>8.4f} {report['examples'][name]:>9}"
+                         + ("  (main)" if metric == main else ""))
     lines.append(f"{AGGREGATE_METRIC:<20} {'':<10} {report[AGGREGATE_METRIC]:>8.4f}")
     lines.append(f"{report['split']} metrics -> {path}")
     return "\n".join(lines)

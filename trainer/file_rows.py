@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +80,9 @@ def csv_reader(handle: Any, fmt: str) -> Iterator[list[str]]:
 def _iter_rows(task: TaskSpec, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     fmt = task.file_format(path)
     encoding = python_encoding(task)
+    if fmt == "lines":
+        yield from _line_rows(task, path, encoding)
+        return
     if fmt not in ("csv", "tsv", "jsonl"):
         yield from task.kind.read_file(task, path, fmt, encoding)
         return
@@ -112,3 +116,51 @@ def _iter_rows(task: TaskSpec, path: str) -> Iterator[tuple[str, dict[str, Any]]
                     f"{path}:{start}: expected {len(header)} columns ({', '.join(header)}), found {len(cells)}"
                 )
             yield f"{path}:{start}", dict(zip(header, cells, strict=True))
+
+
+def _line_rows(task: TaskSpec, path: str, encoding: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """One row per line: the text, with its label from the parallel labels file, or the `label_from` regex's
+    named groups. A line without a labels file or regex is a text alone (predict-file's input)."""
+    labels_path = task.labels_file_of(path)
+    if labels_path:
+        yield from _parallel_rows(task, path, labels_path, encoding)
+        return
+    pattern = re.compile(task.label_from) if task.label_from else None
+    text_column = task.text_columns[0]
+    with open(path, encoding=encoding) as handle:
+        for lineno, line in enumerate(handle, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            if pattern is None:
+                yield f"{path}:{lineno}", {text_column: line}
+                continue
+            match = pattern.fullmatch(line)
+            if match is None:
+                raise UserError(f"{path}:{lineno}: the line does not match task {task.name!r}'s label_from regex "
+                                f"'{task.label_from}': {line[:80]!r}")
+            yield f"{path}:{lineno}", {k: v for k, v in match.groupdict().items() if v is not None}
+
+
+def _parallel_rows(task: TaskSpec, path: str, labels_path: str, encoding: str
+                   ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Line n of the text file with line n of the labels file; files of different lengths are refused."""
+    if not Path(labels_path).is_file():
+        raise UserError(f"task {task.name!r}: labels file {labels_path} not found")
+    text_column, label_column = task.text_columns[0], task.label_column
+    with open(path, encoding=encoding) as texts, open(labels_path, encoding=encoding) as labels:
+        lineno = 0
+        for lineno, text in enumerate(texts, 1):
+            label = labels.readline()
+            if not label:
+                count = lineno - 1 + sum(1 for _ in texts) + 1
+                raise _misaligned(task, path, count, labels_path, lineno - 1)
+            yield f"{path}:{lineno}", {text_column: text.rstrip("\r\n"), label_column: label.strip()}
+        extra = sum(1 for _ in labels)
+        if extra:
+            raise _misaligned(task, path, lineno, labels_path, lineno + extra)
+
+
+def _misaligned(task: TaskSpec, path: str, texts: int, labels_path: str, labels: int) -> UserError:
+    return UserError(f"task {task.name!r}: {path} has {texts} lines but its labels file {labels_path} has {labels}; "
+                     "they must be aligned, one item per line")

@@ -42,11 +42,17 @@ def _dataset(task: TaskSpec) -> dict[str, Any]:
         local = os.path.isabs(task.hub_path) or task.hub_path.startswith(".")
         path = Path(task.hub_path).name if local else task.hub_path
         entry = {"type": path, "name": f"{path} {task.hub_name}" if task.hub_name else path}
+        if local:  # a local folder is not the Hub dataset its name may match (a subset of ag_news): its files
+            files = ", ".join(sorted(p.name for p in Path(task.hub_path).iterdir())) if Path(task.hub_path).is_dir() \
+                else path
+            entry = {"type": task.name, "name": f"{task.name} (local files {path}/: {files})"}
         if task.hub_name:
             entry["config"] = task.hub_name
         return {**entry, "split": task.hub_splits[1] or "validation"}
-    files = ", ".join(Path(f).name for f in (task.train_file, task.dev_file))
-    return {"type": task.name, "name": f"{task.name} ({files})", "split": Path(task.dev_file).name}
+    files = ", ".join(Path(f).name for f in (task.train_file, task.train_labels_file, task.dev_file,
+                                             task.dev_labels_file) if f)
+    return {"type": task.name, "name": f"{task.name} ({files})", "split": Path(task.dev_file).name if task.dev_file
+            else f"dev ({task.split[0]:g} of {Path(task.train_file).name})"}
 
 
 def _labels(task: TaskSpec) -> tuple[str, ...]:
@@ -166,8 +172,10 @@ def model_card(task: TaskSpec, tasks: list[TaskSpec], report: Mapping[str, Any] 
 
     others = [t for t in tasks if t.name != task.name]
     lines = [f"# {task.name}", "",
-             f"A **{task.type}** model ({task.kind.summary}), trained by multitask-trainer on one shared encoder "
-             f"together with {len(others)} other task{'s' if len(others) != 1 else ''}. This folder is the "
+             f"A **{task.type}** model ({task.kind.summary}), trained by multitask-trainer "
+             + (f"on one shared encoder together with {len(others)} other task{'s' if len(others) != 1 else ''}. "
+                if others else "on its own (a run of this one task). ")
+             + "This folder is the "
              "standalone Transformers model of this task: the shared encoder with this task's head.", ""]
     if settings:
         lines.append(f"- Base model: `{base}`" if base else "- Base model: none; the offline demo encoder (a tiny "

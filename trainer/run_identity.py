@@ -27,7 +27,8 @@ from trainer.spec import TaskData, TaskSpec
 
 RUN_FILE = "run.json"
 FORMAT = 1
-_LOCATIONS = ("train_file", "dev_file", "test_file")  # where the data lives: its content is in `data`
+_LOCATIONS = ("train_file", "dev_file", "test_file", "train_labels_file", "dev_labels_file",  # where the data
+              "test_labels_file")  # lives: its content is in `data`
 
 
 @dataclass(frozen=True)

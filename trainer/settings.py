@@ -122,10 +122,11 @@ class Settings:
                                 "windows of 200 batches; batches in random order)."}
     )
     eval_steps: int | None = field(
-        default=None, metadata={"help": "Evaluate every N steps; empty = at the end of each epoch.", "range": COUNT}
+        default=None, metadata={"help": "Evaluate every N steps; empty = about 10 times a run (every epoch if "
+                                "more often).", "range": COUNT}
     )
     save_steps: int | None = field(
-        default=None, metadata={"help": "Checkpoint every N steps; empty = at the end of each epoch.", "range": COUNT}
+        default=None, metadata={"help": "Checkpoint every N steps; empty = as EVAL_STEPS' default.", "range": COUNT}
     )
     save_total_limit: int | None = field(
         default=3, metadata={"help": "Keep at most N checkpoints (the newest is never deleted).", "range": COUNT}

@@ -38,6 +38,14 @@ class TaskSpec:
     column_names: tuple[str, ...] = ()
     encoding: str = "utf-8"
     format: str = ""  # the files' format when their suffix doesn't say (csv, tsv, jsonl, txt, conll)
+    # One item per line instead of a table: each split's labels in a parallel file (TweetEval's *_labels.txt),
+    # or each line cut into named columns by the `label_from` regex (TREC's `LABEL:fine text`).
+    train_labels_file: str = ""
+    dev_labels_file: str = ""
+    test_labels_file: str = ""
+    label_from: str = ""
+    # (dev fraction, test fraction, seed): the dev and test splits are drawn from train_file (`split:`).
+    split: tuple[Any, ...] = ()
     # A `datasets` source (built-in tasks, or `source:` in TASKS_FILE): dataset path, config, the split
     # names for ALL_SPLITS ("" where there is none), and the kind's options for hub rows where the hub's
     # columns differ from the local files' (built-in tasks only).
@@ -95,7 +103,20 @@ class TaskSpec:
     def counts_in_average(self) -> bool:
         return (not self.kind.auxiliary) if self.in_average is None else self.in_average
 
+    @property
+    def reads_lines(self) -> bool:
+        """Its files hold one item per line (with a parallel labels file, or cut by `label_from`)."""
+        return bool(self.label_from or self.train_labels_file or self.dev_labels_file or self.test_labels_file)
+
+    def labels_file_of(self, path: str) -> str:
+        """The labels file parallel to the text file `path` ("" when there is none)."""
+        pairs = ((self.train_file, self.train_labels_file), (self.dev_file, self.dev_labels_file),
+                 (self.test_file, self.test_labels_file))
+        return next((labels for text, labels in pairs if text and text == path), "")
+
     def file_format(self, path: str) -> str:
+        if self.reads_lines:
+            return "lines"
         suffix = self.format or Path(path).suffix.lstrip(".").lower()
         formats = self.kind.file_formats
         if suffix not in formats:

@@ -97,7 +97,9 @@ _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 MAX_NAME_LENGTH = 64  # a name is part of cache and export paths: long ones fail there, far from the cause
 _REQUIRED = ("name", "type", "train_file", "dev_file")
 _FILE_FIELDS = ("header", "column_names", "encoding", "format")
-_DECLARABLE = ("test_file", "main_metric", "in_average", "override", "source", *_FILE_FIELDS)
+_LINE_FIELDS = ("train_labels_file", "dev_labels_file", "test_labels_file", "label_from")
+_DECLARABLE = ("test_file", "main_metric", "in_average", "override", "source", "split", *_FILE_FIELDS,
+               *_LINE_FIELDS)
 _SOURCE_KEYS = ("dataset", "config", "train", "dev", "test")
 
 
@@ -154,7 +156,8 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
         raise UserError(f"{where}: type {kind_name!r} is not allowed; choose one of {', '.join(KINDS)}")
     if "source" in entry and ("train_file" in entry or "dev_file" in entry):
         raise UserError(f"{where}: give either 'source' or 'train_file'/'dev_file', not both")
-    files = () if "source" in entry else ("train_file", "dev_file")
+    entry = _line_defaults(entry, kind_name, where)
+    files = () if "source" in entry else ("train_file",) if "split" in entry else ("train_file", "dev_file")
     required = ["name", "type", *(f.name for f in kind.fields if f.required), *files]
     missing = [k for k in required if k not in entry]
     if missing:
@@ -170,7 +173,7 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
             f"{where}: field(s) {', '.join(extra)} are not allowed for a {kind_name} task{hint}; allowed: "
             + ", ".join(sorted(allowed))
         )
-    file_fields = [k for k in _FILE_FIELDS if k in entry]
+    file_fields = [k for k in (*_FILE_FIELDS, *_LINE_FIELDS, "split") if k in entry]
     if "source" in entry and file_fields:
         raise UserError(f"{where}: {', '.join(file_fields)} describe(s) files; a task with a 'source' takes none")
     options = {k: field.parse(entry[k], where) for k, field in own.items() if k in entry}
@@ -179,10 +182,14 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
     common: dict[str, Any] = {
         "main_metric": typed.get("main_metric", ""),
         **(_source(entry["source"], where, base) if "source" in entry else
-           {"train_file": str(base / typed["train_file"]), "dev_file": str(base / typed["dev_file"])}),
+           {"train_file": str(base / typed["train_file"]),
+            "dev_file": str(base / typed["dev_file"]) if "dev_file" in typed else ""}),
         "test_file": str(base / typed["test_file"]) if typed.get("test_file") else "",
         **{k: typed[k] for k in ("header", "column_names", "encoding", "format", "in_average", "override")
            if k in typed},
+        **{k: str(base / typed[k]) for k in _LINE_FIELDS[:3] if typed.get(k)},
+        **_label_from(entry, options, where),
+        **_split(entry, typed, where),
     }
     spec = TaskSpec(name=name, type=kind_name, options=options, **common)
     validate_task(spec, where)
@@ -190,6 +197,66 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
         if file:
             spec.file_format(file)
     return spec
+
+
+def _line_defaults(entry: dict[str, Any], kind_name: str, where: str) -> dict[str, Any]:
+    """A task read one item per line (a labels file, or `label_from`) names its columns `text` and `label`
+    unless it says otherwise; only classification and regression tasks read lines."""
+    lines = [k for k in _LINE_FIELDS if k in entry]
+    if not lines:
+        return entry
+    if kind_name not in ("classification", "regression"):
+        raise UserError(f"{where}: {', '.join(lines)} read(s) one text per line, for classification and "
+                        f"regression tasks; a {kind_name} task reads its files' columns")
+    for key in _LINE_FIELDS[:3]:
+        text = key.replace("_labels", "")
+        if key in entry and text not in entry and not (text == "dev_file" and "split" in entry):
+            raise UserError(f"{where}: {key} is the labels of {text}, which is missing; give both")
+    if "label_from" in entry and any(k in entry for k in _LINE_FIELDS[:3]):
+        raise UserError(f"{where}: take the labels either from labels files or from 'label_from', not both")
+    return {"text_columns": ["text"], "label_column": "label", **entry}
+
+
+def _label_from(entry: dict[str, Any], options: dict[str, Any], where: str) -> dict[str, Any]:
+    """`label_from: {regex: ...}`: a regular expression each whole line must match, whose named groups are the
+    task's columns (`text`, `label` unless `text_columns`/`label_column` say otherwise)."""
+    if "label_from" not in entry:
+        return {}
+    value = entry["label_from"]
+    if not isinstance(value, dict) or set(map(str, value)) != {"regex"} or not isinstance(value["regex"], str):
+        raise UserError(f"{where}: label_from must be {{regex: '...'}}, a regular expression with named groups, "
+                        r"e.g. {regex: '(?P<label>\w+):\S+ (?P<text>.*)'}")
+    try:
+        groups = set(re.compile(value["regex"]).groupindex)
+    except re.error as err:
+        raise UserError(f"{where}: label_from regex '{value['regex']}' is not a valid regular expression "
+                        f"({err})") from None
+    needed = [*options.get("text_columns", ("text",)), options.get("label_column", "label")]
+    missing = [g for g in needed if g not in groups]
+    if missing:
+        raise UserError(f"{where}: label_from regex '{value['regex']}' has no named group(s) "
+                        + ", ".join(f"(?P<{g}>...)" for g in missing) + "; it needs one per text column and label")
+    return {"label_from": value["regex"]}
+
+
+def _split(entry: dict[str, Any], typed: dict[str, Any], where: str) -> dict[str, Any]:
+    """`split: {dev: 0.1, test: 0.1, seed: 42}`: dev and test drawn from train_file, as (dev, test, seed)."""
+    if "split" not in entry:
+        return {}
+    value = entry["split"]
+    usage = ("split takes {dev: fraction, test: fraction, seed: integer} (fractions above 0 whose sum is below 1; "
+             "test optional, seed default 42)")
+    if not isinstance(value, dict) or not set(map(str, value)) <= {"dev", "test", "seed"} or "dev" not in value:
+        raise UserError(f"{where}: {usage}")
+    dev, test, seed = value["dev"], value.get("test", 0), value.get("seed", 42)
+    numbers = all(isinstance(f, int | float) and not isinstance(f, bool) for f in (dev, test))
+    if not numbers or not isinstance(seed, int) or isinstance(seed, bool) or dev <= 0 or test < 0 or dev + test >= 1 \
+            or ("test" in value and test <= 0):
+        raise UserError(f"{where}: split {value} is not allowed; {usage}")
+    if "dev_file" in entry or (test and "test_file" in entry):
+        raise UserError(f"{where}: split draws dev{' and test' if test else ''} from train_file; leave out "
+                        f"{'dev_file' if 'dev_file' in entry else 'test_file'}, or split")
+    return {"split": (float(dev), float(test), seed), "dev_file": ""}
 
 
 def _check_override(name: str, override: bool, where: str) -> None:
@@ -303,6 +370,13 @@ COMMON_HELP = {
     "column_names": "csv/tsv without a header: the column names",
     "encoding": "the files' text encoding (default utf-8)",
     "format": "the files' format when the suffix doesn't say it (csv, tsv, jsonl, txt, conll)",
+    "train_labels_file": "classification/regression: a file of labels parallel to train_file (which then holds "
+                         "one text per line); dev_labels_file, test_labels_file likewise",
+    "dev_labels_file": "the labels of dev_file, one per line",
+    "test_labels_file": "the labels of test_file, one per line",
+    "label_from": "{regex: '...'}: each line of the files is one row, cut by the regex's named groups (text, "
+                  "label), e.g. TREC's {regex: '(?P<label>\\w+):\\S+ (?P<text>.*)'}",
+    "split": "{dev: 0.1, test: 0.1, seed: 42}: draw dev (and test) from train_file, stratified by label",
 }
 
 
@@ -311,7 +385,8 @@ _TYPED = {name: Field(name, COMMON_HELP[name], default=default, list_of_str=isin
                       unique=isinstance(default, tuple), value_type=bool if name == "in_average" else None)
           for name, default in (("name", ""), ("type", ""), ("train_file", ""), ("dev_file", ""), ("test_file", ""),
                                 ("main_metric", ""), ("in_average", None), ("override", False), ("header", True),
-                                ("column_names", ()), ("encoding", "utf-8"), ("format", ""))}
+                                ("column_names", ()), ("encoding", "utf-8"), ("format", ""),
+                                *((k, "") for k in _LINE_FIELDS[:3]))}
 
 
 def describe_tasks() -> str:
@@ -418,6 +493,9 @@ def read_split(task: TaskSpec, split: str, data_dir: str | None) -> TaskData:
         return TaskData({k: columns[k] for k in task.kind.features(task)})
     if task.declared_source or (task.hub_path and not data_dir):
         return read_hub_split(task, split)
+    if task.split and task.train_file and (split == "dev" or (split == "test" and task.split[1])
+                                           or split == "train"):
+        return carve_split(task, read_local_split(task, task.train_file, "train"), split)
     file = split_file(task, split)
     if not file:
         hint = "the hub has one: leave DATA_DIR unset" if task.hub_path else "declare 'test_file:' for it in TASKS_FILE"
@@ -425,3 +503,41 @@ def read_split(task: TaskSpec, split: str, data_dir: str | None) -> TaskData:
     if task.hub_path:  # built-in, from DATA_DIR
         return read_local_split(task, str(Path(data_dir) / task.name / file), split)
     return read_local_split(task, file, split)
+
+
+def carve_split(task: TaskSpec, rows: TaskData, split: str) -> TaskData:
+    """One of train/dev/test drawn from the rows of train_file by `split: {dev, test, seed}`: the same rows
+    for the same file and seed every time, stratified by label for classification (`datasets`'
+    `train_test_split`, which stratifies on a ClassLabel column)."""
+    import datasets
+
+    dataset = rows.dataset if rows.dataset is not None else rows.as_dataset(task.kind.features(task))
+    quiet = not datasets.utils.are_progress_bars_disabled()
+    if quiet:  # a cast and a selection of a few rows: no bars
+        datasets.utils.disable_progress_bars()
+    try:
+        return TaskData(dataset=_carve(task, dataset, split).flatten_indices().cast(dataset.features))
+    finally:
+        if quiet:
+            datasets.utils.enable_progress_bars()
+
+
+def _carve(task: TaskSpec, dataset: Any, split: str) -> Any:
+    import datasets
+
+    dev, test, seed = task.split
+    stratify = "label" if task.type == "classification" else None
+    if stratify:
+        dataset = dataset.cast_column("label", datasets.ClassLabel(num_classes=task.num_labels))
+    try:
+        held, tests = round(len(dataset) * (dev + test)), round(len(dataset) * test)  # rows, not fractions: exact
+        parts = dataset.train_test_split(test_size=held, seed=seed, stratify_by_column=stratify)
+        if split == "train":
+            return parts["train"]
+        if not test:
+            return parts["test"]
+        rest = parts["test"].train_test_split(test_size=tests, seed=seed, stratify_by_column=stratify)
+    except ValueError as err:
+        raise UserError(f"task {task.name!r}: split {{dev: {dev}, test: {test}}} of {task.train_file} "
+                        f"({len(dataset)} rows) is not possible: {err}; use more rows or larger fractions") from None
+    return rest["train" if split == "dev" else "test"]

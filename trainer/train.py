@@ -222,6 +222,16 @@ def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDi
         return str(local) if local else None
 
 
+EVALUATIONS_PER_RUN = 10
+
+
+def default_interval(args: TrainingArguments, steps_per_epoch: int) -> int:
+    """Evaluate (and checkpoint) about EVALUATIONS_PER_RUN times a run, or every epoch where that is more often:
+    once an epoch gives a 3-epoch run 3 points, too few for model selection to choose from."""
+    planned = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    return max(1, min(steps_per_epoch, math.ceil(planned / EVALUATIONS_PER_RUN)))
+
+
 def finished_run(checkpoint: str, args: TrainingArguments, steps_per_epoch: int) -> bool:
     """The checkpoint is at (or past) the run's last step: MAX_STEPS, else NUM_EPOCHS' steps."""
     planned = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
@@ -361,8 +371,9 @@ def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[
         weighting_learning_rate=settings.task_weighting_lr,
     )
     steps_per_epoch = max(1, math.ceil(len(trainer.make_batch_sampler()) / args.gradient_accumulation_steps))
-    args.save_steps = settings.save_steps or steps_per_epoch
-    args.eval_steps = settings.eval_steps or steps_per_epoch
+    every = default_interval(args, steps_per_epoch)
+    args.save_steps = settings.save_steps or every
+    args.eval_steps = settings.eval_steps or every
     logger.info("tasks: %s; %d train examples; %d steps per epoch", ", ".join(t.name for t in tasks), len(train_set),
                 steps_per_epoch)
     if resume and finished_run(resume, args, steps_per_epoch):
