@@ -45,11 +45,11 @@ install-dev: $(VENV)/.installed-dev ## install, plus test and lint tools
 PYTEST_WORKERS ?= 2
 PYTEST_PARALLEL = $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadscope)
 
-test: install-dev chromium ## Ruff and every test, the slow end-to-end runs too (what CI runs; about 9 minutes on 2 cores)
+test: install-dev chromium ## Ruff and every test, in 2 workers (what CI runs; .ci/run: at most 15 minutes on 2 cores)
 	$(VENV)/bin/ruff check trainer tests benchmarks scripts
 	$(PY) -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
-test-quick: install-dev ## Ruff and the tests not marked slow, for the inner loop (about 4 minutes on 2 cores)
+test-quick: install-dev ## Ruff and the tests not marked slow, in 2 workers, for the inner loop
 	$(VENV)/bin/ruff check trainer tests benchmarks scripts
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
