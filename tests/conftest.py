@@ -126,12 +126,16 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In a worker: the units holding a slow test first, so the run does not end on one long test while the
-    other worker idles. Every worker collects the same items and sorts them alike (a stable sort)."""
+    """In a worker: the units holding a slow test first, then the other whole modules, then single tests, so the
+    run does not end on one long unit while the other worker idles. Every worker collects the same items and
+    sorts them alike (a stable sort)."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
     units: dict[str, list[pytest.Item]] = {}
     for item in items:
         units.setdefault(xdist_unit(config.rootpath, item.nodeid), []).append(item)
-    ordered = sorted(units.values(), key=lambda unit: not any(i.get_closest_marker("slow") for i in unit))
-    items[:] = [item for unit in ordered for item in unit]
+
+    def last_out(unit: list[pytest.Item]) -> tuple[bool, bool]:
+        return not any(i.get_closest_marker("slow") for i in unit), len(unit) == 1
+
+    items[:] = [item for unit in sorted(units.values(), key=last_out) for item in unit]
