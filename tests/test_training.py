@@ -22,7 +22,8 @@ from .tiny import ROOT, save_tiny_pretrained
 def demo_run(tmp_path_factory):
     """`make run-local` with no settings except where to write."""
     out = tmp_path_factory.mktemp("demo") / "run"
-    env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
+    # no setting; OMP_NUM_THREADS is the xdist worker's share of the cores (tests/conftest.py), not a setting
+    env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG", "OMP_NUM_THREADS")}
     env.update({"OUTPUT_DIR": str(out), "HF_HUB_OFFLINE": "1"})
     result = subprocess.run(["make", "run-local"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
