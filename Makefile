@@ -19,7 +19,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 
-.PHONY: help install install-dev test test-all chromium lint run-local settings clean
+.PHONY: help install install-dev test test-quick chromium lint run-local settings clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -40,16 +40,21 @@ install: $(VENV)/.installed ## Create .venv and install the pinned requirements
 
 install-dev: $(VENV)/.installed-dev ## install, plus test and lint tools
 
-test: install-dev ## The offline test suite without the tests marked slow (what CI runs; about 10 minutes on 2 cores)
-	$(VENV)/bin/ruff check trainer tests benchmarks scripts
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+# Tests run in 2 pytest-xdist workers; tests/conftest.py keeps the tests that share a trained run on one worker and
+# hands out the slow ones first. PYTEST_WORKERS=0 runs them in this process, one after the other.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadscope)
 
-test-all: install-dev chromium ## Every test, the slow end-to-end ones too (about 20 minutes on 2 cores)
+test: install-dev chromium ## Ruff and every test, in 2 workers (what CI runs; .ci/run: at most 15 minutes on 2 cores)
 	$(VENV)/bin/ruff check trainer tests benchmarks scripts
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
-chromium:
-	@# the report's browser check (tests/test_report.py, marked slow) needs Chromium; without apt it is skipped
+test-quick: install-dev ## Ruff and the tests not marked slow, in 2 workers, for the inner loop
+	$(VENV)/bin/ruff check trainer tests benchmarks scripts
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+
+chromium: ## Install Chromium for the report's browser check (make test does; about 25 s with apt)
+	@# tests/test_report.py renders report.html in it; without apt (or root) that one test is skipped
 	@command -v chromium >/dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
 		|| (apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1)) \
 		|| echo "chromium not installed (no apt, or not root): the browser check of report.html will be skipped"

@@ -4,13 +4,12 @@ import re
 
 import pytest
 
-from .tiny import ROOT, cli_environ, run_cli
+from .tiny import ROOT, cli_environ
 
 
-def test_settings_precedence_default_dotenv_env_flag(tmp_path):
+def test_settings_precedence_default_dotenv_env_flag(tmp_path, cli):
     (tmp_path / ".env").write_text("BATCH_SIZE=7\nSEED=3\nSAMPLING=uniform\nLEARNING_RATE=0.01\n")
-    result = run_cli("settings", "--sampling=round_robin", env={"SEED": "11", "SAMPLING": "temperature"},
-                     cwd=tmp_path)
+    result = cli("settings", "--sampling=round_robin", env={"SEED": "11", "SAMPLING": "temperature"}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines()}
     assert rows["BATCH_SIZE"].split()[1:] == ["7", "[.env]"]
@@ -81,7 +80,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, forked_cli, case):
     assert not output.exists(), "bad input must not leave checkpoints or exports behind"
 
 
-def test_unknown_flag_lists_the_allowed_ones():
-    result = run_cli("settings", "--batchsize=3")
+def test_unknown_flag_lists_the_allowed_ones(cli):
+    result = cli("settings", "--batchsize=3")
     assert result.returncode == 2
     assert "unknown flag(s) --batchsize; allowed: --model_name" in result.stderr

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from .tiny import quick_env, run_cli
+from .tiny import ROOT, cli_environ, quick_env, run_cli
 
 
 def one_error_line(result) -> str:
@@ -33,7 +33,7 @@ LATIN1 = {  # one reader each; the last line holds 'é' as the single Latin-1 by
 
 
 @pytest.mark.parametrize("fmt", sorted(LATIN1))
-def test_a_latin1_file_gets_one_line_naming_file_line_and_the_fix(tmp_path, fmt):
+def test_a_latin1_file_gets_one_line_naming_file_line_and_the_fix(tmp_path, fmt, cli):
     content, fields = LATIN1[fmt]
     (tmp_path / f"data.{fmt}").write_bytes(content.encode("latin-1"))
     entry = f"{{name: mine, {fields}, train_file: data.{fmt}, dev_file: data.{fmt}}}"
@@ -50,10 +50,10 @@ def test_a_latin1_file_gets_one_line_naming_file_line_and_the_fix(tmp_path, fmt)
         assert len(read_split(load_tasks_file(str(tmp_path / "tasks.yaml"))["mine"], "train", None)) >= 2
         return
     env = {"TASKS_FILE": str(tmp_path / "tasks.yaml"), "OUTPUT_DIR": str(tmp_path / "out"), "MAX_STEPS": "1"}
-    line = one_error_line(run_cli("train", env=env))
+    line = one_error_line(cli("train", env=env))
     assert re.search(expected, line), line
     (tmp_path / "tasks.yaml").write_text(f"tasks:\n  - {entry[:-1]}, encoding: latin-1}}\n")
-    result = run_cli("check", env=env)
+    result = cli("check", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ok: every task reads and validates" in result.stdout
     assert not (tmp_path / "out").exists()
@@ -61,7 +61,7 @@ def test_a_latin1_file_gets_one_line_naming_file_line_and_the_fix(tmp_path, fmt)
 
 # ---- 2. TASKS_FILE without TASKS ---------------------------------------------------------------------
 
-def test_tasks_file_without_tasks_trains_every_declared_task_and_says_so(tmp_path):
+def test_tasks_file_without_tasks_trains_every_declared_task_and_says_so(tmp_path, cli):
     (tmp_path / "a.csv").write_text("text,label\n" + "good,pos\nbad,neg\n" * 8)
     (tmp_path / "b.txt").write_text("some text to model\nmore text here\n" * 8)
     (tmp_path / "tasks.yaml").write_text(
@@ -69,29 +69,29 @@ def test_tasks_file_without_tasks_trains_every_declared_task_and_says_so(tmp_pat
         " labels: [neg, pos], train_file: a.csv, dev_file: a.csv}\n"
         "  - {name: text, type: masked_lm, train_file: b.txt, dev_file: b.txt}\n")
     out = tmp_path / "out"
-    result = run_cli("train", env=quick_env(out, TASKS_FILE=str(tmp_path / "tasks.yaml"), MAX_STEPS="2"))
+    result = cli("train", env=quick_env(out, TASKS_FILE=str(tmp_path / "tasks.yaml"), MAX_STEPS="2"))
     assert result.returncode == 0, result.stderr[-3000:]
     log_lines = [line for line in result.stderr.splitlines() if " INFO " in line]
     assert "training every task declared in TASKS_FILE" in log_lines[0] and "mine (classification)" in log_lines[0]
     assert set(json.loads((out / "metrics.json").read_text())["tasks"]) == {"mine", "text"}
-    settings = run_cli("settings", env={"TASKS_FILE": str(tmp_path / "tasks.yaml")})
+    settings = cli("settings", env={"TASKS_FILE": str(tmp_path / "tasks.yaml")})
     assert "every task of TASKS_FILE (auto)" in settings.stdout and "text (masked_lm)" in settings.stdout
 
 
-def test_settings_validates_the_tasks_file_and_tasks(tmp_path):
+def test_settings_validates_the_tasks_file_and_tasks(tmp_path, cli):
     (tmp_path / "tasks.yaml").write_text("tasks:\n  - {name: t, type: regression, text_columns: [a],"
                                          " label_column: y, main_metric: pearsn, train_file: a.csv, dev_file: a.csv}\n")
-    line = one_error_line(run_cli("settings", env={"TASKS_FILE": str(tmp_path / "tasks.yaml")}))
+    line = one_error_line(cli("settings", env={"TASKS_FILE": str(tmp_path / "tasks.yaml")}))
     assert "main_metric 'pearsn' is not a metric of this regression task" in line
-    line = one_error_line(run_cli("settings", env={"TASKS": "rte,nope"}))
+    line = one_error_line(cli("settings", env={"TASKS": "rte,nope"}))
     assert "unknown task(s) nope in TASKS" in line
 
 
 # ---- 3. --help ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["train", "export", "predict", "check", "settings", "launch", "job-spec"])
-def test_help_on_every_command_lists_its_flags(command):
-    result = run_cli(command, "--help")
+def test_help_on_every_command_lists_its_flags(command, cli):
+    result = cli(command, "--help")
     assert result.returncode == 0, result.stderr
     assert f"usage: python -m trainer {command}" in result.stdout
     if command not in ("job-spec",):
@@ -104,7 +104,7 @@ def test_help_on_every_command_lists_its_flags(command):
 # ---- 4-7. one trained run: evaluation once, --model_dir, predict from stdin, label names ----------------
 
 @pytest.fixture(scope="module")
-def named_run(tmp_path_factory):
+def named_run(tmp_path_factory, forked_cli):
     """The demo tasks plus a pair task whose file holds integer labels with `label_names`."""
     root = tmp_path_factory.mktemp("named")
     rows = "".join("the cat sat\tthe cat sat\t1\nthe dog ran\tthe bird flew\t0\n" for _ in range(40))
@@ -115,7 +115,7 @@ def named_run(tmp_path_factory):
     out = root / "out"
     env = quick_env(out, TASKS_FILE=str(root / "tasks.yaml"), TASKS="demo_sentiment,same", MAX_STEPS="8",
                     EVAL_STEPS="4", SAVE_STEPS="4")
-    result = run_cli("train", env=env)
+    result = forked_cli.run("train", env=cli_environ(env), cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, env, result
 
@@ -131,11 +131,11 @@ def test_dev_sets_are_evaluated_once_at_the_end(named_run):
     assert "\x1b[A" not in result.stderr  # no nested-bar escapes in a log file
 
 
-def test_label_names_reach_the_export_and_predict(named_run):
+def test_label_names_reach_the_export_and_predict(named_run, cli):
     out, env, _ = named_run
     config = json.loads((out / "export" / "same" / "config.json").read_text())
     assert config["id2label"] == {"0": "different", "1": "same"}
-    result = run_cli("predict", "--task=same", "--text=the cat sat", "--text_pair=the cat sat", env=env)
+    result = cli("predict", "--task=same", "--text=the cat sat", "--text_pair=the cat sat", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     output = json.loads(result.stdout)
     assert set(output["scores"]) == {"different", "same"} and output["label"] in output["scores"]
@@ -163,53 +163,44 @@ def test_evaluate_takes_the_current_tasks_files_test_file_and_prints_every_metri
     assert {row[1] for row in rows if row[0] == "same"} == {"accuracy", "mcc", "f1", "loss"}, result.stdout
 
 
-def test_a_pair_task_without_text_pair_is_refused(named_run):
+def test_a_pair_task_without_text_pair_is_refused(named_run, cli):
     _, env, _ = named_run
-    line = one_error_line(run_cli("predict", "--task=same", "--text=the cat sat", env=env))
+    line = one_error_line(cli("predict", "--task=same", "--text=the cat sat", env=env))
     assert "task 'same' takes sentence pairs: give --text_pair" in line
 
 
 @pytest.mark.slow
-def test_model_dir_takes_an_output_dir_a_checkpoint_or_an_export(named_run, tmp_path):
+def test_model_dir_takes_an_output_dir_a_checkpoint_or_an_export(named_run, tmp_path, cli):
     out, env, _ = named_run
     base = {k: v for k, v in env.items() if k != "OUTPUT_DIR"}
     results = {}
     for where in (out, out / "model", out / "checkpoint-4", out / "export" / "demo_sentiment", out / "export"):
-        result = run_cli("predict", "--task=demo_sentiment", "--text=what a wonderful film", f"--model_dir={where}",
-                         env={**base, "OUTPUT_DIR": str(tmp_path / "elsewhere")})
+        result = cli("predict", "--task=demo_sentiment", "--text=what a wonderful film", f"--model_dir={where}",
+                     env={**base, "OUTPUT_DIR": str(tmp_path / "elsewhere")})
         assert result.returncode == 0, (where, result.stderr[-2000:])
         results[where.name] = json.loads(result.stdout)["label"]
     assert results[out.name] == results["model"] == results["demo_sentiment"]
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("x")
-    line = one_error_line(run_cli("predict", "--task=demo_sentiment", "--text=x", f"--model_dir={tmp_path / 'junk'}",
-                                  env=base))
+    line = one_error_line(cli("predict", "--task=demo_sentiment", "--text=x", f"--model_dir={tmp_path / 'junk'}",
+                              env=base))
     assert "junk holds notes.txt" in line and "--model_dir takes an OUTPUT_DIR" in line
 
 
-def test_predict_reads_stdin_text_lines_and_json_lines(named_run):
-    import subprocess
-    import sys
-
-    from .tiny import ROOT
-
+def test_predict_reads_stdin_text_lines_and_json_lines(named_run, cli):
     out, env, _ = named_run
     texts = [f"what a wonderful film number {i}" if i % 2 else f"the plot was dull {i}" for i in range(300)]
-    full_env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env}
-    result = subprocess.run([sys.executable, "-m", "trainer", "predict", "--task=demo_sentiment", "--text=-"],
-                            input="\n".join(texts) + "\n", env=full_env, capture_output=True, text=True, timeout=300)
+    result = cli("predict", "--task=demo_sentiment", "--text=-", stdin="\n".join(texts) + "\n", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["input"]["text"] for line in lines] == texts
     assert {line["label"] for line in lines} <= {"positive", "negative"}
     assert set(lines[0]["scores"]) == {"negative", "positive"}
     pairs = json.dumps({"text": "the cat sat", "text_pair": "the cat sat"}) + "\n"
-    result = subprocess.run([sys.executable, "-m", "trainer", "predict", "--task=same", "--text=-"],
-                            input=pairs, env=full_env, capture_output=True, text=True, timeout=300)
+    result = cli("predict", "--task=same", "--text=-", stdin=pairs, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["input"]["text_pair"] == "the cat sat"
-    result = subprocess.run([sys.executable, "-m", "trainer", "predict", "--task=same", "--text=-"],
-                            input=pairs + "{not json\n", env=full_env, capture_output=True, text=True, timeout=300)
+    result = cli("predict", "--task=same", "--text=-", stdin=pairs + "{not json\n", env=env)
     assert result.returncode == 2 and result.stderr.strip() == "error: stdin line 2: not valid JSON (Expecting " \
         "property name enclosed in double quotes)", result.stderr
 

@@ -46,10 +46,10 @@ def committed_steps(client, job: str) -> list[int]:
     return [s for s, _ in remote.list_committed_checkpoints(GcsStore(client), gcs.parse_gcs_uri(f"{job}/checkpoints"))]
 
 
-def test_run_with_job_dir_leaves_everything_in_the_bucket(tmp_path, gcs_client, gcs_bucket):
+def test_run_with_job_dir_leaves_everything_in_the_bucket(tmp_path, gcs_client, gcs_bucket, cli):
     out = tmp_path / "out"
     env = quick_env(out, JOB_DIR=f"gs://{BUCKET}/runs/one", SAVE_STEPS="4", SAVE_TOTAL_LIMIT="2")
-    result = run_cli("train", env=env)
+    result = cli("train", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert committed_steps(gcs_client, f"gs://{BUCKET}/runs/one") == [8, 12]  # rotation keeps SAVE_TOTAL_LIMIT
     ckpt = remote_objects(gcs_client, "runs/one/checkpoints/checkpoint-12/")
@@ -168,11 +168,11 @@ def test_sigterm_saves_commits_and_exits_nonzero_within_30s(tmp_path, gcs_client
 
 
 @pytest.mark.parametrize("variable", ["AIP_CHECKPOINT_DIR"])
-def test_vertex_dirs_take_precedence_over_job_dir(tmp_path, gcs_client, gcs_bucket, variable):
+def test_vertex_dirs_take_precedence_over_job_dir(tmp_path, gcs_client, gcs_bucket, variable, cli):
     env = quick_env(tmp_path / "out", JOB_DIR=f"gs://{BUCKET}/ignored", MAX_STEPS="4", SAVE_STEPS="4",
                     AIP_CHECKPOINT_DIR=f"gs://{BUCKET}/vertex/checkpoints/",
                     AIP_MODEL_DIR=f"gs://{BUCKET}/vertex/model/", AIP_TENSORBOARD_LOG_DIR=f"gs://{BUCKET}/vertex/logs/")
-    result = run_cli("train", env=env)
+    result = cli("train", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     names = [b.name for b in gcs_client.list_blobs(BUCKET)]
     assert "vertex/checkpoints/checkpoint-4/COMMITTED" in names or any(
@@ -182,9 +182,9 @@ def test_vertex_dirs_take_precedence_over_job_dir(tmp_path, gcs_client, gcs_buck
     assert not any(n.startswith("ignored/") for n in names)
 
 
-def test_missing_bucket_is_one_line_before_anything_is_written(tmp_path, gcs_client, gcs_bucket):
+def test_missing_bucket_is_one_line_before_anything_is_written(tmp_path, gcs_client, gcs_bucket, cli):
     out = tmp_path / "out"
-    result = run_cli("train", env=quick_env(out, JOB_DIR="gs://no-such-bucket/x"))
+    result = cli("train", env=quick_env(out, JOB_DIR="gs://no-such-bucket/x"))
     assert result.returncode != 0
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
         "error: bucket gs://no-such-bucket does not exist; create it with `make create-bucket` or fix JOB_DIR"]

@@ -13,7 +13,7 @@ from trainer.tasks import BUILTIN_TASKS, read_split
 from trainer.train import train
 
 from .test_training import StopAt
-from .tiny import ROOT, SHARED_DATA, cli_environ, run_cli, save_tiny_gpt2, save_tiny_pretrained, write_text
+from .tiny import ROOT, SHARED_DATA, cli_environ, save_tiny_gpt2, save_tiny_pretrained, write_text
 
 
 def tasks_file(root, *entries: str):
@@ -26,28 +26,28 @@ MLM_ENTRY = "{name: text, type: masked_lm, train_file: train.txt, dev_file: dev.
 CLM_ENTRY = "{name: text, type: causal_lm, train_file: train.txt, dev_file: dev.txt}"
 
 
-def train_on_text(root, model, entry: str, tasks: str, **settings: str):
+def train_on_text(forked_cli, root, model, entry: str, tasks: str, **settings: str):
     """Train a classifier beside a language-modelling task on the demo's sentences; (OUTPUT_DIR, env)."""
     write_text(root / "train.txt", 600)
     write_text(root / "dev.txt", 80)
     env = {"MODEL_NAME": str(model), "TASKS_FILE": str(tasks_file(root, entry)), "TASKS": tasks,
            "OUTPUT_DIR": str(root / "out"), "MAX_STEPS": "200", "BATCH_SIZE": "16", "MAX_TRAIN_SAMPLES": "300",
            "MAX_EVAL_SAMPLES": "64", "MAX_SEQ_LENGTH": "32", **settings}
-    result = run_cli("train", env=env)
+    result = forked_cli.run("train", env=cli_environ(env), cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "out", env
 
 
 @pytest.fixture(scope="module")
-def mlm_run(tmp_path_factory):
+def mlm_run(tmp_path_factory, forked_cli):
     """A tiny BERT trained on the demo sentiment task beside a masked-LM task (PyText's setup)."""
     root = tmp_path_factory.mktemp("mlm")
-    return train_on_text(root, save_tiny_pretrained(root / "tiny"), MLM_ENTRY, "demo_sentiment,text",
+    return train_on_text(forked_cli, root, save_tiny_pretrained(root / "tiny"), MLM_ENTRY, "demo_sentiment,text",
                          LEARNING_RATE="2e-3", TASK_WEIGHTS="text=0.5")
 
 
 @pytest.mark.slow
-def test_masked_lm_beside_a_classifier(mlm_run):
+def test_masked_lm_beside_a_classifier(mlm_run, cli):
     out, env = mlm_run
     report = json.loads((out / "metrics.json").read_text())
     text = report["tasks"]["text"]
@@ -62,7 +62,7 @@ def test_masked_lm_beside_a_classifier(mlm_run):
     head = model.task_models["text"].get_output_embeddings().weight
     assert head.data_ptr() == model.encoder.get_input_embeddings().weight.data_ptr()
     # the export works in the fill-mask pipeline and agrees with `predict`
-    result = run_cli("predict", "--task=text", "--text=the movie was [MASK] good", env=env)
+    result = cli("predict", "--task=text", "--text=the movie was [MASK] good", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     ours = json.loads(result.stdout)["masks"][0][0]["token"]
     export = out / "export" / "text"
@@ -119,13 +119,14 @@ def test_wikitext2_builtin_reads_valid_as_train_and_test_as_dev():
 
 
 @pytest.fixture(scope="module")
-def gpt2_run(tmp_path_factory):
+def gpt2_run(tmp_path_factory, forked_cli):
     root = tmp_path_factory.mktemp("gpt2")
-    return train_on_text(root, save_tiny_gpt2(root / "tiny"), CLM_ENTRY, "text,demo_sentiment", LEARNING_RATE="3e-3")
+    return train_on_text(forked_cli, root, save_tiny_gpt2(root / "tiny"), CLM_ENTRY, "text,demo_sentiment",
+                         LEARNING_RATE="3e-3")
 
 
 @pytest.mark.slow
-def test_gpt2_shared_by_a_causal_lm_and_a_classifier(gpt2_run):
+def test_gpt2_shared_by_a_causal_lm_and_a_classifier(gpt2_run, cli):
     out, env = gpt2_run
     report = json.loads((out / "metrics.json").read_text())
     assert report["tasks"]["text"]["perplexity"] < 60, report["tasks"]["text"]
@@ -137,15 +138,14 @@ def test_gpt2_shared_by_a_causal_lm_and_a_classifier(gpt2_run):
     tokenizer = transformers.AutoTokenizer.from_pretrained(out / "export" / "text")
     prompt = tokenizer("the movie was", return_tensors="pt")
     generated = lm.generate(**prompt, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    result = run_cli("predict", "--task=text", "--text=the movie was", env=env)
+    result = cli("predict", "--task=text", "--text=the movie was", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     continuation = json.loads(result.stdout)["continuation"]
     assert continuation.strip().startswith(tokenizer.decode(generated[0, prompt["input_ids"].shape[1]:],
                                                                         skip_special_tokens=True).strip())
     classifier = transformers.AutoModelForSequenceClassification.from_pretrained(out / "export" / "demo_sentiment")
     assert classifier.config.id2label == {0: "negative", 1: "positive"}
-    result = run_cli("predict", "--task=demo_sentiment", '--text=["what a wonderful film","the plot was dull"]',
-                     env=env)
+    result = cli("predict", "--task=demo_sentiment", '--text=["what a wonderful film","the plot was dull"]', env=env)
     assert [json.loads(line)["label"] for line in result.stdout.splitlines()] == ["positive", "negative"]
 
 

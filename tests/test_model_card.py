@@ -9,8 +9,6 @@ from huggingface_hub import ModelCard
 from trainer.model_card import base_model, model_card
 from trainer.tasks import BUILTIN_TASKS, DEMO_TASKS, load_tasks_file
 
-from .tiny import run_cli
-
 PIPELINES = {"demo_sentiment": "text-classification", "demo_similarity": "text-classification",
              "demo_category": None}
 
@@ -64,9 +62,9 @@ def test_the_usage_snippet_runs_on_the_export(exported_run, name, capsys):
 
 
 @pytest.mark.slow
-def test_export_writes_cards_for_the_exported_step(exported_run, tmp_path):
+def test_export_writes_cards_for_the_exported_step(exported_run, tmp_path, cli):
     out, env, report = exported_run
-    result = run_cli("export", f"--export_dir={tmp_path / 'final'}", env=env)  # OUTPUT_DIR/model: the last step
+    result = cli("export", f"--export_dir={tmp_path / 'final'}", env=env)  # OUTPUT_DIR/model: the last step
     assert result.returncode == 0, result.stderr[-2000:]
     for name in PIPELINES:
         card = ModelCard.load(tmp_path / "final" / name / "README.md")
@@ -76,7 +74,7 @@ def test_export_writes_cards_for_the_exported_step(exported_run, tmp_path):
         assert {r.metric_args["step"] for r in card.data.eval_results} == {12}
     lonely = tmp_path / "copied-model"
     shutil.copytree(out / "model", lonely)
-    result = run_cli("export", f"--model_dir={lonely}", f"--export_dir={tmp_path / 'bare'}", env=env)
+    result = cli("export", f"--model_dir={lonely}", f"--export_dir={tmp_path / 'bare'}", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "no metrics.json beside" in result.stderr
     card = ModelCard.load(tmp_path / "bare" / "demo_sentiment" / "README.md")

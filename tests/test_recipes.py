@@ -19,7 +19,7 @@ import yaml
 from trainer.env import read_dotenv
 from trainer.settings import load_settings
 
-from .tiny import ROOT, SHARED_DATA, run_cli, save_tiny_gpt2, save_tiny_pretrained
+from .tiny import ROOT, SHARED_DATA, save_tiny_gpt2, save_tiny_pretrained
 
 pytestmark = pytest.mark.slow
 EXAMPLES = ROOT / "examples"
@@ -82,7 +82,7 @@ def test_every_recipe_is_listed_in_the_readme():
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside the project")
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_runs_offline(name, tmp_path, tiny_models):
+def test_recipe_runs_offline(name, tmp_path, tiny_models, cli):
     recipe = EXAMPLES / f"{name}.env"
     settings = read_dotenv(recipe)
     model = tiny_models["decoder" if settings["MODEL_NAME"].startswith("gpt2") else "encoder"]
@@ -92,7 +92,7 @@ def test_recipe_runs_offline(name, tmp_path, tiny_models):
     tasks_file = offline_tasks_file(settings, tmp_path)
     if tasks_file:
         env["TASKS_FILE"] = str(tasks_file)
-    result = run_cli("train", env=env)
+    result = cli("train", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     expected = settings["TASKS"].split(",") if "TASKS" in settings else [
@@ -104,7 +104,7 @@ def test_recipe_runs_offline(name, tmp_path, tiny_models):
     assert {key: sources[key.lower()] for key in settings} == {key: recipe.name for key in settings}
 
 
-def test_make_run_local_reads_the_recipe_named_by_env_file(tmp_path):
+def test_make_run_local_reads_the_recipe_named_by_env_file(tmp_path, cli):
     """The documented command, through make: the recipe's settings reach the trainer (shown by `settings`,
     which make passes ENV_FILE to the same way)."""
     recipe = tmp_path / "mine.env"
@@ -116,7 +116,7 @@ def test_make_run_local_reads_the_recipe_named_by_env_file(tmp_path):
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["global_step"] == 2
-    missing = run_cli("train", env={"ENV_FILE": str(tmp_path / "nope.env")})
+    missing = cli("train", env={"ENV_FILE": str(tmp_path / "nope.env")})
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines() == [f"error: ENV_FILE={tmp_path / 'nope.env'} does not exist; give a "
                                                    "settings file such as examples/<recipe>.env, or unset ENV_FILE "

@@ -16,7 +16,7 @@ from trainer.gcs import GcsStore
 from trainer.report import rebuild_report
 from trainer.settings import Settings
 
-from .tiny import quick_env, run_cli
+from .tiny import ROOT, cli_environ, quick_env
 
 pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
@@ -26,11 +26,11 @@ CHART_SECTIONS = ("dev", "loss", "lr", "weights")
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, forked_cli):
     """The demo tasks for 8 steps, evaluated at 4 and 8, with learned loss weights (their chart)."""
     out = tmp_path_factory.mktemp("report") / "run"
     env = quick_env(out, MAX_STEPS="8", EVAL_STEPS="4", MAX_EVAL_SAMPLES="16", TASK_WEIGHTING="uncertainty")
-    result = run_cli("train", env=env)
+    result = forked_cli.run("train", env=cli_environ(env), cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -135,7 +135,7 @@ def test_the_report_is_one_self_contained_file_with_a_chart_per_section(demo_run
     assert len({p.name for p in out.iterdir()} & {"report.html", ".report.html.tmp"}) == 1  # no temporary left
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (make test-all installs it: apt-get install "
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (make test installs it: apt-get install "
                     "chromium); the browser check of report.html needs it")
 def test_every_image_of_the_report_decodes_in_a_real_browser(demo_run, tmp_path):
     from PIL import Image
@@ -167,9 +167,9 @@ def test_every_image_of_the_report_decodes_in_a_real_browser(demo_run, tmp_path)
     assert max(count for count, _ in colours) < 0.97 * image.width * image.height  # not one flat colour
 
 
-def test_report_rebuilds_it_from_output_dir_and_refuses_a_run_without_logs(demo_run, tmp_path):
+def test_report_rebuilds_it_from_output_dir_and_refuses_a_run_without_logs(demo_run, tmp_path, cli):
     out, _ = demo_run
-    result = run_cli("report", f"--output_dir={out}", f"--output={tmp_path / 'again.html'}")
+    result = cli("report", f"--output_dir={out}", f"--output={tmp_path / 'again.html'}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == f"report -> {tmp_path / 'again.html'}"
     page = Page((tmp_path / "again.html").read_text())
@@ -181,12 +181,12 @@ def test_report_rebuilds_it_from_output_dir_and_refuses_a_run_without_logs(demo_
     assert list((tmp_path / "empty").iterdir()) == []
 
 
-def test_report_from_the_bucket_of_a_running_then_finished_job(demo_run, tmp_path, gcs_client, gcs_bucket):
+def test_report_from_the_bucket_of_a_running_then_finished_job(demo_run, tmp_path, gcs_client, gcs_bucket, cli):
     out, _ = demo_run
     job = gcs.parse_gcs_uri(f"gs://{gcs_bucket}/jobs/one")
     remote.upload_tree(GcsStore(gcs_client), out / "logs", job.child("logs"))  # a running job: logs only
     target = tmp_path / "live.html"
-    result = run_cli("report", f"--job_dir={job}", f"--output={target}", env={"OUTPUT_DIR": str(tmp_path / "o")})
+    result = cli("report", f"--job_dir={job}", f"--output={target}", env={"OUTPUT_DIR": str(tmp_path / "o")})
     assert result.returncode == 0, result.stderr[-2000:]
     text = target.read_text()
     assert "No metrics.json yet" in text and f"Run report: {job}/logs" in text
@@ -199,7 +199,7 @@ def test_report_from_the_bucket_of_a_running_then_finished_job(demo_run, tmp_pat
     assert "No metrics.json yet" not in target.read_text() and "demo_category" in page.cells
     assert not (tmp_path / "o").exists()
 
-    line = one_error_line(run_cli("report", f"--job_dir=gs://{gcs_bucket}/jobs/none", f"--output={tmp_path / 'x'}"))
+    line = one_error_line(cli("report", f"--job_dir=gs://{gcs_bucket}/jobs/none", f"--output={tmp_path / 'x'}"))
     assert line == f"error: no TensorBoard logs in gs://{gcs_bucket}/jobs/none/logs: the job has not logged yet, " \
         "or JOB_DIR is wrong"
     assert not (tmp_path / "x").exists()

@@ -8,7 +8,6 @@ from trainer.errors import UserError
 from trainer.settings import load_settings
 
 from .test_first_hour import one_error_line
-from .tiny import run_cli
 
 
 def test_report_to_is_a_checked_comma_list():
@@ -33,7 +32,7 @@ def test_report_to_reaches_the_training_arguments(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_tracker_that_is_not_installed_stops_train_with_one_line(tmp_path):
+def test_a_tracker_that_is_not_installed_stops_train_with_one_line(tmp_path, cli):
     from trainer.train import check_trackers
 
     if importlib.util.find_spec("mlflow") is None:  # in-process: the same check for every tracker
@@ -42,6 +41,6 @@ def test_a_tracker_that_is_not_installed_stops_train_with_one_line(tmp_path):
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here")
     output = tmp_path / "out"
-    result = run_cli("train", env={"OUTPUT_DIR": str(output), "REPORT_TO": "tensorboard,wandb", "MAX_STEPS": "1"})
+    result = cli("train", env={"OUTPUT_DIR": str(output), "REPORT_TO": "tensorboard,wandb", "MAX_STEPS": "1"})
     assert one_error_line(result) == "error: REPORT_TO=wandb needs the wandb package: pip install wandb"
     assert not output.exists()

@@ -14,7 +14,7 @@ import pytest
 from trainer.file_modes import current_umask
 from trainer.run_lock import LOCK_FILE
 
-from .tiny import ROOT, quick_env, run_cli, save_tiny_pretrained
+from .tiny import ROOT, quick_env, save_tiny_pretrained
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -34,12 +34,12 @@ def huge_target_task(tmp_path) -> str:
     return str(path)
 
 
-def test_a_loss_that_becomes_inf_stops_the_run_with_one_line(tmp_path):
+def test_a_loss_that_becomes_inf_stops_the_run_with_one_line(tmp_path, cli):
     out = tmp_path / "out"
     # round robin: step 1 is demo_sentiment (finite, checkpoint-1 saved), step 2 is the first `huge` step
     env = quick_env(out, TASKS="demo_sentiment,huge", TASKS_FILE=huge_target_task(tmp_path), SAMPLING="round_robin",
                     SAVE_STEPS="1", EVAL_STEPS="100", LOGGING_STEPS="4", MAX_STEPS="8")
-    result = run_cli("train", env=env)
+    result = cli("train", env=env)
     assert result.returncode != 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     lines = error_lines(result.stderr)
@@ -51,11 +51,11 @@ def test_a_loss_that_becomes_inf_stops_the_run_with_one_line(tmp_path):
     assert not (out / "model").exists() and not (out / "metrics.json").exists()
 
 
-def test_the_loss_is_checked_at_the_first_logging_step_at_the_latest(tmp_path):
+def test_the_loss_is_checked_at_the_first_logging_step_at_the_latest(tmp_path, cli):
     out = tmp_path / "out"
     env = quick_env(out, TASKS="demo_sentiment,huge", TASKS_FILE=huge_target_task(tmp_path), SAMPLING="round_robin",
                     SAVE_STEPS="100", EVAL_STEPS="100", LOGGING_STEPS="3", MAX_STEPS="8")
-    result = run_cli("train", env=env)
+    result = cli("train", env=env)
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr[-3000:]
@@ -64,7 +64,7 @@ def test_the_loss_is_checked_at_the_first_logging_step_at_the_latest(tmp_path):
     assert not list(out.glob("checkpoint-*"))
 
 
-def test_resuming_a_finished_run_says_so_and_trains_nothing(exported_run, tmp_path):
+def test_resuming_a_finished_run_says_so_and_trains_nothing(exported_run, tmp_path, cli):
     out, env, _ = exported_run
     copy = tmp_path / "out"
     shutil.copytree(out, copy, symlinks=True)
@@ -72,7 +72,7 @@ def test_resuming_a_finished_run_says_so_and_trains_nothing(exported_run, tmp_pa
         return {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in copy.rglob("*") if p.name != LOCK_FILE}
 
     before = files()
-    result = run_cli("train", env={**env, "OUTPUT_DIR": str(copy), "RESUME": "auto"})
+    result = cli("train", env={**env, "OUTPUT_DIR": str(copy), "RESUME": "auto"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"the run in {copy} already finished at step 12; nothing to do" in result.stdout
     assert sorted(p.name for p in copy.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-4", "checkpoint-8"]
@@ -104,12 +104,12 @@ def test_every_file_of_a_run_follows_the_umask(exported_run):
     assert {name: oct(mode) for name, mode in folders.items() if mode != 0o777 & ~current_umask()} == {}
 
 
-def test_truncated_model_weights_are_one_line(tmp_path):
+def test_truncated_model_weights_are_one_line(tmp_path, cli):
     model = save_tiny_pretrained(tmp_path / "tiny")
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     out = tmp_path / "out"
-    result = run_cli("train", env={"MODEL_NAME": str(model), "OUTPUT_DIR": str(out), "MAX_STEPS": "2"})
+    result = cli("train", env={"MODEL_NAME": str(model), "OUTPUT_DIR": str(out), "MAX_STEPS": "2"})
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     lines = error_lines(result.stderr)
@@ -132,11 +132,11 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", str(disk)], check=False)
 
 
-def test_a_full_disk_at_save_is_one_line_and_leaves_no_partial_checkpoint(tiny_disk, tmp_path):
+def test_a_full_disk_at_save_is_one_line_and_leaves_no_partial_checkpoint(tiny_disk, tmp_path, cli):
     out = tiny_disk / "run"
     # the demo's first checkpoint (weights 0.4 MB + AdamW state 0.8 MB) does not fit in 1 MB
     env = quick_env(out, SAVE_STEPS="4", EVAL_STEPS="100", LOG_DIR=str(tmp_path / "logs"))
-    result = run_cli("train", env=env)
+    result = cli("train", env=env)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     lines = error_lines(result.stderr)

@@ -163,12 +163,10 @@ def test_declaration_errors_name_the_field_and_what_is_allowed(tmp_path, entry, 
         load_tasks_file(str(path))
 
 
-def test_tasks_command_lists_builtin_tasks_and_every_kinds_fields():
+def test_tasks_command_lists_builtin_tasks_and_every_kinds_fields(cli):
     from trainer.kinds import KINDS
 
-    from .tiny import run_cli
-
-    result = run_cli("tasks")
+    result = cli("tasks")
     assert result.returncode == 0, result.stderr
     assert "\n  source " in result.stdout and "datasets.load_dataset" in result.stdout
     for name in BUILTIN_TASKS:

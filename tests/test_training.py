@@ -15,14 +15,15 @@ from trainer.settings import load_settings
 from trainer.tasks import DEMO_TASKS
 from trainer.train import train
 
-from .tiny import ROOT, run_cli, save_tiny_pretrained
+from .tiny import ROOT, save_tiny_pretrained
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """`make run-local` with no settings except where to write."""
     out = tmp_path_factory.mktemp("demo") / "run"
-    env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
+    # no setting; OMP_NUM_THREADS is the xdist worker's share of the cores (tests/conftest.py), not a setting
+    env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG", "OMP_NUM_THREADS")}
     env.update({"OUTPUT_DIR": str(out), "HF_HUB_OFFLINE": "1"})
     result = subprocess.run(["make", "run-local"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -44,22 +45,22 @@ def test_demo_learns_every_task_well_above_chance(demo_run):
 
 
 @pytest.mark.slow
-def test_predict_and_export_from_the_command_line(demo_run, tmp_path):
+def test_predict_and_export_from_the_command_line(demo_run, tmp_path, cli):
     out, _ = demo_run
     env = {"OUTPUT_DIR": str(out)}
-    result = run_cli("predict", "--task=demo_sentiment", "--text=[\"what a wonderful film\",\"the plot was dull\"]",
-                     env=env)
+    result = cli("predict", "--task=demo_sentiment", "--text=[\"what a wonderful film\",\"the plot was dull\"]",
+                 env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     labels = [json.loads(line)["label"] for line in result.stdout.splitlines()]
     assert labels == ["positive", "negative"]
-    result = run_cli("predict", "--task=demo_category", "--text=which word is a fruit ?",
-                     "--choices=[\"hammer\",\"mango\",\"bus\",\"red\"]", env=env)
+    result = cli("predict", "--task=demo_category", "--text=which word is a fruit ?",
+                 "--choices=[\"hammer\",\"mango\",\"bus\",\"red\"]", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["label"] == "mango"
-    result = run_cli("export", f"--export_dir={tmp_path / 'exp'}", env=env)
+    result = cli("export", f"--export_dir={tmp_path / 'exp'}", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == sorted(DEMO_TASKS)
-    result = run_cli("predict", "--task=nope", "--text=x", env=env)
+    result = cli("predict", "--task=nope", "--text=x", env=env)
     assert result.returncode == 2 and "task 'nope' is not in this model" in result.stderr
 
 
