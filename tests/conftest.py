@@ -82,6 +82,17 @@ def exported_run(tmp_path_factory: pytest.TempPathFactory, forked_cli: ForkedCLI
     return out, env, json.loads((out / "metrics.json").read_text())
 
 
+@pytest.fixture
+def run_copy(exported_run, tmp_path):
+    """A writable copy of `exported_run` (checkpoints 4, 8, 12), and its env."""
+    import shutil
+
+    out, env, _ = exported_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, symlinks=True)
+    return copy, {**env, "OUTPUT_DIR": str(copy)}
+
+
 # --- parallel runs (pytest-xdist, `make test`) ----------------------------------------------------------
 
 

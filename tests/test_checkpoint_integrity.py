@@ -2,7 +2,6 @@
 (local or in the bucket) is used. Bucket checkpoints that are missing or all corrupt are one `error:` line."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -29,15 +28,6 @@ def flip(path: Path, count: int = 64, at: int | None = None) -> None:
     for i in range(start, start + count):
         data[i] ^= 0xFF
     path.write_bytes(bytes(data))
-
-
-@pytest.fixture
-def run_copy(exported_run, tmp_path):
-    """A writable copy of the session's 12-step demo run (checkpoints 4, 8, 12), and its env."""
-    out, env, _ = exported_run
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy, symlinks=True)
-    return copy, {**env, "OUTPUT_DIR": str(copy)}
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -13,8 +13,6 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-
 from tests.tiny import cli_environ
 from trainer.inference import EXPORT_MARKER
 
@@ -80,15 +78,6 @@ def test_predict_file_refuses_an_output_that_is_a_hard_link_to_its_input(exporte
     (line,) = error_lines(result)
     assert "would overwrite --input" in line and "the same file" in line, line
     assert source.read_text() == "text\na fine film\n"
-
-
-@pytest.fixture
-def run_copy(exported_run, tmp_path):
-    """A writable copy of the session's 12-step demo run (checkpoints 4, 8, 12), and its env."""
-    out, env, _ = exported_run
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy, symlinks=True)
-    return copy, {**env, "OUTPUT_DIR": str(copy)}
 
 
 # ---- damaged checkpoints --------------------------------------------------------------------------------------
