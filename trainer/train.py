@@ -225,17 +225,20 @@ def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDi
 EVALUATIONS_PER_RUN = 10
 
 
+def planned_steps(args: TrainingArguments, steps_per_epoch: int) -> int:
+    """The run's last step: MAX_STEPS, else NUM_EPOCHS' steps."""
+    return args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+
+
 def default_interval(args: TrainingArguments, steps_per_epoch: int) -> int:
     """Evaluate (and checkpoint) about EVALUATIONS_PER_RUN times a run, or every epoch where that is more often:
     once an epoch gives a 3-epoch run 3 points, too few for model selection to choose from."""
-    planned = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
-    return max(1, min(steps_per_epoch, math.ceil(planned / EVALUATIONS_PER_RUN)))
+    return max(1, min(steps_per_epoch, math.ceil(planned_steps(args, steps_per_epoch) / EVALUATIONS_PER_RUN)))
 
 
 def finished_run(checkpoint: str, args: TrainingArguments, steps_per_epoch: int) -> bool:
     """The checkpoint is at (or past) the run's last step: MAX_STEPS, else NUM_EPOCHS' steps."""
-    planned = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
-    return trained_steps(checkpoint) >= planned
+    return trained_steps(checkpoint) >= planned_steps(args, steps_per_epoch)
 
 
 def already_finished(settings: Settings, checkpoint: str, args: TrainingArguments) -> dict[str, Any]:
@@ -374,8 +377,9 @@ def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[
     every = default_interval(args, steps_per_epoch)
     args.save_steps = settings.save_steps or every
     args.eval_steps = settings.eval_steps or every
-    logger.info("tasks: %s; %d train examples; %d steps per epoch", ", ".join(t.name for t in tasks), len(train_set),
-                steps_per_epoch)
+    logger.info("tasks: %s; %d train examples; %d steps per epoch; evaluating every %d steps, saving every %d%s",
+                ", ".join(t.name for t in tasks), len(train_set), steps_per_epoch, args.eval_steps, args.save_steps,
+                "" if settings.eval_steps else f" (EVAL_STEPS unset: about {EVALUATIONS_PER_RUN} times a run)")
     if resume and finished_run(resume, args, steps_per_epoch):
         return already_finished(settings, resume, args)
     if args.should_save:
