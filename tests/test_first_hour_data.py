@@ -146,6 +146,19 @@ def test_split_with_a_dev_file_too_is_refused(forked_cli, tmp_path):
         one_error_line(cli(forked_cli, tmp_path, "check"))
 
 
+def test_a_source_folder_of_headerless_csv_takes_header_and_column_names(forked_cli, tmp_path):
+    (tmp_path / "src").mkdir()
+    for split, n in (("train", 30), ("validation", 9)):
+        (tmp_path / "src" / f"{split}.csv").write_text("".join(f"{t},{y}\n" for t, y in rows(n)))
+    tasks_file(tmp_path, "name: s, type: classification, source: {dataset: src}, header: false, "
+               "column_names: [text, label], text_columns: [text], label_column: label, labels: [neg, pos]")
+    result = cli(forked_cli, tmp_path, "check")
+    assert result.returncode == 0, result.stderr[-2000:]
+    # every line is a row (none taken for a header), and the columns have the given names
+    assert re.search(r"train +30 rows;.*\n +labels: neg: 20, pos: 10", result.stdout), result.stdout
+    assert re.search(r"dev +9 rows;.*\n +labels: neg: 6, pos: 3", result.stdout), result.stdout
+
+
 # ---- 4. labels that are not 0-based, with names ---------------------------------------------------------------
 
 def test_label_names_name_the_labels_in_order_whatever_their_values(forked_cli, tmp_path):
