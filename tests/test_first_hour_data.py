@@ -58,26 +58,6 @@ def test_parallel_text_and_labels_files_are_read_line_by_line(forked_cli, tmp_pa
     assert re.search(r"dev +9 rows;.*\n +labels: neg: 6, pos: 3", result.stdout), result.stdout
 
 
-def test_parallel_files_of_different_lengths_name_both_files_and_counts(forked_cli, tmp_path):
-    write_parallel(tmp_path, "train", rows(30), labels=28)
-    write_parallel(tmp_path, "dev", rows(9))
-    tasks_file(tmp_path, PARALLEL)
-    line = one_error_line(cli(forked_cli, tmp_path, "check"))
-    assert f"{tmp_path / 'train_text.txt'} has 30 lines but its labels file {tmp_path / 'train_labels.txt'} " \
-        "has 28" in line
-    write_parallel(tmp_path, "train", rows(30))
-    (tmp_path / "dev_labels.txt").write_text("neg\n" * 11)
-    line = one_error_line(cli(forked_cli, tmp_path, "check"))
-    assert "dev_text.txt has 9 lines but its labels file" in line and "dev_labels.txt has 11" in line
-
-
-def test_a_labels_file_without_its_text_file_is_refused(forked_cli, tmp_path):
-    tasks_file(tmp_path, "name: tw, type: classification, labels: [neg, pos], train_file: a.txt, dev_file: a.txt, "
-               "test_labels_file: t.txt")
-    line = one_error_line(cli(forked_cli, tmp_path, "check"))
-    assert "test_labels_file is the labels of test_file, which is missing" in line
-
-
 # ---- 2. a label taken from the line: TREC ---------------------------------------------------------------------
 
 TREC = r"name: trec, type: classification, labels: [DESC, NUM], train_file: train.label, dev_file: dev.label, " \
@@ -93,18 +73,6 @@ def test_trec_lines_are_cut_by_the_label_from_regex(forked_cli, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"train +10 rows;.*\n +labels: DESC: 5, NUM: 5", result.stdout), result.stdout
     assert re.search(r"dev +3 rows;.*\n +labels: DESC: 1, NUM: 2", result.stdout), result.stdout
-
-
-@pytest.mark.parametrize(("regex", "expected"), [
-    ("(?P<label>\\w+", r"label_from regex '\(\?P<label>\\w\+' is not a valid regular expression \(missing \)"),
-    ("(\\w+):(.*)", r"has no named group\(s\) \(\?P<text>\.\.\.\), \(\?P<label>\.\.\.\); it needs one per text"),
-    ("(?P<label>[A-Z]+) (?P<text>.*)", r"dev\.label:2: the line does not match task 'trec''s label_from regex"),
-])
-def test_a_bad_label_from_regex_or_line_is_one_line(forked_cli, tmp_path, regex, expected):
-    (tmp_path / "train.label").write_text("DESC how so ?\nNUM how many ?\n")
-    (tmp_path / "dev.label").write_text("DESC how so ?\nNUM:x how many ?\n")
-    tasks_file(tmp_path, TREC.replace(r"(?P<label>\w+):\S+ (?P<text>.*)", regex))
-    assert re.search(expected, one_error_line(cli(forked_cli, tmp_path, "check")))
 
 
 # ---- 3. one file split into train, dev and test ---------------------------------------------------------------
@@ -129,34 +97,6 @@ def test_split_draws_dev_and_test_from_train_file_stratified_and_the_same_every_
     splits = {s: read_split(task, s, None).text_a for s in ("train", "dev", "test")}
     assert splits == {s: read_split(task, s, None).text_a for s in ("train", "dev", "test")}
     assert sorted(sum(splits.values(), [])) == sorted(t for t, _ in rows(90))  # disjoint, nothing lost
-
-
-@pytest.mark.parametrize("split", ["{dev: 0}", "{dev: 0.5, test: 0.5}", "{dev: -0.1}", "{test: 0.1}",
-                                   "{dev: 0.1, seed: x}", "{dev: 0.1, tset: 0.1}", "0.1"])
-def test_bad_split_fractions_are_one_line(forked_cli, tmp_path, split):
-    tasks_file(tmp_path, SPLIT.replace("{dev: 0.2, test: 0.1, seed: 7}", split))
-    line = one_error_line(cli(forked_cli, tmp_path, "check"))
-    assert "split takes {dev: fraction, test: fraction, seed: integer} (fractions above 0 whose sum is below 1" \
-        in line
-
-
-def test_split_with_a_dev_file_too_is_refused(forked_cli, tmp_path):
-    tasks_file(tmp_path, SPLIT + ", dev_file: dev.csv")
-    assert "split draws dev and test from train_file; leave out dev_file" in \
-        one_error_line(cli(forked_cli, tmp_path, "check"))
-
-
-def test_a_source_folder_of_headerless_csv_takes_header_and_column_names(forked_cli, tmp_path):
-    (tmp_path / "src").mkdir()
-    for split, n in (("train", 30), ("validation", 9)):
-        (tmp_path / "src" / f"{split}.csv").write_text("".join(f"{t},{y}\n" for t, y in rows(n)))
-    tasks_file(tmp_path, "name: s, type: classification, source: {dataset: src}, header: false, "
-               "column_names: [text, label], text_columns: [text], label_column: label, labels: [neg, pos]")
-    result = cli(forked_cli, tmp_path, "check")
-    assert result.returncode == 0, result.stderr[-2000:]
-    # every line is a row (none taken for a header), and the columns have the given names
-    assert re.search(r"train +30 rows;.*\n +labels: neg: 20, pos: 10", result.stdout), result.stdout
-    assert re.search(r"dev +9 rows;.*\n +labels: neg: 6, pos: 3", result.stdout), result.stdout
 
 
 # ---- 4. labels that are not 0-based, with names ---------------------------------------------------------------
