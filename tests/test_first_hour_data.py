@@ -158,3 +158,41 @@ def test_the_default_cadence_evaluates_about_ten_times_a_run(local_source_run):
 
     (events,) = [EventAccumulator(str(f)).Reload() for f in (local_source_run / "logs").rglob("events.out.*")]
     assert [e.step for e in events.Scalars("eval/average")] == list(range(2, 21, 2)), metrics
+
+
+# ---- predict-file on plain questions for a label_from task, and evaluate's progress ---------------------------
+
+TREC_LINES = "DESC:manner How did serfdom develop in Russia ?\nNUM:date When was Ozzy born ?\n"
+
+
+@pytest.fixture(scope="module")
+def trec_run(tmp_path_factory, forked_cli):
+    """A 2-step run of a TREC-style task with a test file (labelled lines)."""
+    root = tmp_path_factory.mktemp("trec")
+    for name in ("train.label", "dev.label", "test.label"):
+        (root / name).write_text(TREC_LINES * 4)
+    tasks_file(root, TREC + ", test_file: test.label")
+    env = quick_env(root / "out", TASKS_FILE=str(root / "tasks.yaml"), MAX_STEPS="2", EVAL_STEPS="2",
+                    SAVE_STEPS="2", LOGGING_STEPS="2")
+    result = forked_cli.run("train", env=cli_environ(env), cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def test_predict_file_takes_plain_lines_for_a_label_from_task_and_evaluate_still_cuts_them(forked_cli, trec_run):
+    (trec_run / "plain.txt").write_text("How far is Mars ?\nWhat is a serf ?\n")
+    result = cli(forked_cli, trec_run, "predict-file", "--task=trec", "--input=plain.txt", "--output=plain.tsv")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = (trec_run / "plain.tsv").read_text().splitlines()
+    assert len(lines) == 3 and lines[1].startswith("0\t") and lines[2].startswith("1\t"), lines
+    assert all(line.split("\t")[1] in ("DESC", "NUM") for line in lines[1:]), lines
+    # labelled lines are still cut by the regex: evaluate scores 8 rows of the test file
+    result = cli(forked_cli, trec_run, "evaluate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((trec_run / "out" / "metrics_test.json").read_text())["examples"] == {"trec": 8}
+    # and a labelled file with a plain line is refused by its line, pointing to predict-file
+    (trec_run / "test.label").write_text("How far is Mars ?\n" + TREC_LINES)
+    line = one_error_line(cli(forked_cli, trec_run, "evaluate"))
+    assert "test.label:1: the line does not match task 'trec''s label_from regex" in line
+    assert line.endswith("lines without labels are predicted with predict-file")
+    (trec_run / "test.label").write_text(TREC_LINES * 4)
