@@ -196,3 +196,53 @@ def test_predict_file_takes_plain_lines_for_a_label_from_task_and_evaluate_still
     assert "test.label:1: the line does not match task 'trec''s label_from regex" in line
     assert line.endswith("lines without labels are predicted with predict-file")
     (trec_run / "test.label").write_text(TREC_LINES * 4)
+
+
+def run_in_a_terminal(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    """`args` with stderr on a pseudo-terminal of 100 columns (tqdm draws nothing on a 0-column one), stdout
+    on a pipe: (exit code, stdout, what the terminal showed)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=cwd)
+    os.close(slave)
+    shown = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not data:
+            break
+        shown.append(data)
+    os.close(master)
+    stdout = process.stdout.read().decode()
+    return process.wait(timeout=300), stdout, b"".join(shown).decode(errors="replace")
+
+
+def test_evaluate_shows_a_bar_per_task_on_a_terminal_and_none_in_a_log(trec_run, tmp_path):
+    import subprocess
+    import sys
+
+    (trec_run / "test.label").write_text(TREC_LINES * 5)
+    env = cli_environ({"OUTPUT_DIR": str(trec_run / "out"), "TASKS_FILE": str(trec_run / "tasks.yaml"),
+                       "HF_DATASETS_CACHE": str(tmp_path / "cache")})  # nothing tokenised before: all of it runs
+    command = [sys.executable, "-m", "trainer", "evaluate"]
+    code, stdout, shown = run_in_a_terminal(command, env, trec_run)
+    assert code == 0, shown[-3000:]
+    assert "evaluate: reading task trec's test split" in shown, shown[-3000:]
+    assert re.search(r"Tokenizing trec.*10/10", shown), shown[-3000:]
+    assert re.search(r"eval trec: 100%.*\| 1/1", shown), shown[-3000:]
+    assert "trec                 accuracy" in stdout
+    (trec_run / "test.label").write_text(TREC_LINES * 6)
+    logged = subprocess.run(command, env=env, cwd=trec_run, capture_output=True, text=True, timeout=300)
+    assert logged.returncode == 0, logged.stderr[-3000:]
+    assert "\x1b[A" not in logged.stderr and "%|" not in logged.stderr, logged.stderr[-3000:]
+    assert "trec                 accuracy" in logged.stdout
+    (trec_run / "test.label").write_text(TREC_LINES * 4)
