@@ -58,6 +58,16 @@ MC = ("{{name: quiz, type: multiple_choice, text_columns: [q], choice_columns: [
       "train_file: train.tsv, dev_file: dev.tsv{}}}")
 NER = "{{name: ner, type: token_classification, labels: [O, B-PER], train_file: t.conll, dev_file: t.conll{}}}"
 STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+PARALLEL = ("{{name: tw, type: classification, labels: [neg, pos], train_file: tr.txt, train_labels_file: trl.txt, "
+            "dev_file: d.txt, dev_labels_file: dl.txt{}}}")
+LINES = {"tr.txt": "a\nb\nc\n", "trl.txt": "neg\npos\nneg\n", "d.txt": "a\n", "dl.txt": "neg\n"}
+TREC_REGEX = r"(?P<label>\w+):\S+ (?P<text>.*)"
+TREC = ("{{name: trec, type: classification, labels: [DESC, NUM], train_file: train.label, dev_file: dev.label, "
+        "label_from: {{regex: '" + TREC_REGEX + "'}}{}}}")
+TREC_LINES = {"train.label": "DESC how so ?\nNUM how many ?\n", "dev.label": "DESC how so ?\nNUM:x how many ?\n"}
+SPLIT = ("{{name: one, type: classification, labels: [yes, no], train_file: train.tsv, text_columns: [text], "
+         "label_column: label, split: {}}}")
+SPLIT_USAGE = r"split takes \{dev: fraction, test: fraction, seed: integer\} \(fractions above 0 whose sum is below 1"
 JOB = {"JOB_DIR": "gs://{bucket}/{row}"}
 CLOUD = {"PROJECT_ID": "my-project", "BUCKET_NAME": "my-bucket"}
 
@@ -321,6 +331,29 @@ TABLE: dict[str, Row] = {
                                                        '"label": "no"}\n'}),
     "every task weight 0": train(r"TASK_WEIGHTS gives every task weight 0", TASKS="demo_sentiment,demo_similarity",
                                  TASK_WEIGHTS="demo_sentiment=0,demo_similarity=0"),
+    # ---- the first hour's data shapes: parallel files, label_from, split ----------------------------------
+    "parallel files: fewer labels than texts": mine(r"tr\.txt has 3 lines but its labels file .*trl\.txt has 2",
+                                                    task=PARALLEL, data={**LINES, "trl.txt": "neg\npos\n"}),
+    "parallel files: more labels than texts": mine(r"d\.txt has 1 lines but its labels file .*dl\.txt has 3",
+                                                   task=PARALLEL, data={**LINES, "dl.txt": "neg\n" * 3}),
+    "a labels file without its text file": mine(r"test_labels_file is the labels of test_file, which is missing; give "
+                                                r"both", ", test_labels_file: t.txt", task=PARALLEL, data=LINES),
+    "label_from: an invalid regex": mine(
+        r"label_from regex '\(\?P<label>\\w\+' is not a valid regular expression \(missing \)",
+        task=TREC.replace(TREC_REGEX, r"(?P<label>\w+"), data=TREC_LINES),
+    "label_from: no named groups": mine(
+        r"has no named group\(s\) \(\?P<text>\.\.\.\), \(\?P<label>\.\.\.\); it needs one per text",
+        task=TREC.replace(TREC_REGEX, r"(\w+):(.*)"), data=TREC_LINES),
+    "label_from: a line that does not match": mine(
+        r"dev\.label:2: the line does not match task 'trec''s label_from regex",
+        task=TREC.replace(TREC_REGEX, r"(?P<label>[A-Z]+) (?P<text>.*)"), data=TREC_LINES),
+    **{"split: " + value.replace("{{", "{").replace("}}", "}"):
+       mine(SPLIT_USAGE, task=SPLIT.replace("{}", value, 1) + "{}")
+       for value in ("{{dev: 0}}", "{{dev: 0.5, test: 0.5}}", "{{dev: -0.1}}", "{{test: 0.1}}",
+                     "{{dev: 0.1, seed: x}}", "{{dev: 0.1, tset: 0.1}}", "0.1")},
+    "split with a dev_file too": mine(r"split draws dev and test from train_file; leave out dev_file",
+                                      task=SPLIT.replace("{}", "{{dev: 0.2, test: 0.1}}, dev_file: dev.tsv", 1)
+                                      + "{}"),
 }
 
 DEFAULTS = {"OUTPUT_DIR": "{tmp}/out", "MAX_STEPS": "2", "BATCH_SIZE": "4"}

@@ -58,26 +58,6 @@ def test_parallel_text_and_labels_files_are_read_line_by_line(forked_cli, tmp_pa
     assert re.search(r"dev +9 rows;.*\n +labels: neg: 6, pos: 3", result.stdout), result.stdout
 
 
-def test_parallel_files_of_different_lengths_name_both_files_and_counts(forked_cli, tmp_path):
-    write_parallel(tmp_path, "train", rows(30), labels=28)
-    write_parallel(tmp_path, "dev", rows(9))
-    tasks_file(tmp_path, PARALLEL)
-    line = one_error_line(cli(forked_cli, tmp_path, "check"))
-    assert f"{tmp_path / 'train_text.txt'} has 30 lines but its labels file {tmp_path / 'train_labels.txt'} " \
-        "has 28" in line
-    write_parallel(tmp_path, "train", rows(30))
-    (tmp_path / "dev_labels.txt").write_text("neg\n" * 11)
-    line = one_error_line(cli(forked_cli, tmp_path, "check"))
-    assert "dev_text.txt has 9 lines but its labels file" in line and "dev_labels.txt has 11" in line
-
-
-def test_a_labels_file_without_its_text_file_is_refused(forked_cli, tmp_path):
-    tasks_file(tmp_path, "name: tw, type: classification, labels: [neg, pos], train_file: a.txt, dev_file: a.txt, "
-               "test_labels_file: t.txt")
-    line = one_error_line(cli(forked_cli, tmp_path, "check"))
-    assert "test_labels_file is the labels of test_file, which is missing" in line
-
-
 # ---- 2. a label taken from the line: TREC ---------------------------------------------------------------------
 
 TREC = r"name: trec, type: classification, labels: [DESC, NUM], train_file: train.label, dev_file: dev.label, " \
@@ -93,18 +73,6 @@ def test_trec_lines_are_cut_by_the_label_from_regex(forked_cli, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"train +10 rows;.*\n +labels: DESC: 5, NUM: 5", result.stdout), result.stdout
     assert re.search(r"dev +3 rows;.*\n +labels: DESC: 1, NUM: 2", result.stdout), result.stdout
-
-
-@pytest.mark.parametrize(("regex", "expected"), [
-    ("(?P<label>\\w+", r"label_from regex '\(\?P<label>\\w\+' is not a valid regular expression \(missing \)"),
-    ("(\\w+):(.*)", r"has no named group\(s\) \(\?P<text>\.\.\.\), \(\?P<label>\.\.\.\); it needs one per text"),
-    ("(?P<label>[A-Z]+) (?P<text>.*)", r"dev\.label:2: the line does not match task 'trec''s label_from regex"),
-])
-def test_a_bad_label_from_regex_or_line_is_one_line(forked_cli, tmp_path, regex, expected):
-    (tmp_path / "train.label").write_text("DESC how so ?\nNUM how many ?\n")
-    (tmp_path / "dev.label").write_text("DESC how so ?\nNUM:x how many ?\n")
-    tasks_file(tmp_path, TREC.replace(r"(?P<label>\w+):\S+ (?P<text>.*)", regex))
-    assert re.search(expected, one_error_line(cli(forked_cli, tmp_path, "check")))
 
 
 # ---- 3. one file split into train, dev and test ---------------------------------------------------------------
@@ -129,21 +97,6 @@ def test_split_draws_dev_and_test_from_train_file_stratified_and_the_same_every_
     splits = {s: read_split(task, s, None).text_a for s in ("train", "dev", "test")}
     assert splits == {s: read_split(task, s, None).text_a for s in ("train", "dev", "test")}
     assert sorted(sum(splits.values(), [])) == sorted(t for t, _ in rows(90))  # disjoint, nothing lost
-
-
-@pytest.mark.parametrize("split", ["{dev: 0}", "{dev: 0.5, test: 0.5}", "{dev: -0.1}", "{test: 0.1}",
-                                   "{dev: 0.1, seed: x}", "{dev: 0.1, tset: 0.1}", "0.1"])
-def test_bad_split_fractions_are_one_line(forked_cli, tmp_path, split):
-    tasks_file(tmp_path, SPLIT.replace("{dev: 0.2, test: 0.1, seed: 7}", split))
-    line = one_error_line(cli(forked_cli, tmp_path, "check"))
-    assert "split takes {dev: fraction, test: fraction, seed: integer} (fractions above 0 whose sum is below 1" \
-        in line
-
-
-def test_split_with_a_dev_file_too_is_refused(forked_cli, tmp_path):
-    tasks_file(tmp_path, SPLIT + ", dev_file: dev.csv")
-    assert "split draws dev and test from train_file; leave out dev_file" in \
-        one_error_line(cli(forked_cli, tmp_path, "check"))
 
 
 # ---- 4. labels that are not 0-based, with names ---------------------------------------------------------------
@@ -205,3 +158,91 @@ def test_the_default_cadence_evaluates_about_ten_times_a_run(local_source_run):
 
     (events,) = [EventAccumulator(str(f)).Reload() for f in (local_source_run / "logs").rglob("events.out.*")]
     assert [e.step for e in events.Scalars("eval/average")] == list(range(2, 21, 2)), metrics
+
+
+# ---- predict-file on plain questions for a label_from task, and evaluate's progress ---------------------------
+
+TREC_LINES = "DESC:manner How did serfdom develop in Russia ?\nNUM:date When was Ozzy born ?\n"
+
+
+@pytest.fixture(scope="module")
+def trec_run(tmp_path_factory, forked_cli):
+    """A 2-step run of a TREC-style task with a test file (labelled lines)."""
+    root = tmp_path_factory.mktemp("trec")
+    for name in ("train.label", "dev.label", "test.label"):
+        (root / name).write_text(TREC_LINES * 4)
+    tasks_file(root, TREC + ", test_file: test.label")
+    env = quick_env(root / "out", TASKS_FILE=str(root / "tasks.yaml"), MAX_STEPS="2", EVAL_STEPS="2",
+                    SAVE_STEPS="2", LOGGING_STEPS="2")
+    result = forked_cli.run("train", env=cli_environ(env), cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def test_predict_file_takes_plain_lines_for_a_label_from_task_and_evaluate_still_cuts_them(forked_cli, trec_run):
+    (trec_run / "plain.txt").write_text("How far is Mars ?\nWhat is a serf ?\n")
+    result = cli(forked_cli, trec_run, "predict-file", "--task=trec", "--input=plain.txt", "--output=plain.tsv")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = (trec_run / "plain.tsv").read_text().splitlines()
+    assert len(lines) == 3 and lines[1].startswith("0\t") and lines[2].startswith("1\t"), lines
+    assert all(line.split("\t")[1] in ("DESC", "NUM") for line in lines[1:]), lines
+    # labelled lines are still cut by the regex: evaluate scores 8 rows of the test file
+    result = cli(forked_cli, trec_run, "evaluate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((trec_run / "out" / "metrics_test.json").read_text())["examples"] == {"trec": 8}
+    # and a labelled file with a plain line is refused by its line, pointing to predict-file
+    (trec_run / "test.label").write_text("How far is Mars ?\n" + TREC_LINES)
+    line = one_error_line(cli(forked_cli, trec_run, "evaluate"))
+    assert "test.label:1: the line does not match task 'trec''s label_from regex" in line
+    assert line.endswith("lines without labels are predicted with predict-file")
+    (trec_run / "test.label").write_text(TREC_LINES * 4)
+
+
+def run_in_a_terminal(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    """`args` with stderr on a pseudo-terminal of 100 columns (tqdm draws nothing on a 0-column one), stdout
+    on a pipe: (exit code, stdout, what the terminal showed)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=cwd)
+    os.close(slave)
+    shown = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not data:
+            break
+        shown.append(data)
+    os.close(master)
+    stdout = process.stdout.read().decode()
+    return process.wait(timeout=300), stdout, b"".join(shown).decode(errors="replace")
+
+
+def test_evaluate_shows_a_bar_per_task_on_a_terminal_and_none_in_a_log(trec_run, tmp_path):
+    import subprocess
+    import sys
+
+    (trec_run / "test.label").write_text(TREC_LINES * 5)
+    env = cli_environ({"OUTPUT_DIR": str(trec_run / "out"), "TASKS_FILE": str(trec_run / "tasks.yaml"),
+                       "HF_DATASETS_CACHE": str(tmp_path / "cache")})  # nothing tokenised before: all of it runs
+    command = [sys.executable, "-m", "trainer", "evaluate"]
+    code, stdout, shown = run_in_a_terminal(command, env, trec_run)
+    assert code == 0, shown[-3000:]
+    assert "evaluate: reading task trec's test split" in shown, shown[-3000:]
+    assert re.search(r"Tokenizing trec.*10/10", shown), shown[-3000:]
+    assert re.search(r"eval trec: 100%.*\| 1/1", shown), shown[-3000:]
+    assert "trec                 accuracy" in stdout
+    (trec_run / "test.label").write_text(TREC_LINES * 6)
+    logged = subprocess.run(command, env=env, cwd=trec_run, capture_output=True, text=True, timeout=300)
+    assert logged.returncode == 0, logged.stderr[-3000:]
+    assert "\x1b[A" not in logged.stderr and "%|" not in logged.stderr, logged.stderr[-3000:]
+    assert "trec                 accuracy" in logged.stdout
+    (trec_run / "test.label").write_text(TREC_LINES * 4)

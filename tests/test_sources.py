@@ -130,7 +130,9 @@ DECLARATION_ERRORS = [
      r"task #1 \(emotion\): give either 'source' or 'train_file'/'dev_file', not both"),
     (f"{EMOTION}, source: cardiffnlp/tweet_eval", r"'source' must be a mapping with at least 'dataset'"),
     (f"{EMOTION}, source: {{config: emotion}}", r"'source' must be a mapping with at least 'dataset'"),
-    (f"{EMOTION}, source: {{dataset: d}}, header: false", r"header describe\(s\) files; a task with a 'source'"),
+    (f"{EMOTION}, source: {{dataset: d}}, encoding: latin-1", r"encoding describe\(s\) files; a task with a "
+     r"'source' takes none \(only header/column_names, for a folder of csv files\)"),
+    (f"{EMOTION}, source: {{dataset: d}}, header: false", r"header: false needs column_names"),
     (f"{EMOTION}, labels: [x]", r"missing the field\(s\) train_file, dev_file"),  # no source: files stay required
     (f"{EMOTION}, labels: [x], source: {{dataset: d}}", r"needs 'labels' \(or 'label_names'\), at least two"),
 ]

@@ -6,10 +6,12 @@ Each task's model is its standalone export, wrapped in a one-task `MultitaskMode
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from trainer.modeling import MultitaskModel
 from trainer.multitask_trainer import AGGREGATE_METRIC, MultitaskTrainer
 from trainer.settings import Settings
 from trainer.spec import TaskData, TaskSpec
-from trainer.tasks import UnlabelledSplit, load_tasks_file, read_split
+from trainer.tasks import UnlabelledSplit, load_tasks_file, read_split, split_file
 from trainer.train import precision_flags
 from trainer.writable import check_writable_dir
 
@@ -101,6 +103,8 @@ def read_labelled_splits(tasks: list[TaskSpec], split: str, settings: Settings) 
     rows: dict[str, TaskData] = {}
     unlabelled: list[UnlabelledSplit] = []
     for task in tasks:
+        file = split_file(task, split) or task.train_file
+        progress(f"reading task {task.name}'s {split} split" + (f" ({file})" if file else ""))
         try:
             rows[task.name] = read_split(task, split, settings.data_dir).limit(settings.max_eval_samples)
         except UnlabelledSplit as err:
@@ -115,12 +119,35 @@ def read_labelled_splits(tasks: list[TaskSpec], split: str, settings: Settings) 
     return rows
 
 
+def progress(message: str) -> None:
+    """A line for a person at a terminal while a long step runs (reading 12k rows takes minutes). Like the
+    progress bars, it is left out of a log or a pipe, where an error stays the one line on stderr."""
+    if sys.stderr.isatty():
+        print(f"evaluate: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _bars_on_a_terminal_only() -> Iterator[None]:
+    """`datasets`' bars ("Tokenizing <task>") on a terminal; in a log they are lines of carriage returns."""
+    import datasets
+
+    quiet = not sys.stderr.isatty() and not datasets.utils.are_progress_bars_disabled()
+    if quiet:
+        datasets.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet:
+            datasets.utils.enable_progress_bars()
+
+
 def score_task(
     task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: TaskData, split: str,
     settings: Settings,
 ) -> dict[str, float]:
     """`<split>_<task>_<metric>` of one task model, from the training's evaluation loop."""
-    dataset = tokenize_split(task, rows, tokenizer, settings.max_seq_length)
+    with _bars_on_a_terminal_only():
+        dataset = tokenize_split(task, rows, tokenizer, settings.max_seq_length)
     with tempfile.TemporaryDirectory(prefix="trainer-evaluate-") as scratch:  # the Trainer writes nothing we keep
         args = TrainingArguments(
             output_dir=scratch, per_device_eval_batch_size=settings.effective_eval_batch_size, report_to=[],

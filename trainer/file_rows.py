@@ -28,11 +28,12 @@ def python_encoding(task: TaskSpec) -> str:
     return "utf-8-sig" if task.encoding.replace("-", "").lower() == "utf8" else task.encoding
 
 
-def iter_file_rows(task: TaskSpec, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The raw rows of a file in the task's format, lazily, as `(where, row)`: `where` is "path:line"."""
+def iter_file_rows(task: TaskSpec, path: str, labelled: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The raw rows of a file in the task's format, lazily, as `(where, row)`: `where` is "path:line".
+    `labelled=False` (predict-file's input) also takes plain text lines for a `label_from` task."""
     if not Path(path).is_file():
         raise UserError(f"task {task.name!r}: data file {path} not found")
-    rows = _iter_rows(task, path)
+    rows = _iter_rows(task, path, labelled)
     while True:
         try:
             where, row = next(rows)
@@ -77,11 +78,11 @@ def csv_reader(handle: Any, fmt: str) -> Iterator[list[str]]:
     return csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(handle)
 
 
-def _iter_rows(task: TaskSpec, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _iter_rows(task: TaskSpec, path: str, labelled: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
     fmt = task.file_format(path)
     encoding = python_encoding(task)
     if fmt == "lines":
-        yield from _line_rows(task, path, encoding)
+        yield from _line_rows(task, path, encoding, labelled)
         return
     if fmt not in ("csv", "tsv", "jsonl"):
         yield from task.kind.read_file(task, path, fmt, encoding)
@@ -118,9 +119,11 @@ def _iter_rows(task: TaskSpec, path: str) -> Iterator[tuple[str, dict[str, Any]]
             yield f"{path}:{start}", dict(zip(header, cells, strict=True))
 
 
-def _line_rows(task: TaskSpec, path: str, encoding: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _line_rows(task: TaskSpec, path: str, encoding: str, labelled: bool = True
+               ) -> Iterator[tuple[str, dict[str, Any]]]:
     """One row per line: the text, with its label from the parallel labels file, or the `label_from` regex's
-    named groups. A line without a labels file or regex is a text alone (predict-file's input)."""
+    named groups. A line without a labels file or regex is a text alone (predict-file's input); so is, where no
+    label is needed, a line the regex doesn't match (TREC's questions without their `LABEL:fine` prefix)."""
     labels_path = task.labels_file_of(path)
     if labels_path:
         yield from _parallel_rows(task, path, labels_path, encoding)
@@ -136,10 +139,20 @@ def _line_rows(task: TaskSpec, path: str, encoding: str) -> Iterator[tuple[str, 
                 yield f"{path}:{lineno}", {text_column: line}
                 continue
             match = pattern.fullmatch(line)
+            if match is None and not labelled and len(task.text_columns) == 1:
+                yield f"{path}:{lineno}", {text_column: line}
+                continue
             if match is None:
                 raise UserError(f"{path}:{lineno}: the line does not match task {task.name!r}'s label_from regex "
-                                f"'{task.label_from}': {line[:80]!r}")
+                                f"'{task.label_from}': {line[:80]!r}" + _plain_text_hint(task, labelled))
             yield f"{path}:{lineno}", {k: v for k, v in match.groupdict().items() if v is not None}
+
+
+def _plain_text_hint(task: TaskSpec, labelled: bool) -> str:
+    """Unlabelled lines are for predict-file, which takes them as they are (for a task of one text)."""
+    if labelled and len(task.text_columns) == 1:
+        return "; lines without labels are predicted with predict-file"
+    return ""
 
 
 def _parallel_rows(task: TaskSpec, path: str, labels_path: str, encoding: str

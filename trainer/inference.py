@@ -298,7 +298,7 @@ def _unlabelled_batches(task: TaskSpec, path: str) -> Iterator[tuple[list[str], 
     """`(indices, normalised columns)` of PREDICT_BATCH rows at a time, read lazily; labels are not read."""
     indices: list[str] = []
     batch = TaskData()
-    for number, (where, row) in enumerate(iter_file_rows(task, path)):
+    for number, (where, row) in enumerate(iter_file_rows(task, path, labelled=False)):
         indices.append(str(row.get("index", row.get("idx", number))))
         batch.append(task.kind.normalise(task, row, where, labelled=False))
         if len(indices) == PREDICT_BATCH:

@@ -173,11 +173,14 @@ def _task_from_entry(entry: Any, where: str, base: Path) -> TaskSpec:
             f"{where}: field(s) {', '.join(extra)} are not allowed for a {kind_name} task{hint}; allowed: "
             + ", ".join(sorted(allowed))
         )
-    file_fields = [k for k in (*_FILE_FIELDS, *_LINE_FIELDS, "split") if k in entry]
+    file_fields = [k for k in ("encoding", "format", *_LINE_FIELDS, "split") if k in entry]
     if "source" in entry and file_fields:
-        raise UserError(f"{where}: {', '.join(file_fields)} describe(s) files; a task with a 'source' takes none")
+        raise UserError(f"{where}: {', '.join(file_fields)} describe(s) files; a task with a 'source' takes none "
+                        "(only header/column_names, for a folder of csv files)")
     options = {k: field.parse(entry[k], where) for k, field in own.items() if k in entry}
     typed = {k: field.parse(entry[k], where) for k, field in _TYPED.items() if k in entry}
+    if "source" in entry and not typed.get("header", True) and not typed.get("column_names"):
+        raise UserError(f"{where}: header: false needs column_names, the names of the source's csv columns")
     _check_override(name, typed.get("override", False), where)
     common: dict[str, Any] = {
         "main_metric": typed.get("main_metric", ""),
@@ -425,7 +428,7 @@ def load_hub_split(task: TaskSpec, split: str) -> Any:
     if not hub_split:
         raise UserError(f"task {task.name!r} has no {split} split on the hub ({task.hub_path})")
     try:
-        return datasets.load_dataset(task.hub_path, task.hub_name, split=hub_split)
+        return datasets.load_dataset(task.hub_path, task.hub_name, split=hub_split, **_csv_options(task))
     except Exception as err:  # network, auth, missing dataset or split: all mean "can't get it"
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         if task.declared_source:
@@ -438,6 +441,15 @@ def load_hub_split(task: TaskSpec, split: str) -> Any:
             f"task {task.name!r}: could not load {task.hub_path} from the Hugging Face hub ({reason}); "
             "set DATA_DIR to read local files instead"
         ) from None
+
+
+def _csv_options(task: TaskSpec) -> dict[str, Any]:
+    """A declared source of csv files with `column_names`: the csv builder's `names` (its `column_names` and
+    `header=None` are lost on the folder's own config in datasets 5.2); its default header "infer" then reads
+    the first line as data (`header: false`), and `header: 0` skips a header line the names replace."""
+    if not task.declared_source or not task.column_names:
+        return {}
+    return {"names": list(task.column_names), **({"header": 0} if task.header else {})}
 
 
 def with_source_features(task: TaskSpec, features: Any) -> TaskSpec:
