@@ -147,7 +147,8 @@ def ner_run(tmp_path_factory):
     out = root / "out"
     env = {"MODEL_NAME": str(model), "TASKS_FILE": str(root / "tasks.yaml"), "TASKS": "ner,demo_sentiment",
            "OUTPUT_DIR": str(out), "MAX_STEPS": "300", "BATCH_SIZE": "16", "LEARNING_RATE": "3e-3",
-           "MAX_TRAIN_SAMPLES": "400", "MAX_EVAL_SAMPLES": "60", "LOGGING_STEPS": "20"}
+           "MAX_TRAIN_SAMPLES": "400", "MAX_EVAL_SAMPLES": "60", "LOGGING_STEPS": "20",
+           "EVAL_STEPS": "50", "SAVE_STEPS": "50"}  # every epoch: the sentence below is pinned to this cadence
     result = run_cli("train", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, env

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -77,13 +78,21 @@ def current_test_files(tasks: list[TaskSpec], tasks_file: str) -> list[TaskSpec]
         fields = ("test_file", "test_labels_file", "label_from", "split", "encoding", "header", "column_names",
                   "format")
         if current is not None and (current.test_file or (current.split and current.split[1])) \
-                and any(getattr(current, f) != getattr(task, f) for f in fields):
+                and any(not _same(f, getattr(current, f), getattr(task, f)) for f in fields):
             test = current.test_file or f"{current.train_file} (split)"
             print(f"note: evaluate: task {task.name}'s test split is TASKS_FILE {tasks_file}'s: {test} (the export "
                   f"recorded {task.test_file or 'none'})", file=sys.stderr, flush=True)
             task = dataclasses.replace(task, **{f: getattr(current, f) for f in (*fields, "train_file")})
         updated.append(task)
     return updated
+
+
+def _same(field: str, current: object, recorded: object) -> bool:
+    """Whether a TASKS_FILE field is unchanged; file paths compare by the file they name (a symlinked or
+    relative path to the same file is the same)."""
+    if field.endswith("_file") and isinstance(current, str) and isinstance(recorded, str):
+        return os.path.realpath(current) == os.path.realpath(recorded)
+    return current == recorded
 
 
 def chosen_tasks(settings: Settings, model_dir: str | None) -> list[str]:
