@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from trainer.positions import check_max_seq_length
@@ -53,6 +55,9 @@ def declared_test(task: TaskSpec, settings: Settings) -> TaskData | str:
         return "on the hub; not read by check"
     if task.declared_source and not task.hub_splits[2]:
         return "none declared (source test: ...)"
+    if task.hub_path and settings.data_dir and task.test_file \
+            and not Path(settings.data_dir, task.name, task.test_file).is_file():
+        return f"not in DATA_DIR ({task.test_file}); training does not need it"
     try:
         return read_split(task, "test", settings.data_dir).limit(settings.max_eval_samples)
     except UnlabelledSplit:

@@ -75,8 +75,8 @@ def current_test_files(tasks: list[TaskSpec], tasks_file: str) -> list[TaskSpec]
     updated = []
     for task in tasks:
         current = declared.get(task.name)
-        fields = ("test_file", "test_labels_file", "label_from", "split", "encoding", "header", "column_names",
-                  "format")
+        fields = ("test_file", "test_labels_file", "train_labels_file", "label_from", "split", "encoding", "header",
+                  "column_names", "format")
         if current is not None and (current.test_file or (current.split and current.split[1])) \
                 and any(not _same(f, getattr(current, f), getattr(task, f)) for f in fields):
             test = current.test_file or f"{current.train_file} (split)"

@@ -228,7 +228,12 @@ def export_tasks(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, expo
         if target.exists():
             check_export_target(target, what, output_dir, keep)  # again: only a previous export is ever moved away
             os.replace(target, old)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if old.exists():
+                os.replace(old, target)  # the previous export stays where it was
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

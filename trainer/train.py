@@ -321,7 +321,8 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
                                settings.effective_resume)
     check_writable_dir(settings.output_dir, "OUTPUT_DIR")
     check_writable_dir(settings.effective_log_dir, "LOG_DIR")
-    check_export_target(Path(settings.output_dir, EXPORT_DIR), EXPORT_WHAT)  # not found out after training
+    check_export_target(Path(settings.output_dir, EXPORT_DIR), EXPORT_WHAT, Path(settings.output_dir),
+                        run_outputs(Path(settings.output_dir), settings.effective_log_dir))  # as the final export
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
     set_seed(settings.seed)
