@@ -88,7 +88,7 @@ def test_a_misspelt_dotenv_name_is_named_with_the_nearest_setting(tmp_path, fork
     """BACH_SIZE in .env would be ignored without a word: every command warns once, naming BATCH_SIZE; a name
     close to none of ours (another tool's) passes silently."""
     (tmp_path / ".env").write_text("BACH_SIZE=8\nMAX_STEP=3\nMY_TOOLS_HOME=/opt\nHF_TOKEN=x\nPROJECT_ID=p-123456\n")
-    (tmp_path / "recipe.env").write_text("REGON=us-central1\n")
+    (tmp_path / "recipe.env").write_text("REGON=us-central1\nDOCKER_SHM_SIZE=8g\n")
     for command in ("settings", "tasks"):
         result = forked_cli.run(command, env=cli_environ({}), cwd=tmp_path)
         assert result.returncode == 0, result.stderr
@@ -97,4 +97,6 @@ def test_a_misspelt_dotenv_name_is_named_with_the_nearest_setting(tmp_path, fork
             "warning: .env:2: MAX_STEP is not a setting; did you mean MAX_STEPS? (it is ignored)"]
     result = forked_cli.run("settings", env=cli_environ({"ENV_FILE": "recipe.env"}), cwd=tmp_path)
     assert result.stderr.splitlines() == [
-        "warning: recipe.env:1: REGON is not a setting; did you mean REGION? (it is ignored)"], result.stderr
+        "warning: recipe.env:1: REGON is not a setting; did you mean REGION? (it is ignored)",
+        "warning: recipe.env:2: DOCKER_SHM_SIZE is make's own variable: give it on make's command line or in the "
+        "environment (make DOCKER_SHM_SIZE=...); .env does not set it"], result.stderr

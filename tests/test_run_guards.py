@@ -4,6 +4,7 @@ demo tokenizer, modes that follow the umask."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,9 +19,10 @@ from .tiny import ROOT, quick_env, save_tiny_pretrained
 
 
 def error_lines(stderr: str) -> list[str]:
-    """The `error:` lines; under torchrun one rank's line may follow another rank's progress bar on its line."""
-    return [line[line.index("error:"):] for line in stderr.splitlines()
-            if line.startswith("error:") or "it/s]error:" in line]
+    """The `error:` lines; under torchrun one rank's line may follow another rank's progress bar on its line, or
+    the blanks with which that bar was cleared."""
+    found = (re.search(r"(?:^|[\s\]])(error: .*)", line) for line in stderr.splitlines())
+    return [match.group(1) for match in found if match]
 
 
 def huge_target_task(tmp_path) -> str:

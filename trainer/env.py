@@ -33,12 +33,16 @@ CLOUD_ENV_NAMES = (
 # Other names this project reads from the environment or `.env` (the Makefile's, the launcher's, libraries' and
 # Vertex AI's): with the settings and CLOUD_ENV_NAMES, the names a `.env` line may hold without a warning.
 OTHER_ENV_NAMES = (
-    "ENV_FILE", "JOB_ID", "SKIP_DOCKER", "BASE_IMAGE", "TORCH_INDEX_URL", "NPROC_PER_NODE", "LOCAL_IMAGE", "DOCKER",
-    "DOCKER_BUILD_ARGS", "DOCKER_RUN_ARGS", "DOCKER_SHM_SIZE", "TRAIN_ARGS", "HF_TOKEN", "HF_ENDPOINT", "HF_HOME",
+    "ENV_FILE", "JOB_ID", "SKIP_DOCKER", "BASE_IMAGE", "TORCH_INDEX_URL", "NPROC_PER_NODE", "LOCAL_IMAGE",
+    "HF_TOKEN", "HF_ENDPOINT", "HF_HOME",
     "STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CONFIG",
     "TRAINER_DEBUG", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "MLFLOW_TRACKING_URI", "MASTER_ADDR",
     "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "CLUSTER_SPEC",
 )
+# make's own variables: words for a command line, so they come from make's command line or the environment, never
+# from .env (no .env value is ever part of a shell line). A .env that sets one is told so.
+MAKE_ONLY_NAMES = ("DOCKER", "DOCKER_BUILD_ARGS", "DOCKER_RUN_ARGS", "DOCKER_SHM_SIZE", "TRAIN_ARGS", "PYTEST_WORKERS",
+                   "PYTEST_ARGS")
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -133,6 +137,10 @@ def misspelt_names(path: str | os.PathLike[str] | None, known: set[str] | frozen
     """
     warnings = []
     for lineno, name, _ in _dotenv_entries(path):
+        if name in MAKE_ONLY_NAMES:
+            warnings.append(f"warning: {path}:{lineno}: {name} is make's own variable: give it on make's command "
+                            f"line or in the environment (make {name}=...); .env does not set it")
+            continue
         if name in known:
             continue
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)

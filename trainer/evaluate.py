@@ -6,13 +6,11 @@ Each task's model is its standalone export, wrapped in a one-task `MultitaskMode
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from trainer.modeling import MultitaskModel
 from trainer.multitask_trainer import AGGREGATE_METRIC, MultitaskTrainer
 from trainer.settings import Settings
 from trainer.spec import TaskData, TaskSpec
-from trainer.tasks import UnlabelledSplit, load_tasks_file, read_split, split_file
+from trainer.tasks import UnlabelledSplit, load_tasks_file, quiet_datasets_bars, read_split, split_file
 from trainer.train import precision_flags
 from trainer.writable import check_writable_dir
 
@@ -135,27 +133,12 @@ def progress(message: str) -> None:
         print(f"evaluate: {message}", file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def _bars_on_a_terminal_only() -> Iterator[None]:
-    """`datasets`' bars ("Tokenizing <task>") on a terminal; in a log they are lines of carriage returns."""
-    import datasets
-
-    quiet = not sys.stderr.isatty() and not datasets.utils.are_progress_bars_disabled()
-    if quiet:
-        datasets.utils.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if quiet:
-            datasets.utils.enable_progress_bars()
-
-
 def score_task(
     task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: TaskData, split: str,
     settings: Settings,
 ) -> dict[str, float]:
     """`<split>_<task>_<metric>` of one task model, from the training's evaluation loop."""
-    with _bars_on_a_terminal_only():
+    with quiet_datasets_bars(when=not sys.stderr.isatty()):  # "Tokenizing <task>": in a log, lines of \r
         dataset = tokenize_split(task, rows, tokenizer, settings.max_seq_length)
     with tempfile.TemporaryDirectory(prefix="trainer-evaluate-") as scratch:  # the Trainer writes nothing we keep
         args = TrainingArguments(

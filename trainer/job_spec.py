@@ -98,12 +98,6 @@ def _require(environ: Mapping[str, str], name: str, example: str) -> str:
     return value
 
 
-def _check(name: str, value: str, pattern: str, what: str) -> str:
-    if not re.fullmatch(pattern, value):
-        raise UserError(f"{name}={value!r} is not valid: {what}")
-    return value
-
-
 def _named(name: str, check: Any, value: str) -> Any:
     """Run one of trainer.gcs's validators, naming the setting in its error."""
     try:
@@ -192,10 +186,10 @@ PATTERNED_SETTINGS = {
 
 def cloud_settings(environ: Mapping[str, str], now: datetime | None = None) -> CloudSettings:
     """Read and check the cloud settings; a bad one raises UserError naming it."""
-    project = _check("PROJECT_ID", _require(environ, "PROJECT_ID", "my-project"), cloud.PROJECT_ID,
+    project = cloud.check("PROJECT_ID", _require(environ, "PROJECT_ID", "my-project"), cloud.PROJECT_ID,
                      cloud.PROJECT_ID_RULE)
     checked = {
-        name: _check(name, _get(environ, name, default), pattern, what)
+        name: cloud.check(name, _get(environ, name, default), pattern, what)
         for name, (default, pattern, what) in PATTERNED_SETTINGS.items()
     }
     region = checked["REGION"]
@@ -203,7 +197,7 @@ def cloud_settings(environ: Mapping[str, str], now: datetime | None = None) -> C
     if bucket is not None:
         bucket = bucket.removeprefix("gs://").rstrip("/")
         _named("BUCKET_NAME", gcs.validate_bucket_name, bucket)
-    job_name = _check(
+    job_name = cloud.check(
         "JOB_NAME",
         _get(environ, "JOB_NAME") or default_job_name(now),
         r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
@@ -225,7 +219,7 @@ def cloud_settings(environ: Mapping[str, str], now: datetime | None = None) -> C
         raise UserError(f"BOOT_DISK_TYPE={boot_disk_type!r} is not allowed; use one of: {', '.join(BOOT_DISK_TYPES)}")
     service_account = _get(environ, "SERVICE_ACCOUNT")
     if service_account is not None:
-        _check("SERVICE_ACCOUNT", service_account, r"[^@\s]+@[^@\s]+\.[^@\s]+", "use the service account's email")
+        cloud.check("SERVICE_ACCOUNT", service_account, r"[^@\s]+@[^@\s]+\.[^@\s]+", "use the service account's email")
     return CloudSettings(
         project_id=project,
         region=region,

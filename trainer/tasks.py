@@ -6,8 +6,10 @@ each row into its normalised columns (`trainer.kinds`). Every problem names the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -521,14 +523,22 @@ def carve_split(task: TaskSpec, rows: TaskData, split: str) -> TaskData:
     """One of train/dev/test drawn from the rows of train_file by `split: {dev, test, seed}`: the same rows
     for the same file and seed every time, stratified by label for classification (`datasets`'
     `train_test_split`, which stratifies on a ClassLabel column)."""
-    import datasets
 
     dataset = rows.dataset if rows.dataset is not None else rows.as_dataset(task.kind.features(task))
-    quiet = not datasets.utils.are_progress_bars_disabled()
-    if quiet:  # a cast and a selection of a few rows: no bars
+    with quiet_datasets_bars():  # a cast and a selection of a few rows: no bars
+        return TaskData(dataset=_carve(task, dataset, split).flatten_indices().cast(dataset.features))
+
+
+@contextlib.contextmanager
+def quiet_datasets_bars(when: bool = True) -> Iterator[None]:
+    """No `datasets` progress bars inside, `when` so (and as they were after)."""
+    import datasets
+
+    quiet = when and not datasets.utils.are_progress_bars_disabled()
+    if quiet:
         datasets.utils.disable_progress_bars()
     try:
-        return TaskData(dataset=_carve(task, dataset, split).flatten_indices().cast(dataset.features))
+        yield
     finally:
         if quiet:
             datasets.utils.enable_progress_bars()
