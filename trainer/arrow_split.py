@@ -72,7 +72,8 @@ def content_key(task: TaskSpec, path: str) -> str:
         with open(file, "rb") as handle:
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)
-    declaration = {k: v for k, v in task.to_dict().items() if not k.endswith("_file")}
+    # `split:` carves the parsed rows afterwards, so a new seed or fraction reuses the same parsed file
+    declaration = {k: v for k, v in task.to_dict().items() if not k.endswith("_file") and k != "split"}
     digest.update(json.dumps([READER_VERSION, task.file_format(path), declaration], sort_keys=True,
                              default=str).encode())
     return digest.hexdigest()[:24]
