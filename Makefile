@@ -4,13 +4,13 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 # No setting's value is ever part of this file's text, so neither make nor the shell can read one as code. A recipe
-# that needs a value asks trainer/env.py for it (standard library only, so any python3 runs it before .venv
+# that needs a value asks trainer/config/env.py for it (standard library only, so any python3 runs it before .venv
 # exists): `$(DOTENV) get NAME` prints the environment's value, else ENV_FILE's (default .env), taken literally,
 # and the recipe uses it as one quoted word. The gcloud targets are python's own (python -m trainer cloud-train,
 # cloud-status, cloud-logs, create-bucket): they check each value's form and call gcloud with an argument list.
 # ENV_FILE=examples/<recipe>.env reads a recipe instead (make run-local ENV_FILE=...).
 PROJECT_ROOT := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
-DOTENV = PYTHONPATH="$(PROJECT_ROOT)" python3 -m trainer.env
+DOTENV = PYTHONPATH="$(PROJECT_ROOT)" python3 -m trainer.config.env
 # A make variable's text as one single-quoted shell word.
 shq = '$(subst ','\'',$(1))'
 
@@ -107,7 +107,7 @@ docker-push: ## Tag and push the image to Artifact Registry
 	@set -e; $(LOCAL_IMAGE_VAR); $(IMAGE_URI_VAR); set -x; $(DOCKER) tag "$$local" "$$uri"; $(DOCKER) push "$$uri"
 
 docker-local-train: docker-build ## Train in the container: GPUs if there, .env, the output dir and ADC mounted
-	@# .env as docker's --env-file reads it (no quotes), written by trainer/env.py for the owner only, removed after
+	@# .env as docker's --env-file reads it (no quotes), written by trainer/config/env.py for the owner only, removed after
 	@set -e; $(LOCAL_IMAGE_VAR); out=$$($(DOTENV) get OUTPUT_DIR outputs/run); mkdir -p -- "$$out" .make; \
 	out=$$(cd -- "$$out" && pwd); project=$$($(DOTENV) get PROJECT_ID); \
 	adc=$$($(DOTENV) get GOOGLE_APPLICATION_CREDENTIALS); gcloud=$$($(DOTENV) get CLOUDSDK_CONFIG "$$HOME/.config/gcloud"); \

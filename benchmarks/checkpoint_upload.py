@@ -30,11 +30,12 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from tests.gcs_emulator import GcsEmulator  # noqa: E402
-from trainer import gcs  # noqa: E402
-from trainer import remote_checkpoints as remote  # noqa: E402
-from trainer.checkpoint_sync import CloudDirs, CloudSyncCallback  # noqa: E402
-from trainer.gcs import GcsStore  # noqa: E402
-from trainer.settings import load_settings  # noqa: E402
+from trainer.checkpoints import remote  # noqa: E402
+from trainer.checkpoints.mirror import CloudSyncCallback  # noqa: E402
+from trainer.config.settings import load_settings  # noqa: E402
+from trainer.layout import CloudDirs  # noqa: E402
+from trainer.storage import gcs  # noqa: E402
+from trainer.storage.gcs import GcsStore  # noqa: E402
 from trainer.train import train  # noqa: E402
 
 

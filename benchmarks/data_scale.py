@@ -77,9 +77,9 @@ def generate(directory: Path, rows: int, text_mb: int, one_line: bool = False) -
 def measure(kind: str, path: str, model: str) -> dict[str, float]:
     """In this (fresh) process: read and tokenise one file as training does; time and peak memory."""
     sys.path.insert(0, str(ROOT))
-    from trainer.arrow_split import read_local_split
-    from trainer.data import tokenize_processes, tokenize_split
-    from trainer.spec import TaskSpec
+    from trainer.data.arrow_split import read_local_split
+    from trainer.data.dataset import tokenize_processes, tokenize_split
+    from trainer.tasks.spec import TaskSpec
 
     if kind == "cls":
         task = TaskSpec(name="scale_cls", type="classification", train_file=path, dev_file=path,
@@ -87,7 +87,7 @@ def measure(kind: str, path: str, model: str) -> dict[str, float]:
     else:
         task = TaskSpec(name="scale_mlm", type="masked_lm", train_file=path, dev_file=path)
     if model == "demo":
-        from trainer.demo import build_demo_tokenizer
+        from trainer.tasks.demo import build_demo_tokenizer
 
         tokenizer = build_demo_tokenizer()
     else:

@@ -32,12 +32,13 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModel, AutoTokenizer, RobertaConfig  # noqa: E402
 
-from trainer.data import MultitaskDataset, TaskBatchCollator  # noqa: E402
-from trainer.gpu import compile_encoder  # noqa: E402
-from trainer.modeling import MultitaskModel  # noqa: E402
-from trainer.packing import packer_for  # noqa: E402
-from trainer.sampler import MultitaskBatchSampler  # noqa: E402
-from trainer.tasks import read_split, resolve_tasks  # noqa: E402
+from trainer.data.dataset import MultitaskDataset, TaskBatchCollator  # noqa: E402
+from trainer.data.packing import packer_for  # noqa: E402
+from trainer.data.read import read_split  # noqa: E402
+from trainer.model.gpu import compile_encoder  # noqa: E402
+from trainer.model.modeling import MultitaskModel  # noqa: E402
+from trainer.sampling.sampler import MultitaskBatchSampler  # noqa: E402
+from trainer.tasks.declare import resolve_tasks  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 TASKS = ("stsb", "rte", "commonsense_qa")

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from trainer import sampler  # noqa: E402
-from trainer.settings import load_settings  # noqa: E402
+from trainer.config.settings import load_settings  # noqa: E402
+from trainer.sampling import sampler  # noqa: E402
 from trainer.train import train  # noqa: E402
 
 TASKS = ("stsb", "rte", "mrpc")

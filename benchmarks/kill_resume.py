@@ -63,7 +63,7 @@ def main() -> None:
     os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
     os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
     try:
-        from trainer.gcs import make_client
+        from trainer.storage.gcs import make_client
 
         make_client().create_bucket(BUCKET)
         model = save_tiny_pretrained(work / "tiny")

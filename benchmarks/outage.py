@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.gcs_emulator import GcsEmulator  # noqa: E402
 from tests.tiny import _SETTING_NAMES  # noqa: E402
-from trainer import gcs  # noqa: E402
-from trainer import remote_checkpoints as remote  # noqa: E402
-from trainer.checkpoint_sync import STAGING_DIR  # noqa: E402
+from trainer.checkpoints import remote  # noqa: E402
+from trainer.layout import STAGING_DIR  # noqa: E402
+from trainer.storage import gcs  # noqa: E402
 
 BUCKET = "outage-bench"
 

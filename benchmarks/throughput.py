@@ -49,14 +49,16 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split  # noqa: E402
-from trainer.modeling import MultitaskModel  # noqa: E402
-from trainer.multitask_trainer import MultitaskTrainer  # noqa: E402
-from trainer.sampler import MultitaskBatchSampler  # noqa: E402
-from trainer.settings import Settings, load_settings  # noqa: E402
-from trainer.spec import TaskSpec  # noqa: E402
-from trainer.tasks import resolve_tasks  # noqa: E402
-from trainer.train import load_encoder, read_all_splits, training_arguments  # noqa: E402
+from trainer.config.settings import Settings, load_settings  # noqa: E402
+from trainer.data.dataset import MultitaskDataset, TaskBatchCollator, tokenize_split  # noqa: E402
+from trainer.data.read import read_all_splits  # noqa: E402
+from trainer.model.loading import load_encoder  # noqa: E402
+from trainer.model.modeling import MultitaskModel  # noqa: E402
+from trainer.sampling.sampler import MultitaskBatchSampler  # noqa: E402
+from trainer.tasks.declare import resolve_tasks  # noqa: E402
+from trainer.tasks.spec import TaskSpec  # noqa: E402
+from trainer.training.arguments import training_arguments  # noqa: E402
+from trainer.training.trainer import MultitaskTrainer  # noqa: E402
 
 TASKS = ("stsb", "rte", "commonsense_qa")
 SEED_MAX_LENGTH = 128

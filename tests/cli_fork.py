@@ -32,8 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # What `python -m trainer` would import anyway; imported once, in the helper, before any fork.
 PRELOAD = ("torch", "transformers", "datasets", "fire", "yaml", "google.cloud.storage", "trainer.train",
-           "trainer.inference", "trainer.evaluate", "trainer.job_spec", "trainer.report", "trainer.check",
-           "trainer.gcs", "trainer.checkpoint_sync", "trainer.hub")
+           "trainer.outputs.inference", "trainer.evaluate", "trainer.cloud.job_spec", "trainer.outputs.report",
+           "trainer.check", "trainer.storage.gcs", "trainer.checkpoints.mirror", "trainer.outputs.hub")
 
 
 class ForkedCLI:

@@ -29,7 +29,7 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 @pytest.fixture
 def gcs_client(gcs_emulator: GcsEmulator):
     """A google.cloud.storage.Client talking to the emulator."""
-    from trainer.gcs import make_client
+    from trainer.storage.gcs import make_client
 
     return make_client()
 

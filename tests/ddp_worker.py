@@ -13,9 +13,10 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from trainer.multitask_trainer import MultitaskTrainer
-from trainer.settings import load_settings
-from trainer.train import Preempted, train
+from trainer.config.settings import load_settings
+from trainer.train import train
+from trainer.training.preemption import Preempted
+from trainer.training.trainer import MultitaskTrainer
 
 STEP_TASKS: list[str] = []
 FIND_UNUSED: set = set()  # the DDP wrapper's find_unused_parameters, as seen in every step

@@ -9,10 +9,10 @@ import datasets
 import pyarrow as pa
 import pytest
 
-from trainer import arrow_split
+from trainer.data import arrow_split
+from trainer.data.file_rows import iter_file_rows
 from trainer.errors import UserError
-from trainer.file_rows import iter_file_rows
-from trainer.spec import TaskSpec
+from trainer.tasks.spec import TaskSpec
 
 from .tiny import ROOT
 
@@ -118,8 +118,8 @@ _PEAK = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import datasets
     datasets.config.HF_DATASETS_CACHE = sys.argv[2]
-    from trainer.spec import TaskSpec
-    from trainer.tasks import read_local_split
+    from trainer.tasks.spec import TaskSpec
+    from trainer.data.arrow_split import read_local_split
     task = TaskSpec(name="big", type="classification", train_file=sys.argv[1], dev_file=sys.argv[1],
                     options={{"text_columns": ("text",), "label_column": "label", "labels": ("0", "1")}})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -373,7 +373,7 @@ def bucket(tmp_path_factory):
     emulator.start()
     with pytest.MonkeyPatch.context() as patch:
         emulator.patch_env(patch)
-        from trainer.gcs import make_client
+        from trainer.storage.gcs import make_client
 
         client = make_client()
         client.create_bucket("bad-input")
@@ -513,7 +513,7 @@ def test_max_positions_reads_the_config_and_the_tokenizer():
     import transformers
 
     from tests.tiny import decoder_configs, encoder_configs
-    from trainer.positions import max_positions
+    from trainer.model.positions import max_positions
 
     configs = {**encoder_configs(), **decoder_configs()}
     assert max_positions(configs["bert"], None) == 130
@@ -526,7 +526,7 @@ def test_max_positions_reads_the_config_and_the_tokenizer():
 
 
 def test_override_replaces_a_built_in_task_and_is_documented(tmp_path):
-    from trainer.tasks import describe_tasks, resolve_tasks
+    from trainer.tasks.declare import describe_tasks, resolve_tasks
 
     for name, content in tasks_file(", override: true", task=TASK.replace("mine", "rte")).items():
         (tmp_path / name).write_text(content)

@@ -8,13 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainer import remote_checkpoints as remote
-from trainer.checkpoint_sync import download_named_checkpoint, resolve_cloud_dirs
-from trainer.checkpoints import COMPLETE_MARKER, DAMAGED_PREFIX, damage, resolve_resume
+from trainer.checkpoints import remote
+from trainer.checkpoints.local import damage
+from trainer.checkpoints.resume import download_named_checkpoint, resolve_resume, resume_checkpoint
+from trainer.config.settings import load_settings
 from trainer.errors import UserError
-from trainer.gcs import GcsStore, parse_gcs_uri
-from trainer.settings import load_settings
-from trainer.train import resume_checkpoint, training_arguments
+from trainer.layout import COMPLETE_MARKER, DAMAGED_PREFIX, resolve_cloud_dirs
+from trainer.storage.gcs import GcsStore, parse_gcs_uri
+from trainer.training.arguments import training_arguments
 
 from .tiny import run_cli
 

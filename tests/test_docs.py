@@ -3,8 +3,9 @@
 import json
 import re
 
-from trainer.settings import ENV_NAMES
-from trainer.tasks import load_tasks_file, read_split
+from trainer.config.settings import ENV_NAMES
+from trainer.data.read import read_split
+from trainer.tasks.declare import load_tasks_file
 
 from .tiny import ROOT
 

@@ -6,9 +6,10 @@ import functools
 import pytest
 from transformers import AutoTokenizer
 
-from trainer.demo import build_demo_tokenizer
-from trainer.encode import encode_texts
-from trainer.tasks import BUILTIN_TASKS, read_split
+from trainer.data.read import read_split
+from trainer.tasks.catalog import BUILTIN_TASKS
+from trainer.tasks.demo import build_demo_tokenizer
+from trainer.tasks.encode import encode_texts
 
 from .tiny import ROOT, SHARED_DATA, gpt2_tokenizer, roberta_tokenizer
 

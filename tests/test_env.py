@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from trainer.env import parse_bool, parse_float, parse_int, read_dotenv
+from trainer.config.env import parse_bool, parse_float, parse_int, read_dotenv
 from trainer.errors import UserError
 
 from .tiny import ROOT, cli_environ, run_cli

@@ -6,13 +6,14 @@ import pytest
 import torch
 import transformers
 
-from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
-from trainer.demo import build_demo_tokenizer
-from trainer.eval_order import length_order, restore
-from trainer.modeling import MultitaskModel
-from trainer.multitask_trainer import MultitaskTrainer
-from trainer.spec import TaskData
-from trainer.tasks import DEMO_TASKS, read_split
+from trainer.data.dataset import MultitaskDataset, TaskBatchCollator, tokenize_split
+from trainer.data.read import read_split
+from trainer.model.modeling import MultitaskModel
+from trainer.sampling.eval_order import length_order, restore
+from trainer.tasks.catalog import DEMO_TASKS
+from trainer.tasks.demo import build_demo_tokenizer
+from trainer.tasks.spec import TaskData
+from trainer.training.trainer import MultitaskTrainer
 
 from .tiny import tiny_configs
 

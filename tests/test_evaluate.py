@@ -9,8 +9,11 @@ import sys
 import datasets
 import pytest
 
+from trainer.data.arrow_split import UnlabelledSplit
+from trainer.data.read import read_split
 from trainer.errors import UserError
-from trainer.tasks import BUILTIN_TASKS, UnlabelledSplit, load_tasks_file, read_split
+from trainer.tasks.catalog import BUILTIN_TASKS
+from trainer.tasks.declare import load_tasks_file
 
 from .tiny import ROOT, SHARED_DATA, cli_environ, quick_env
 

@@ -41,8 +41,9 @@ def test_a_latin1_file_gets_one_line_naming_file_line_and_the_fix(tmp_path, fmt,
     expected = rf"data\.{fmt}:{content.count(chr(10))}: not valid utf-8 .*set 'encoding:' on task 'mine' " \
         r"\(e\.g\. latin-1\)"
     if fmt != "tsv":  # every reader in-process; the CLI once (below), as a user meets it
+        from trainer.data.read import read_split
         from trainer.errors import UserError
-        from trainer.tasks import load_tasks_file, read_split
+        from trainer.tasks.declare import load_tasks_file
 
         with pytest.raises(UserError, match=expected):
             read_split(load_tasks_file(str(tmp_path / "tasks.yaml"))["mine"], "train", None)

@@ -91,7 +91,8 @@ def test_split_draws_dev_and_test_from_train_file_stratified_and_the_same_every_
     assert re.search(r"dev +18 rows;.*\n +labels: neg: 12, pos: 6", result.stdout), result.stdout
     assert re.search(r"test +9 rows;.*\n +labels: neg: 6, pos: 3", result.stdout), result.stdout
 
-    from trainer.tasks import load_tasks_file, read_split
+    from trainer.data.read import read_split
+    from trainer.tasks.declare import load_tasks_file
 
     task = load_tasks_file(str(tmp_path / "tasks.yaml"))["one"]
     splits = {s: read_split(task, s, None).text_a for s in ("train", "dev", "test")}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.gcs_emulator import GcsEmulator
-from trainer import bucket as bucket_mod
-from trainer import gcs
+from trainer.cloud import bucket as bucket_mod
+from trainer.storage import gcs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,11 +14,13 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from tests.gcs_emulator import GcsEmulator
-from trainer import checkpoint_sync, gcs
-from trainer import remote_checkpoints as remote
-from trainer.checkpoint_sync import CheckpointUploadError, CloudSyncCallback, resolve_cloud_dirs
-from trainer.checksums import file_checksums
-from trainer.gcs import GcsStore, GcsUri
+from trainer.checkpoints import mirror as checkpoint_sync
+from trainer.checkpoints import remote
+from trainer.checkpoints.mirror import CheckpointUploadError, CloudSyncCallback
+from trainer.layout import resolve_cloud_dirs
+from trainer.storage import gcs
+from trainer.storage.checksums import file_checksums
+from trainer.storage.gcs import GcsStore, GcsUri
 
 FAST_RETRY = gcs.GCS_RETRY.with_delay(initial=0.1, maximum=0.5).with_timeout(2.0)
 

@@ -12,11 +12,14 @@ import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from tests.gcs_emulator import GcsEmulator
-from trainer import checkpoint_sync, gcs
-from trainer import remote_checkpoints as remote
-from trainer.checkpoint_sync import CloudSyncCallback, resolve_cloud_dirs, resume_from_bucket
-from trainer.checksums import file_checksums
-from trainer.gcs import GcsStore
+from trainer.checkpoints import mirror as checkpoint_sync
+from trainer.checkpoints import remote
+from trainer.checkpoints.mirror import CloudSyncCallback
+from trainer.checkpoints.resume import resume_from_bucket
+from trainer.layout import resolve_cloud_dirs
+from trainer.storage import gcs
+from trainer.storage.checksums import file_checksums
+from trainer.storage.gcs import GcsStore
 
 OUTAGE_S = 20.0
 # Production backoff shape, capped low so the retry after the restart comes within ~2 s.

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.gcs_emulator import GcsEmulator
-from trainer import gcs
-from trainer import remote_checkpoints as remote
-from trainer.checkpoint_sync import resume_from_bucket
-from trainer.checkpoints import checkpoint_step
-from trainer.checksums import IntegrityError, file_checksums
-from trainer.gcs import GcsStore, GcsUri
+from trainer.checkpoints import remote
+from trainer.checkpoints.local import checkpoint_step
+from trainer.checkpoints.resume import resume_from_bucket
+from trainer.storage import gcs
+from trainer.storage.checksums import IntegrityError, file_checksums
+from trainer.storage.gcs import GcsStore, GcsUri
 
 
 def make_checkpoint(root: Path, step: int, big: bool = False) -> Path:

@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainer import checkpoint_sync, gcs
-from trainer import remote_checkpoints as remote
-from trainer.checkpoints import is_complete
-from trainer.gcs import GcsStore
-from trainer.preemption import EXIT_PREEMPTED
+from trainer.checkpoints import mirror as checkpoint_sync
+from trainer.checkpoints import remote
+from trainer.checkpoints.local import is_complete
+from trainer.storage import gcs
+from trainer.storage.gcs import GcsStore
+from trainer.training.preemption import EXIT_PREEMPTED
 
 from .tiny import ROOT, quick_env, run_cli, save_tiny_pretrained
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.checkpoint_sync import resolve_cloud_dirs
 from trainer.errors import UserError
-from trainer.gcs import GcsUri, parse_gcs_uri, validate_bucket_name
+from trainer.layout import resolve_cloud_dirs
+from trainer.storage.gcs import GcsUri, parse_gcs_uri, validate_bucket_name
 
 
 @pytest.mark.parametrize(

@@ -8,17 +8,17 @@ import pytest
 import torch
 import transformers
 
-from trainer.data import MultitaskDataset, TaskBatchCollator
-from trainer.demo import build_demo_tokenizer
+from trainer.config.settings import load_settings
+from trainer.data.dataset import MultitaskDataset, TaskBatchCollator
+from trainer.data.packing import packer_for, packing_problem
 from trainer.errors import UserError
-from trainer.gpu import attention, compile_encoder, gpu_arguments
-from trainer.modeling import MultitaskModel
-from trainer.multitask_trainer import MultitaskTrainer
-from trainer.packing import packer_for, packing_problem
-from trainer.settings import load_settings
-from trainer.spec import TaskData, TaskSpec
-from trainer.tasks import DEMO_TASKS
-from trainer.train import load_encoder
+from trainer.model.gpu import attention, compile_encoder, gpu_arguments
+from trainer.model.loading import load_encoder
+from trainer.model.modeling import MultitaskModel
+from trainer.tasks.catalog import DEMO_TASKS
+from trainer.tasks.demo import build_demo_tokenizer
+from trainer.tasks.spec import TaskData, TaskSpec
+from trainer.training.trainer import MultitaskTrainer
 
 from .tiny import NER_LABELS, decoder_configs, encoder_configs, ner_sentences, roberta_tokenizer
 
@@ -56,7 +56,7 @@ def test_packed_and_padded_batches_give_each_head_the_same_pooled_token_and_outp
         reference = {n: (model(**b), encoder(**{k: v for k, v in b.items() if k in ("input_ids", "attention_mask",
                                                                                     "token_type_ids")}))
                      for n, (b,) in padded.items()}
-        with caplog.at_level(logging.WARNING, logger="trainer.packing"):
+        with caplog.at_level(logging.WARNING, logger="trainer.data.packing"):
             packer = packer_for(encoder, [PAIR, NER, MC])
         assert packer is not None and attention(encoder) == "packed_sdpa"
         assert [r.getMessage() for r in caplog.records] == [
@@ -106,7 +106,7 @@ def test_packing_in_bf16_stays_within_bf16_tolerance_of_the_padded_path():
 def test_an_encoder_that_cannot_pack_says_so_once_and_pads(caplog):
     decoder = transformers.AutoModel.from_config(decoder_configs()["gpt2"])
     assert packing_problem(decoder) == "gpt2 is not a bidirectional encoder"
-    with caplog.at_level(logging.WARNING, logger="trainer.packing"):
+    with caplog.at_level(logging.WARNING, logger="trainer.data.packing"):
         assert packer_for(decoder, [PAIR]) is None
     assert [r.getMessage() for r in caplog.records] == [
         "PACKING=1: gpt2 is not a bidirectional encoder; every batch is padded instead"]

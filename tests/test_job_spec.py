@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from trainer.env import CLOUD_ENV_NAMES
+from trainer.cloud.job_spec import render_job_spec, to_yaml
+from trainer.config.env import CLOUD_ENV_NAMES
 from trainer.errors import UserError
-from trainer.job_spec import render_job_spec, to_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 

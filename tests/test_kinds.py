@@ -4,11 +4,11 @@ import pytest
 import torch
 import transformers
 
-from trainer.data import TaskBatchCollator
-from trainer.demo import build_demo_tokenizer
-from trainer.kinds import KINDS
-from trainer.modeling import MultitaskModel
-from trainer.spec import TaskData, TaskSpec
+from trainer.data.dataset import TaskBatchCollator
+from trainer.model.modeling import MultitaskModel
+from trainer.tasks.demo import build_demo_tokenizer
+from trainer.tasks.kinds import KINDS
+from trainer.tasks.spec import TaskData, TaskSpec
 
 from .tiny import NER_LABELS, decoder_configs, encoder_configs, gpt2_tokenizer, ner_sentences, roberta_tokenizer
 
@@ -61,7 +61,7 @@ def batch(task: TaskSpec, tokenizer, n: int = 8) -> dict:
 def test_every_kind_is_one_module_and_one_registry_entry():
     for name, kind in KINDS.items():
         assert kind.name == name
-        assert type(kind).__module__ == f"trainer.kinds.{name}"
+        assert type(kind).__module__ == f"trainer.tasks.kinds.{name}"
         assert kind.metrics and kind.summary
 
 
@@ -145,8 +145,8 @@ def test_masking_is_15_percent_80_10_10_and_a_pure_function_of_the_seed():
 @pytest.mark.parametrize(("arch", "tasks"), [("bert", ENCODER_TASKS), ("gpt2", DECODER_TASKS)])
 def test_every_kind_round_trips_and_exports_to_its_auto_class(tmp_path, arch, tasks):
     """Trainer.save_model -> from_checkpoint gives bit-identical outputs; each export loads with its Auto class."""
-    from trainer.inference import export_tasks
-    from trainer.multitask_trainer import MultitaskTrainer
+    from trainer.outputs.export import export_tasks
+    from trainer.training.trainer import MultitaskTrainer
 
     decoder = arch == "gpt2"
     tokenizer = gpt2_tokenizer() if decoder else build_demo_tokenizer()

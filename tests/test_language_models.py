@@ -7,9 +7,10 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from trainer.modeling import MultitaskModel
-from trainer.settings import load_settings
-from trainer.tasks import BUILTIN_TASKS, read_split
+from trainer.config.settings import load_settings
+from trainer.data.read import read_split
+from trainer.model.modeling import MultitaskModel
+from trainer.tasks.catalog import BUILTIN_TASKS
 from trainer.train import train
 
 from .test_training import StopAt

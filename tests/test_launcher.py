@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import launcher
+from trainer.cloud import launcher
+from trainer.cloud.launcher import DISTRIBUTED_ENV, build_launch_command
 from trainer.errors import UserError
-from trainer.launcher import DISTRIBUTED_ENV, build_launch_command
 
 from .gcs_emulator import free_port
 from .tiny import ROOT

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from tests.tiny import ROOT, cli_environ
-from trainer.kinds.language_model import LINE_PIECE_CHARS, line_pieces
+from trainer.tasks.kinds.language_model import LINE_PIECE_CHARS, line_pieces
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards",
          "quietly", "hex"]
@@ -24,10 +24,10 @@ def one_line(chars: int) -> str:
 PROBE = """
 import resource, sys
 from pathlib import Path
-from trainer.arrow_split import read_local_split
-from trainer.data import tokenize_split
-from trainer.demo import build_demo_tokenizer
-from trainer.tasks import load_tasks_file
+from trainer.data.arrow_split import read_local_split
+from trainer.data.dataset import tokenize_split
+from trainer.tasks.demo import build_demo_tokenizer
+from trainer.tasks.declare import load_tasks_file
 
 tokenizer = build_demo_tokenizer()
 task = load_tasks_file(sys.argv[1])["text"]

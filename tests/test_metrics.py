@@ -3,8 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from trainer.metrics import aggregate_score
-from trainer.tasks import BUILTIN_TASKS, TaskSpec
+from trainer.tasks.catalog import BUILTIN_TASKS
+from trainer.tasks.spec import TaskSpec
+from trainer.training.metrics import aggregate_score
 
 MULTICLASS = TaskSpec.from_dict(dict(name="nli3", type="classification", text_columns=("a", "b"), label_column="y",
                                      labels=("e", "n", "c")))

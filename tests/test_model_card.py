@@ -6,8 +6,9 @@ import shutil
 import pytest
 from huggingface_hub import ModelCard
 
-from trainer.model_card import base_model, model_card
-from trainer.tasks import BUILTIN_TASKS, DEMO_TASKS, load_tasks_file
+from trainer.outputs.model_card import base_model, model_card
+from trainer.tasks.catalog import BUILTIN_TASKS, DEMO_TASKS
+from trainer.tasks.declare import load_tasks_file
 
 PIPELINES = {"demo_sentiment": "text-classification", "demo_similarity": "text-classification",
              "demo_category": None}

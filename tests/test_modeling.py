@@ -3,9 +3,9 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from trainer.inference import export_tasks
-from trainer.modeling import MultitaskModel
-from trainer.tasks import DEMO_TASKS
+from trainer.model.modeling import MultitaskModel
+from trainer.outputs.export import export_tasks
+from trainer.tasks.catalog import DEMO_TASKS
 
 from .tiny import tiny_configs
 
@@ -57,9 +57,9 @@ def test_one_optimizer_step_changes_the_shared_weights_for_all_tasks(arch):
 
 
 def test_trainer_save_and_reload_is_bit_identical(tmp_path):
-    from trainer.data import TaskBatchCollator
-    from trainer.demo import build_demo_tokenizer
-    from trainer.multitask_trainer import MultitaskTrainer
+    from trainer.data.dataset import TaskBatchCollator
+    from trainer.tasks.demo import build_demo_tokenizer
+    from trainer.training.trainer import MultitaskTrainer
 
     model = build("bert").eval()
     args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
@@ -76,7 +76,7 @@ def test_trainer_save_and_reload_is_bit_identical(tmp_path):
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
 def test_export_loads_with_auto_classes_and_predicts_identically(tmp_path, arch):
-    from trainer.demo import build_demo_tokenizer
+    from trainer.tasks.demo import build_demo_tokenizer
 
     model = build(arch).eval()
     dirs = export_tasks(model, build_demo_tokenizer(), str(tmp_path / "export"))

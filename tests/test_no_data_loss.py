@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from tests.tiny import cli_environ
-from trainer.inference import EXPORT_MARKER
+from trainer.layout import EXPORT_MARKER
 
 
 def error_lines(result) -> list[str]:
@@ -155,8 +155,8 @@ def test_a_checkpoint_copied_alone_of_other_tasks_or_another_model_is_one_line_a
 
 def test_a_refused_resume_leaves_no_claim_in_the_bucket_and_a_later_run_starts(exported_run, tmp_path, gcs_client,
                                                                                gcs_bucket, forked_cli):
-    from trainer import remote_checkpoints as remote
-    from trainer.gcs import GcsStore, parse_gcs_uri
+    from trainer.checkpoints import remote
+    from trainer.storage.gcs import GcsStore, parse_gcs_uri
 
     job = f"gs://{gcs_bucket}/job"
     env = {"JOB_DIR": job, "MAX_STEPS": "2", "SAVE_STEPS": "2", "EVAL_STEPS": "2", "MAX_TRAIN_SAMPLES": "16",

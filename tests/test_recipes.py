@@ -16,8 +16,8 @@ import datasets
 import pytest
 import yaml
 
-from trainer.env import read_dotenv
-from trainer.settings import load_settings
+from trainer.config.env import read_dotenv
+from trainer.config.settings import load_settings
 
 from .tiny import ROOT, SHARED_DATA, save_tiny_gpt2, save_tiny_pretrained
 

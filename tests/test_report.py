@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from trainer import gcs
-from trainer import remote_checkpoints as remote
+from trainer.checkpoints import remote
+from trainer.config.settings import Settings
 from trainer.errors import UserError
-from trainer.gcs import GcsStore
-from trainer.report import rebuild_report
-from trainer.settings import Settings
+from trainer.outputs.report import rebuild_report
+from trainer.storage import gcs
+from trainer.storage.gcs import GcsStore
 
 from .tiny import ROOT, cli_environ, quick_env
 
@@ -206,7 +206,8 @@ def test_report_from_the_bucket_of_a_running_then_finished_job(demo_run, tmp_pat
 
 
 def test_upload_final_puts_the_report_next_to_metrics_json(demo_run, gcs_client, gcs_bucket):
-    from trainer.checkpoint_sync import CloudSyncCallback, resolve_cloud_dirs
+    from trainer.checkpoints.mirror import CloudSyncCallback
+    from trainer.layout import resolve_cloud_dirs
 
     out, _ = demo_run
     sync = CloudSyncCallback(resolve_cloud_dirs(f"gs://{gcs_bucket}/jobs/up", {}), GcsStore(gcs_client))

@@ -4,8 +4,8 @@ import importlib.util
 
 import pytest
 
+from trainer.config.settings import load_settings
 from trainer.errors import UserError
-from trainer.settings import load_settings
 
 from .test_first_hour import one_error_line
 
@@ -23,7 +23,7 @@ def test_report_to_is_a_checked_comma_list():
 
 
 def test_report_to_reaches_the_training_arguments(tmp_path):
-    from trainer.train import training_arguments
+    from trainer.training.arguments import training_arguments
 
     for value, expected in (("tensorboard", ["tensorboard"]), ("none", [])):
         settings, _ = load_settings({"report_to": value, "output_dir": str(tmp_path / "out")}, environ={},
@@ -33,7 +33,7 @@ def test_report_to_reaches_the_training_arguments(tmp_path):
 
 
 def test_a_tracker_that_is_not_installed_stops_train_with_one_line(tmp_path, cli):
-    from trainer.train import check_trackers
+    from trainer.training.arguments import check_trackers
 
     if importlib.util.find_spec("mlflow") is None:  # in-process: the same check for every tracker
         with pytest.raises(UserError, match=r"^REPORT_TO=mlflow needs the mlflow package: pip install mlflow$"):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.file_modes import current_umask
-from trainer.run_lock import LOCK_FILE
+from trainer.files import current_umask
+from trainer.layout import LOCK_FILE
 
 from .tiny import ROOT, quick_env, save_tiny_pretrained
 
@@ -82,7 +82,7 @@ def test_resuming_a_finished_run_says_so_and_trains_nothing(exported_run, tmp_pa
 
 
 def test_the_demo_tokenizer_is_the_same_in_every_process():
-    code = ("import json; from trainer.demo import build_demo_tokenizer; "
+    code = ("import json; from trainer.tasks.demo import build_demo_tokenizer; "
             "print(json.dumps(build_demo_tokenizer().get_vocab()))")
     vocabs = []
     for seed in ("1", "2"):

@@ -15,12 +15,12 @@ import time
 
 import pytest
 
-from trainer import gcs
-from trainer import remote_checkpoints as remote
+from trainer.checkpoints import remote
+from trainer.config.settings import load_settings
 from trainer.errors import UserError
-from trainer.gcs import GcsStore
-from trainer.run_lease import takeover_reason, this_machine
-from trainer.settings import load_settings
+from trainer.runs.lease import takeover_reason, this_machine
+from trainer.storage import gcs
+from trainer.storage.gcs import GcsStore
 from trainer.train import train
 
 from .tiny import ROOT, quick_env, run_cli, save_tiny_pretrained
@@ -150,9 +150,9 @@ def test_when_a_lease_is_taken_over():
 
 def test_heartbeats_ride_out_a_storage_outage(gcs_emulator, gcs_client, gcs_bucket, caplog):
     """The real emulator, stopped and started again: one warning, one recovery line, training never waits."""
-    from trainer.run_lease import Lease, owner
+    from trainer.runs.lease import Lease, owner
 
-    caplog.set_level(logging.INFO, logger="trainer.run_lease")
+    caplog.set_level(logging.INFO, logger="trainer.runs.lease")
     uri = gcs.parse_gcs_uri(f"gs://{BUCKET}/hb/checkpoints/lease.json")
     me = owner("r1")
     lease = Lease(GcsStore(gcs_client), uri, me, interval=0.3, heartbeat_store=gcs.open_store(timeout=0.3))
@@ -164,7 +164,7 @@ def test_heartbeats_ride_out_a_storage_outage(gcs_emulator, gcs_client, gcs_buck
     while time.time() < deadline and not any("refreshed again" in r.getMessage() for r in caplog.records):
         time.sleep(0.1)
     lease.release()
-    messages = [r.getMessage() for r in caplog.records if r.name == "trainer.run_lease"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "trainer.runs.lease"]
     assert sum("could not refresh the lease" in m for m in messages) == 1, messages
     assert sum("refreshed again" in m for m in messages) == 1, messages
     assert not lease.lost and not gcs_client.bucket(BUCKET).blob(uri.prefix).exists()  # released

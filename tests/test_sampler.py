@@ -3,7 +3,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from trainer.sampler import MultitaskBatchSampler
+from trainer.sampling.sampler import MultitaskBatchSampler
 
 SIZES = [300, 100, 40]
 

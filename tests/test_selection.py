@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from trainer.demo import demo_columns
-from trainer.settings import load_settings
+from trainer.config.settings import load_settings
+from trainer.tasks.demo import demo_columns
 from trainer.train import train
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,9 @@ import datasets
 import pytest
 from datasets import ClassLabel, Features, Sequence, Value
 
+from trainer.data.read import read_split, resolve_source
 from trainer.errors import UserError
-from trainer.tasks import load_tasks_file, read_split, resolve_source
+from trainer.tasks.declare import load_tasks_file
 
 from .test_first_hour import one_error_line
 from .tiny import quick_env, run_cli
@@ -167,7 +168,7 @@ def test_a_missing_dataset_is_one_error_line(tmp_path):
 
 def test_check_reports_the_classlabel_names(tmp_path):
     from trainer.check import check
-    from trainer.settings import load_settings
+    from trainer.config.settings import load_settings
 
     write_emotion(tmp_path / "emo")
     tasks_file = declare(tmp_path, f"{EMOTION}, source: {{dataset: emo}}")

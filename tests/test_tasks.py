@@ -1,15 +1,11 @@
 import datasets
 import pytest
 
+from trainer.data.arrow_split import read_local_split
+from trainer.data.read import normalise_hub_rows, read_split
 from trainer.errors import UserError
-from trainer.tasks import (
-    BUILTIN_TASKS,
-    load_tasks_file,
-    normalise_hub_rows,
-    read_local_split,
-    read_split,
-    resolve_tasks,
-)
+from trainer.tasks.catalog import BUILTIN_TASKS
+from trainer.tasks.declare import load_tasks_file, resolve_tasks
 
 from .tiny import SHARED_DATA
 
@@ -164,7 +160,7 @@ def test_declaration_errors_name_the_field_and_what_is_allowed(tmp_path, entry, 
 
 
 def test_tasks_command_lists_builtin_tasks_and_every_kinds_fields(cli):
-    from trainer.kinds import KINDS
+    from trainer.tasks.kinds import KINDS
 
     result = cli("tasks")
     assert result.returncode == 0, result.stderr

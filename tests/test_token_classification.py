@@ -6,12 +6,14 @@ import pytest
 import torch
 import transformers
 
-from trainer.demo import build_demo_tokenizer
+from trainer.data.read import normalise_hub_rows, read_split
 from trainer.errors import UserError
-from trainer.kinds import KINDS
-from trainer.kinds.token_classification import align_tags, bio_spans, entity_scores, words_tokenizer
-from trainer.spec import TaskSpec
-from trainer.tasks import BUILTIN_TASKS, load_tasks_file, normalise_hub_rows, read_split
+from trainer.tasks.catalog import BUILTIN_TASKS
+from trainer.tasks.declare import load_tasks_file
+from trainer.tasks.demo import build_demo_tokenizer
+from trainer.tasks.kinds import KINDS
+from trainer.tasks.kinds.token_classification import align_tags, bio_spans, entity_scores, words_tokenizer
+from trainer.tasks.spec import TaskSpec
 
 from .tiny import NER_LABELS, SHARED_DATA, ner_sentences, roberta_tokenizer, run_cli, save_tiny_pretrained, write_conll
 
@@ -180,8 +182,9 @@ def test_ner_trains_predicts_and_exports(ner_run, tmp_path):
 
 def test_token_classification_predict_matches_export_logits():
     """The multitask model and its export give the same tags (the pipeline test above uses a trained one)."""
-    from trainer.inference import export_tasks, predict_inputs
-    from trainer.modeling import MultitaskModel
+    from trainer.model.modeling import MultitaskModel
+    from trainer.outputs.export import export_tasks
+    from trainer.outputs.inference import predict_inputs
 
     from .tiny import encoder_configs
 

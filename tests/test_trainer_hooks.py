@@ -5,13 +5,13 @@ import pytest
 import torch
 import transformers
 
-from trainer.data import TaskBatchCollator
-from trainer.demo import build_demo_tokenizer
+from trainer.data.dataset import TaskBatchCollator
 from trainer.errors import UserError
-from trainer.modeling import MultitaskModel
-from trainer.multitask_trainer import MultitaskTrainer
-from trainer.tasks import DEMO_TASKS
-from trainer.train import precision_flags
+from trainer.model.modeling import MultitaskModel
+from trainer.tasks.catalog import DEMO_TASKS
+from trainer.tasks.demo import build_demo_tokenizer
+from trainer.training.arguments import precision_flags
+from trainer.training.trainer import MultitaskTrainer
 
 from .tiny import tiny_configs
 

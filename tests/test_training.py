@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from trainer.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
-from trainer.settings import load_settings
-from trainer.tasks import DEMO_TASKS
+from trainer.checkpoints.local import latest_complete_checkpoint
+from trainer.config.settings import load_settings
+from trainer.layout import COMPLETE_MARKER
+from trainer.tasks.catalog import DEMO_TASKS
 from trainer.train import train
 
 from .tiny import ROOT, save_tiny_pretrained

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from trainer.uploader import BackgroundUploader, UploadError
+from trainer.checkpoints.uploader import BackgroundUploader, UploadError
 
 from .tiny import ROOT
 
@@ -84,7 +84,8 @@ def test_finish_records_what_is_still_running():
 
 def test_local_commands_never_import_the_cloud_sdk():
     """predict, export and the local checkpoint layout import no google-cloud-storage (only a bucket URI does)."""
-    code = ("import sys, trainer.inference, trainer.checkpoints, trainer.selection, trainer.evaluate;"
+    code = ("import sys, trainer.outputs.inference, trainer.checkpoints.local, trainer.outputs.selection, "
+            "trainer.evaluate;"
             "print('google.cloud.storage' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from trainer.demo import build_demo_tokenizer
+from trainer.tasks.demo import build_demo_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -69,7 +69,7 @@ def quick_env(output_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def _setting_names() -> set[str]:
-    from trainer.settings import ENV_NAMES
+    from trainer.config.settings import ENV_NAMES
 
     return set(ENV_NAMES)
 
@@ -88,7 +88,7 @@ def _byte_level_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from trainer.demo import _corpus
+    from trainer.tasks.demo import _corpus
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -190,7 +190,7 @@ def write_conll(path: Path, sentences: list[tuple[list[str], list[str]]]) -> Pat
 
 def write_text(path: Path, lines: int, seed: int = 0) -> Path:
     """Raw text for language modelling: the demo's sentences, one per line, with blank lines between."""
-    from trainer.demo import demo_columns
+    from trainer.tasks.demo import demo_columns
 
     texts = demo_columns("demo_sentiment", "train")["text_a"]
     path.write_text("\n".join(t + ("\n" if i % 7 == 0 else "") for i, t in enumerate(texts[:lines])) + "\n",

@@ -17,9 +17,9 @@ from typing import Any
 
 import fire
 
-from trainer.env import CLOUD_ENV_NAMES, OTHER_ENV_NAMES, env_file, load_dotenv, misspelt_names
+from trainer.config.env import CLOUD_ENV_NAMES, OTHER_ENV_NAMES, env_file, load_dotenv, misspelt_names
+from trainer.config.settings import FIELDS, Settings, describe, load_settings
 from trainer.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
-from trainer.settings import FIELDS, Settings, describe, load_settings
 
 _REAL_ENV: dict[str, str] = dict(os.environ)  # before .env is loaded: tells 'env' from '.env'
 
@@ -68,9 +68,9 @@ class CLI:
         """Train on TASKS; writes checkpoints, OUTPUT_DIR/model, OUTPUT_DIR/export and metrics.json."""
         settings, _ = _settings(flags)
         _setup_logging()
-        from trainer.checkpoint_sync import CheckpointUploadError
-        from trainer.preemption import EXIT_PREEMPTED
-        from trainer.train import Preempted, train
+        from trainer.checkpoints.mirror import CheckpointUploadError
+        from trainer.train import train
+        from trainer.training.preemption import EXIT_PREEMPTED, Preempted
 
         try:
             train(settings)
@@ -86,13 +86,13 @@ class CLI:
 
     def job_spec(self, output: str | None = None) -> None:
         """Print the Vertex AI CustomJobSpec YAML, or write it to --output."""
-        from trainer.job_spec import write_job_spec
+        from trainer.cloud.job_spec import write_job_spec
 
         write_job_spec(output)
 
     def create_bucket(self) -> None:
         """Create BUCKET_NAME in REGION for PROJECT_ID, set up for checkpoints (idempotent)."""
-        from trainer.bucket import create_bucket_command
+        from trainer.cloud.bucket import create_bucket_command
 
         sys.exit(create_bucket_command())
 
@@ -102,32 +102,32 @@ class CLI:
         Settings: the Cloud section of .env.example (make cloud-train builds and pushes the image first).
         --check: check every setting, send nothing.
         """
-        from trainer.cloud import train
-        from trainer.env import parse_bool
+        from trainer.cloud.gcloud import train
+        from trainer.config.env import parse_bool
 
         sys.exit(train(os.environ, check_only=parse_bool("--check", check)))
 
     def cloud_status(self) -> None:
         """State of the Vertex AI job cloud-train last submitted from here (or JOB_ID)."""
-        from trainer.cloud import status
+        from trainer.cloud.gcloud import status
 
         sys.exit(status(os.environ))
 
     def cloud_logs(self) -> None:
         """Stream the logs of the Vertex AI job cloud-train last submitted from here (or JOB_ID)."""
-        from trainer.cloud import logs
+        from trainer.cloud.gcloud import logs
 
         sys.exit(logs(os.environ))
 
     def tasks(self) -> None:
         """List the built-in tasks, and every task kind with its TASKS_FILE fields."""
-        from trainer.tasks import describe_tasks
+        from trainer.tasks.declare import describe_tasks
 
         print(describe_tasks())
 
     def settings(self, **flags: Any) -> None:
         """Print the effective settings and where each one came from; TASKS_FILE and TASKS are validated too."""
-        from trainer.tasks import describe_choice, resolve_tasks
+        from trainer.tasks.declare import describe_choice, resolve_tasks
 
         settings, sources = _settings(flags)
         tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
@@ -156,7 +156,7 @@ class CLI:
         JSON lines with "text", "text_pair" and "choices" (long texts: use stdin). --choices is for multiple
         choice. --model_dir takes an OUTPUT_DIR, a model or checkpoint, or export/<task>.
         """
-        from trainer.inference import load_task_model, predict_inputs
+        from trainer.outputs.inference import load_task_model, predict_inputs
 
         if text is None:
             raise UserError("predict needs --text: a text, a list of texts ('[\"a\", \"b\"]'), or - to read stdin")
@@ -174,7 +174,7 @@ class CLI:
         prediction (classification and multiple choice: the label and its probability; regression: the value;
         token classification: the tags). Rows stream in batches; nothing is left behind on failure.
         """
-        from trainer.inference import load_task_model, predict_file
+        from trainer.outputs.inference import load_task_model, predict_file
 
         settings, _ = _settings(flags)
         _quiet_model_loading()
@@ -201,7 +201,7 @@ class CLI:
         The report holds the dev metric, training loss and learning rate curves, the final metrics (once the run
         has written metrics.json) and the settings, in one self-contained HTML file.
         """
-        from trainer.report import rebuild_report
+        from trainer.outputs.report import rebuild_report
 
         print(f"report -> {rebuild_report(_settings(flags)[0], None if output is None else str(output))}")
 
@@ -212,16 +212,11 @@ class CLI:
         """
         from pathlib import Path
 
-        from trainer.inference import (
-            EXPORT_DIR,
-            check_export_target,
-            export_tasks,
-            find_model_dir,
-            load_trained,
-            run_outputs,
-        )
-        from trainer.model_card import run_report, write_cards
-        from trainer.writable import check_writable_dir
+        from trainer.files import check_writable_dir
+        from trainer.layout import EXPORT_DIR
+        from trainer.outputs.export import check_export_target, export_tasks, run_outputs
+        from trainer.outputs.inference import find_model_dir, load_trained
+        from trainer.outputs.model_card import run_report, write_cards
 
         settings, _ = _settings(flags)
         directory = find_model_dir(settings.output_dir, model_dir)
@@ -246,8 +241,8 @@ class CLI:
         The repo is created if needed (--private for a private one). The token is HF_TOKEN, else the one
         `hf auth login` stored; HF_ENDPOINT selects another Hub endpoint.
         """
-        from trainer.env import parse_bool
-        from trainer.hub import push
+        from trainer.config.env import parse_bool
+        from trainer.outputs.hub import push
 
         settings, _ = _settings(flags)
         url, files = push(settings.output_dir, str(task), str(repo_id), parse_bool("--private", private), model_dir)
@@ -394,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
               "(python -m trainer --help)", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
     if args[:1] == ["launch"]:  # train flags after `launch` pass through to `train` untouched
-        from trainer.launcher import launch
+        from trainer.cloud.launcher import launch
 
         sys.exit(launch(args[1:]))
     fire.Fire(CLI, command=args, name="trainer")

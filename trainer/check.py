@@ -6,15 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.positions import check_max_seq_length
-from trainer.settings import Settings
-from trainer.spec import SPLITS, TaskData, TaskSpec
-from trainer.tasks import UnlabelledSplit, describe_choice, read_split, resolve_tasks
+from trainer.config.settings import Settings
+from trainer.data.arrow_split import UnlabelledSplit
+from trainer.data.read import read_split
+from trainer.model.positions import check_max_seq_length
+from trainer.tasks.declare import describe_choice, resolve_tasks
+from trainer.tasks.spec import SPLITS, TaskData, TaskSpec
 
 
 def check(settings: Settings) -> str:
     """The report `check` prints; raises `UserError` at the first problem, exactly as training would."""
-    from trainer.train import load_tokenizer, read_all_splits
+    from trainer.data.read import read_all_splits
+    from trainer.model.loading import load_tokenizer
 
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)

@@ -16,18 +16,19 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
-from trainer.checkpoints import write_text_atomically
-from trainer.data import MultitaskDataset, TaskBatchCollator, tokenize_split
+from trainer.config.settings import Settings
+from trainer.data.arrow_split import UnlabelledSplit
+from trainer.data.dataset import MultitaskDataset, TaskBatchCollator, tokenize_split
+from trainer.data.read import quiet_datasets_bars, read_split, split_file
 from trainer.errors import UserError
-from trainer.inference import find_task, load_task_model, task_names
-from trainer.metrics import aggregate_score, metrics_by_task
-from trainer.modeling import MultitaskModel
-from trainer.multitask_trainer import AGGREGATE_METRIC, MultitaskTrainer
-from trainer.settings import Settings
-from trainer.spec import TaskData, TaskSpec
-from trainer.tasks import UnlabelledSplit, load_tasks_file, quiet_datasets_bars, read_split, split_file
-from trainer.train import precision_flags
-from trainer.writable import check_writable_dir
+from trainer.files import check_writable_dir, write_text_atomically
+from trainer.model.modeling import MultitaskModel
+from trainer.outputs.inference import find_task, load_task_model, task_names
+from trainer.tasks.declare import load_tasks_file
+from trainer.tasks.spec import TaskData, TaskSpec
+from trainer.training.arguments import precision_flags
+from trainer.training.metrics import AGGREGATE_METRIC, aggregate_score, metrics_by_task
+from trainer.training.trainer import MultitaskTrainer
 
 EVAL_SPLITS = ("dev", "test")
 

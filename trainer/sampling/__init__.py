@@ -1,4 +1,10 @@
-"""Sampling strategies: which task (or tasks) each step of an epoch trains. One module each, one line here."""
+"""Which task each step trains: one small class per strategy (`proportional.py`, `temperature.py`, `round_robin.py`,
+`all_tasks.py`, registered in `STRATEGIES`), the deterministic DDP-safe batch sampler (`sampler.py`), and evaluation in
+length-sorted batches (`eval_order.py`).
+
+May import: nothing else of `trainer` (the settings import the strategies' names from here).
+"""
+
 
 from trainer.sampling.all_tasks import AllTasks
 from trainer.sampling.base import Strategy

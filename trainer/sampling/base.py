@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from trainer.sampler import MultitaskBatchSampler
+    from trainer.sampling.sampler import MultitaskBatchSampler
 
 Step = list[tuple[int, np.ndarray]]  # the (task, global batch) pairs one optimizer step trains
 

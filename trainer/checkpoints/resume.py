@@ -1,0 +1,138 @@
+"""Resuming: which checkpoint a run continues from (RESUME), and whether it already finished."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    TrainingArguments,
+)
+
+from trainer.checkpoints import remote
+from trainer.checkpoints.local import (
+    checkpoint_step,
+    damage,
+    latest_complete_checkpoint,
+    latest_verified_checkpoint,
+    verified_checkpoint,
+    warn_fresh_start,
+)
+from trainer.checkpoints.remote import remove_partial_downloads
+from trainer.config.settings import Settings
+from trainer.errors import UserError
+from trainer.layout import CloudDirs
+from trainer.storage import base as storage
+from trainer.storage.checksums import IntegrityError
+
+logger = logging.getLogger(__name__)
+
+
+def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDirs | None) -> str | None:
+    """The checkpoint to resume from: RESUME=auto takes the newest intact one, local or in the bucket.
+
+    Each machine's main process verifies it (checksums), sets damaged ones aside, downloads from the bucket;
+    the other processes then take the checkpoint it left in place.
+    """
+    mode = settings.effective_resume
+    with args.main_process_first(local=True, desc="finding the checkpoint to resume from"):
+        if args.local_process_index != 0:  # the main process has verified, set aside or downloaded it
+            if mode == "auto":
+                found = latest_complete_checkpoint(settings.output_dir)
+                return str(found) if found else None
+            if storage.is_uri(mode):
+                return str(Path(settings.output_dir) / storage.parse_uri(mode).name)
+            return None if mode == "never" else mode
+        remove_partial_downloads(settings.output_dir)
+        if storage.is_uri(mode):  # one given checkpoint in a bucket
+            uri = storage.parse_uri(mode)
+            return str(download_named_checkpoint(storage.open_store(uri), mode, settings.output_dir))
+        if mode != "auto" or dirs is None:
+            return resolve_resume(mode, settings.output_dir)
+        local, set_aside = verified_checkpoint(settings.output_dir)
+        local_step = checkpoint_step(local.name) if local else -1
+        found = resume_from_bucket(storage.open_store(dirs.checkpoints), dirs.checkpoints, settings.output_dir,
+                                   newer_than=local_step)
+        if found:
+            logger.info("downloaded %s from %s", found.name, dirs.checkpoints)
+            return str(found)
+        if local is None and set_aside:
+            warn_fresh_start(f"{settings.output_dir} or {dirs.checkpoints}", set_aside)
+        return str(local) if local else None
+
+
+def resume_from_bucket(
+    store: storage.Store,
+    checkpoints: Any,
+    local_output_dir: str | os.PathLike[str],
+    newer_than: int = -1,
+) -> Path | None:
+    """Download the newest committed checkpoint into `local_output_dir/checkpoint-<step>`, verified.
+
+    Returns its path, or None when the bucket holds no committed checkpoint after step
+    `newer_than` (the newest one already on local disk). A checkpoint that
+    fails verification is reported and the next older committed one is tried. When every one fails and
+    there is no local checkpoint to fall back to, that is a `UserError` naming each of them.
+    """
+    committed = remote.list_committed_checkpoints(store, checkpoints)
+    failures = []
+    for step, uri in reversed(committed):
+        if step <= newer_than:
+            break
+        try:
+            return remote.download_checkpoint(store, uri, local_output_dir)
+        except IntegrityError as err:
+            logger.warning("checkpoint-%d in %s is unusable, trying an older one: %s", step, checkpoints, err)
+            failures.append(f"checkpoint-{step}: {err}")
+    if failures and newer_than < 0:
+        raise UserError(f"no committed checkpoint in {checkpoints} passed verification ({'; '.join(failures)}); "
+                        "delete them, or use RESUME=never (or a new JOB_DIR) to start over")
+    if failures:
+        logger.warning("resuming from the local checkpoint-%d instead", newer_than)
+    return None
+
+
+def download_named_checkpoint(store: storage.Store, resume: str, local_output_dir: str | os.PathLike[str]) -> Path:
+    """RESUME=gs://.../checkpoint-<step>: download and verify that one checkpoint. One that is not there, or not
+    committed, or fails verification is a `UserError` naming it and the committed checkpoints beside it."""
+    uri = check_named_checkpoint(store, resume)
+    try:
+        return remote.download_checkpoint(store, uri, local_output_dir)
+    except IntegrityError as err:
+        raise UserError(f"RESUME={resume} failed verification: {err}; pick another checkpoint, or RESUME=auto") \
+            from None
+
+
+def check_named_checkpoint(store: storage.Store, resume: str) -> Any:
+    """RESUME=gs://.../checkpoint-<step> is there and committed (asked before the run claims anything), or a
+    `UserError` naming the committed checkpoints beside it."""
+    uri = storage.parse_uri(resume)
+    parent = storage.parse_uri(str(uri).rstrip("/").rpartition("/")[0]) if uri.name else uri
+    beside = [f"checkpoint-{s}" for s, _ in remote.list_committed_checkpoints(store, parent)]  # a bucket must exist
+    under = [f"checkpoint-{s}" for s, _ in remote.list_committed_checkpoints(store, uri)]
+    if checkpoint_step(uri.name) is None:
+        found = f"committed checkpoints under it: {', '.join(under)}" if under else "it holds no committed checkpoint"
+        raise UserError(f"RESUME={resume} is not a checkpoint-<step> directory; {found}")
+    if uri.name not in beside:
+        state = "was never committed (no COMMITTED marker)" if store.list_names(uri) else "does not exist"
+        found = f"committed checkpoints in {parent}: {', '.join(beside)}" if beside else \
+            f"{parent} holds no committed checkpoint"
+        raise UserError(f"RESUME={resume} {state}; {found}")
+    return uri
+
+
+def resolve_resume(resume: str, output_dir: str) -> str | None:
+    """Map RESUME (auto, never or a path) to the checkpoint to pass to `Trainer.train`, verified."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = latest_verified_checkpoint(output_dir)
+        return str(found) if found else None
+    path = Path(resume)
+    problem = damage(path)
+    if problem is not None:
+        raise UserError(f"RESUME={resume} is not a usable checkpoint: {problem}; use RESUME=auto for the newest "
+                        "intact one, or RESUME=never to start over")
+    return str(path)

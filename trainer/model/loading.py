@@ -1,0 +1,73 @@
+"""Loading MODEL_NAME: its tokenizer and config (checked by every task kind), then the shared encoder."""
+
+from __future__ import annotations
+
+from safetensors import SafetensorError
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from trainer.config.settings import DEMO_MODEL
+from trainer.errors import UserError
+from trainer.model.positions import check_max_seq_length
+from trainer.tasks import demo
+from trainer.tasks.spec import TaskSpec
+
+
+def _unloadable(model_name: str, err: Exception) -> UserError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(
+        f"MODEL_NAME={model_name!r} can't be loaded ({reason}); use a local model directory, "
+        f"a Hugging Face hub id (needs network), or '{DEMO_MODEL}'"
+    )
+
+
+def load_tokenizer(
+    model_name: str, tasks: list[TaskSpec] = ()
+) -> tuple[PreTrainedTokenizerBase, PreTrainedConfig | None]:
+    """The tokenizer (and config) of MODEL_NAME, checked by every task's kind; no weights are loaded.
+
+    A tokenizer without a pad token (GPT-2 and most decoders) pads with EOS.
+    """
+    if model_name == DEMO_MODEL:
+        return demo.build_demo_tokenizer(), None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        config = AutoConfig.from_pretrained(model_name)
+    except (OSError, ValueError) as err:
+        raise _unloadable(model_name, err) from None
+    for task in tasks:
+        task.kind.check_model(task, config, tokenizer)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, config
+
+
+def load_encoder(
+    model_name: str, tasks: list[TaskSpec] = (), max_seq_length: int | None = None
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """The tokenizer and base encoder: the offline demo, a local directory or a hub id.
+
+    Each task's kind checks the config and tokenizer, and MAX_SEQ_LENGTH is checked against the model's
+    positions, before any weights are loaded.
+    """
+    tokenizer, config = load_tokenizer(model_name, tasks)
+    if max_seq_length is not None:
+        check_max_seq_length(max_seq_length, config, tokenizer, f"MODEL_NAME={model_name}")
+    if config is None:  # the demo
+        encoder = demo.build_demo_encoder(len(tokenizer))
+        for task in tasks:
+            task.kind.check_model(task, encoder.config, tokenizer)
+        return tokenizer, encoder
+    try:
+        encoder = AutoModel.from_pretrained(model_name, config=config)
+    except (OSError, ValueError, EOFError, SafetensorError) as err:  # SafetensorError: truncated or damaged weights
+        raise _unloadable(model_name, err) from None
+    if tokenizer.pad_token_id is not None:
+        encoder.config.pad_token_id = tokenizer.pad_token_id  # every task config copies it
+    return tokenizer, encoder

@@ -1,0 +1,176 @@
+"""One shared encoder, one Transformers task model per task.
+
+Each task gets a stock `AutoModelFor...` model whose base model (found through
+`base_model_prefix`, so any architecture works) is replaced by the single shared
+encoder. The encoder is registered once, under `encoder`; task models hold a plain
+reference to it, so `state_dict()` holds each shared weight exactly once: no
+"tensors share memory" failure and no duplicated weights on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+
+from trainer.model.weighting import WEIGHTINGS
+from trainer.tasks.spec import TaskSpec
+
+MULTITASK_FILE = "multitask.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _attach_encoder(task_model: PreTrainedModel, encoder: nn.Module) -> None:
+    """Point the task model's base model at the shared encoder without registering it as a child."""
+    prefix = task_model.base_model_prefix
+    own = task_model._modules.pop(prefix, None)
+    if own is None:
+        raise ValueError(f"{type(task_model).__name__} has no submodule {prefix!r} to share")
+    if type(own) is not type(encoder):
+        raise ValueError(f"{type(task_model).__name__} expects a {type(own).__name__}, got {type(encoder).__name__}")
+    object.__setattr__(task_model, prefix, encoder)
+    # A head tied to the input embeddings (masked/causal LM) must follow them to the shared encoder.
+    output = task_model.get_output_embeddings()
+    if output is not None and getattr(task_model.config, "tie_word_embeddings", False):
+        output.weight = encoder.get_input_embeddings().weight
+
+
+@dataclass
+class TrainingLoss(ModelOutput):
+    """What a training forward returns: the weighted loss to backpropagate and each task's own loss."""
+
+    loss: torch.Tensor | None = None
+    task_losses: dict[str, torch.Tensor] | None = None
+
+
+class MultitaskModel(nn.Module):
+    """`forward(task=..., **inputs)` runs the named task's model on the shared encoder.
+
+    In training, the forward weights the task's loss (`trainer.model.weighting`), and `forward(batches=...)`
+    runs one batch of several tasks and sums their weighted losses (SAMPLING=all_tasks).
+    """
+
+    def __init__(self, encoder: PreTrainedModel, tasks: list[TaskSpec], task_weighting: str = "static",
+                 task_weights: dict[str, float] | None = None, task_models: dict[str, PreTrainedModel] | None = None):
+        """New task models on `encoder`, or the given ones (built on it already) when `task_models` is set."""
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
+        self.tasks = {t.name: t for t in tasks}
+        self.task_models = nn.ModuleDict()
+        for task in tasks:
+            if task_models:
+                model = task_models[task.name]
+            else:
+                model = task.kind.model_class().from_config(task.kind.config(encoder.config, task))
+            _attach_encoder(model, encoder)
+            self.task_models[task.name] = model
+        self.task_weighting = task_weighting
+        self.loss_weighting = WEIGHTINGS[task_weighting](list(self.tasks), task_weights)
+
+    @classmethod
+    def from_task_model(cls, task: TaskSpec, model: PreTrainedModel) -> MultitaskModel:
+        """A one-task model around a standalone task model (an export), sharing nothing: its own encoder."""
+        return cls(getattr(model, model.base_model_prefix), [task], task_models={task.name: model})
+
+    def _tied_aliases(self) -> dict[str, str]:
+        """Parameter names that are another name's tensor (LM heads tied to the shared embeddings)."""
+        first: dict[int, str] = {}
+        aliases = {}
+        for name, param in self.named_parameters(remove_duplicate=False):
+            if id(param) in first:
+                aliases[name] = first[id(param)]
+            else:
+                first[id(param)] = name
+        return aliases
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Each tensor once: tied heads are left out (safetensors refuses shared tensors)."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        for alias in self._tied_aliases():
+            state.pop(prefix + alias, None)
+        return state
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        state = dict(state_dict)
+        for alias, source in self._tied_aliases().items():
+            if source in state:
+                state.setdefault(alias, state[source])
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
+    def forward(
+        self,
+        task: str | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        batches: dict[str, dict[str, Any]] | None = None,
+        **packed: Any,
+    ) -> ModelOutput:
+        """`packed`: a packed batch's position_ids and sequence boundaries (PACKING=1, `trainer.data.packing`)."""
+        if batches is not None:  # one batch per task: the sum of their weighted losses
+            losses = {name: self._task_forward(**batch).loss for name, batch in batches.items()}
+            total = sum(self.loss_weighting(name, loss) for name, loss in losses.items())
+            return TrainingLoss(loss=total, task_losses=losses)
+        output = self._task_forward(task, input_ids, attention_mask, token_type_ids, labels, **packed)
+        if not self.training or output.loss is None:
+            return output
+        return TrainingLoss(loss=self.loss_weighting(task, output.loss), task_losses={task: output.loss})
+
+    def _task_forward(
+        self,
+        task: str,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **packed: Any,
+    ) -> ModelOutput:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **packed}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        return self.task_models[task](**inputs)
+
+    # -- saving and loading -------------------------------------------------------------
+
+    def save_config(self, directory: str | os.PathLike[str]) -> None:
+        """Write what is needed to rebuild the model: the encoder config and the task specs."""
+        os.makedirs(directory, exist_ok=True)
+        self.config.save_pretrained(directory)
+        payload = {"tasks": [t.to_dict() for t in self.tasks.values()], "task_weighting": self.task_weighting}
+        Path(directory, MULTITASK_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | os.PathLike[str]) -> MultitaskModel:
+        """Rebuild from a checkpoint or final model directory (config, task specs, weights)."""
+        payload = json.loads(Path(directory, MULTITASK_FILE).read_text(encoding="utf-8"))
+        tasks = [TaskSpec.from_dict(t) for t in payload["tasks"]]
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))
+        model = cls(encoder, tasks, payload.get("task_weighting", "static"))
+        model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_FILE)), strict=True)
+        return model.eval()
+
+    def standalone_task_model(self, name: str) -> PreTrainedModel:
+        """A plain Transformers model for one task, with a copy of the encoder's weights."""
+        task = self.tasks[name]
+        shared = self.task_models[name]
+        model = task.kind.model_class().from_config(shared.config)
+        prefix = model.base_model_prefix
+        state = {f"{prefix}.{k}": v for k, v in self.encoder.state_dict().items()}
+        state.update(shared.state_dict())
+        wanted = model.state_dict().keys()
+        missing = sorted(set(wanted) - set(state))
+        if missing:
+            raise ValueError(f"cannot export {name}: no weights for {', '.join(missing[:5])}")
+        model.load_state_dict({k: state[k].detach().clone() for k in wanted}, strict=True)
+        return model.eval()

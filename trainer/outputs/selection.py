@@ -1,0 +1,165 @@
+"""Model selection (SELECT_BEST): the step each task's export comes from.
+
+- per_task: at every evaluation, each task whose main metric beats its best so far gets a copy of
+  its weights at that step (the shared encoder and its head), because tasks peak at different times.
+- average: every task's copy is replaced when `eval_average` beats its best.
+- last: the final weights; nothing is copied during training.
+
+Copies are standalone task models, as `export/` holds them, in `OUTPUT_DIR/best/<task>-step<N>/`.
+`best/selection.json` names each task's current copy; it is replaced atomically once a new copy is
+complete, and the old copy is deleted after that, so a crash at any point leaves a consistent
+selection and disk use stays at one copy per task (two while one is replaced).
+
+Every checkpoint carries the selection in `checkpoint-<N>/best/`, as hard links (copies are never
+modified, only replaced), so it costs no local disk, survives preemption, and travels to the bucket
+with the checkpoint. Resuming puts the checkpoint's selection back (`restore`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from trainer.checkpoints.local import checkpoint_dir
+from trainer.files import link_tree, write_text_atomically
+from trainer.layout import BEST_DIR, SELECTION_FILE
+from trainer.model.modeling import MultitaskModel
+from trainer.outputs.export import export_tasks, save_task
+from trainer.tasks.spec import TaskSpec
+from trainer.training.metrics import aggregate_score, metrics_by_task
+
+logger = logging.getLogger(__name__)
+
+AVERAGE = "average"  # the key of eval_average, as trainer.training.trainer names it
+TIMINGS = ("runtime", "samples_per_second", "steps_per_second")  # the Trainer's, not the model's
+
+
+def _score(value: float | None) -> float:
+    """Comparable main-metric value: a missing or NaN one loses to any number."""
+    return -math.inf if value is None or math.isnan(value) else value
+
+
+class BestSelection(TrainerCallback):
+    """Keeps `OUTPUT_DIR/best/` up to date at every evaluation, and links it into every checkpoint."""
+
+    def __init__(self, mode: str, tasks: list[TaskSpec], tokenizer: PreTrainedTokenizerBase, output_dir: str):
+        self.mode = mode
+        self.tasks = tasks
+        self.tokenizer = tokenizer
+        self.root = Path(output_dir) / BEST_DIR
+        self.selected: dict[str, dict[str, Any]] = {}  # task -> {step, metric, value, metrics, dir}
+        self.best_average: dict[str, Any] = {}  # {step, value}
+
+    # -- resume -------------------------------------------------------------------------
+
+    def restore(self, checkpoint: str | None) -> None:
+        """Start from the selection saved in `checkpoint` (a resume), or from none (a new run).
+
+        Whatever `OUTPUT_DIR/best/` holds is replaced: after a kill it may be ahead of the checkpoint.
+        """
+        shutil.rmtree(self.root, ignore_errors=True)
+        saved = Path(checkpoint) / BEST_DIR if checkpoint else None
+        if saved is None or not (saved / SELECTION_FILE).is_file():
+            self.selected, self.best_average = {}, {}
+            return
+        link_tree(saved, self.root)
+        state = json.loads((self.root / SELECTION_FILE).read_text(encoding="utf-8"))
+        self.selected, self.best_average = state["tasks"], state["average"]
+        logger.info("restored the model selection of %s: %s", checkpoint, self.describe())
+
+    # -- Trainer events -----------------------------------------------------------------
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    metrics: dict[str, float] | None = None, model: MultitaskModel | None = None, **kwargs: Any):
+        if not args.should_save or self.mode == "last" or not metrics or f"eval_{AVERAGE}" not in metrics:
+            return
+        per_task = {name: {k: v for k, v in values.items() if k not in TIMINGS}
+                    for name, values in metrics_by_task(metrics, self.tasks).items()}
+        average = metrics[f"eval_{AVERAGE}"]
+        if self.mode == "average":
+            if _score(average) <= _score(self.best_average.get("value")) and self.best_average:
+                return
+            self.best_average = {"step": state.global_step, "value": average}
+            improved = list(self.tasks)
+        else:
+            improved = [t for t in self.tasks if t.name not in self.selected
+                        or _score(per_task[t.name][t.metric]) > _score(self.selected[t.name]["value"])]
+            if _score(average) > _score(self.best_average.get("value")) or not self.best_average:
+                self.best_average = {"step": state.global_step, "value": average}
+        replaced = []
+        for task in improved:
+            name = f"{task.name}-step{state.global_step}"
+            self._write_copy(model, task.name, self.root / name)
+            old = self.selected.get(task.name, {}).get("dir")
+            if old and old != name:
+                replaced.append(old)
+            self.selected[task.name] = {"step": state.global_step, "metric": task.metric,
+                                        "value": per_task[task.name][task.metric],
+                                        "metrics": per_task[task.name], "dir": name}
+        self._write_state()
+        for old in replaced:
+            shutil.rmtree(self.root / old, ignore_errors=True)
+        if improved:
+            logger.info("step %d: new best for %s", state.global_step, ", ".join(t.name for t in improved))
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        """Link the selection into the checkpoint just written (before its completion marker)."""
+        checkpoint = checkpoint_dir(args.output_dir, state.global_step)
+        if args.should_save and (self.root / SELECTION_FILE).is_file() and checkpoint.is_dir():
+            link_tree(self.root, checkpoint / BEST_DIR)
+
+    # -- the end of the run -------------------------------------------------------------
+
+    def export(self, model: MultitaskModel, export_dir: str | os.PathLike[str], **where: Any) -> None:
+        """Write `export/<task>` for every task from its selected copy (the final weights with `last`); `where`:
+        `export_tasks`' checks of the folder it replaces."""
+
+        def write(task: str, directory: Path) -> None:
+            chosen = self.selected.get(task)
+            if self.mode == "last" or chosen is None:
+                self._write_copy(model, task, directory)
+            else:
+                shutil.copytree(self.root / chosen["dir"], directory)
+
+        export_tasks(model, self.tokenizer, export_dir, write, **where)
+
+    def report(self, final: dict[str, dict[str, float]], final_step: int) -> dict[str, Any]:
+        """`metrics.json`'s view of the selection: each task's selected step and metrics."""
+        selected = {}
+        for task in self.tasks:
+            chosen = self.selected.get(task.name)
+            if self.mode == "last" or chosen is None:
+                selected[task.name] = {"step": final_step, "metrics": final[task.name]}
+            else:
+                selected[task.name] = {"step": chosen["step"], "metrics": chosen["metrics"]}
+        return {
+            "select_best": self.mode,
+            "selected": selected,
+            f"selected_{AVERAGE}": aggregate_score({n: s["metrics"] for n, s in selected.items()}, self.tasks),
+            f"best_{AVERAGE}": self.best_average or None,
+        }
+
+    def describe(self) -> str:
+        return ", ".join(f"{n} {s['metric']}={s['value']:.4g} at step {s['step']}" for n, s in self.selected.items())
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _write_copy(self, model: MultitaskModel, task: str, directory: Path) -> None:
+        """One task's standalone model, written under a temporary name and renamed when complete."""
+        tmp = directory.with_name(f".{directory.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_task(model, self.tokenizer, task, tmp)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(tmp, directory)
+
+    def _write_state(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        payload = {"mode": self.mode, "tasks": self.selected, "average": self.best_average}
+        write_text_atomically(self.root / SELECTION_FILE, json.dumps(payload, indent=2))
