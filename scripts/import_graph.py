@@ -36,6 +36,8 @@ LAYERS = [
     {"cloud"},
     {"__main__", "train", "evaluate", "check"},
 ]
+SHARED = LAYERS[0] | {"layout"}
+RECIPES = LAYERS[-1]
 
 
 def module_name(path: Path) -> str:
@@ -125,6 +127,9 @@ def main() -> int:
     print(f"modules: {len(edges)}  packages: {len(packages)}")
     print(f"runtime imports between modules: {len(arrows)}")
     print(f"crossing from one package into another: {len(crossing)}")
+    concerns = [(a, b) for a, b in crossing if package_of(a) not in SHARED | RECIPES and package_of(b) not in SHARED]
+    print(f"  of which between two concerns (not from a recipe, not into {', '.join(sorted(SHARED))}): {len(concerns)}")
+    print(f"package-to-package arrows: {len({(package_of(a), package_of(b)) for a, b in crossing})}")
     print(f"against the layer order: {len(upward)}")
     if args.edges:
         for a, b in arrows:

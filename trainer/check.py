@@ -8,7 +8,8 @@ import numpy as np
 
 from trainer.config.settings import Settings
 from trainer.data.arrow_split import UnlabelledSplit
-from trainer.data.read import read_split
+from trainer.data.read import read_all_splits, read_split
+from trainer.model.loading import load_tokenizer
 from trainer.model.positions import check_max_seq_length
 from trainer.tasks.declare import describe_choice, resolve_tasks
 from trainer.tasks.spec import SPLITS, TaskData, TaskSpec
@@ -16,9 +17,6 @@ from trainer.tasks.spec import SPLITS, TaskData, TaskSpec
 
 def check(settings: Settings) -> str:
     """The report `check` prints; raises `UserError` at the first problem, exactly as training would."""
-    from trainer.data.read import read_all_splits
-    from trainer.model.loading import load_tokenizer
-
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)
     tokenizer, config = load_tokenizer(settings.model_name, tasks)

@@ -129,6 +129,7 @@ def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[
         sampling_temperature=settings.sampling_temperature,
         group_by_length=settings.group_by_length,
         weighting_learning_rate=settings.task_weighting_lr,
+        log_dir=settings.effective_log_dir,
     )
     steps_per_epoch = max(1, math.ceil(len(trainer.make_batch_sampler()) / args.gradient_accumulation_steps))
     every = default_interval(args, steps_per_epoch)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 
 import torch
 from transformers import TrainingArguments
@@ -34,7 +33,7 @@ def check_trackers(trackers: tuple[str, ...]) -> None:
 
 
 def training_arguments(settings: Settings) -> TrainingArguments:
-    os.environ["TENSORBOARD_LOGGING_DIR"] = settings.effective_log_dir
+    """The stock Trainer's arguments; LOG_DIR goes to the TensorBoard callback (`MultitaskTrainer(log_dir=...)`)."""
     return TrainingArguments(
         output_dir=settings.output_dir,
         num_train_epochs=settings.num_epochs,

@@ -48,6 +48,11 @@ class ResumableTensorBoard(TensorBoardCallback):
 
     purge_step: int | None = None
 
+    def __init__(self, log_dir: str | None = None) -> None:
+        super().__init__()
+        if log_dir is not None:  # LOG_DIR; the stock callback reads it only from TENSORBOARD_LOGGING_DIR
+            self.logging_dir = log_dir
+
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
         self.purge_step = state.global_step + 1 if state.global_step else None
         super().on_train_begin(args, state, control, **kwargs)

@@ -51,6 +51,7 @@ class MultitaskTrainer(Trainer):
         sampling_temperature: float = 2.0,
         group_by_length: bool = False,
         weighting_learning_rate: float | None = None,
+        log_dir: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, compute_metrics=self._task_metrics, preprocess_logits_for_metrics=self._reduce_logits,
@@ -61,7 +62,7 @@ class MultitaskTrainer(Trainer):
         callbacks = self.callback_handler.callbacks  # replaced in place: it logs before our callbacks run
         for i, callback in enumerate(callbacks):
             if type(callback) is TensorBoardCallback:
-                callbacks[i] = ResumableTensorBoard()
+                callbacks[i] = ResumableTensorBoard(log_dir)
         self.last_evaluation = LastEvaluation()
         self.add_callback(self.last_evaluation)
         self.tasks = tasks
