@@ -19,7 +19,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 
-.PHONY: help install install-dev test test-quick chromium lint run-local settings clean
+.PHONY: help install install-dev test test-all test-quick chromium lint run-local settings clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -48,6 +48,8 @@ PYTEST_PARALLEL = $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --
 test: install-dev chromium ## Ruff and every test, in 2 workers (what CI runs; .ci/run: at most 15 minutes on 2 cores)
 	$(VENV)/bin/ruff check trainer tests benchmarks scripts
 	$(PY) -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+
+test-all: test ## The same as make test: every test
 
 test-quick: install-dev ## Ruff and the tests not marked slow, in 2 workers, for the inner loop
 	$(VENV)/bin/ruff check trainer tests benchmarks scripts
