@@ -7,6 +7,7 @@ Precedence, lowest to highest: default < `.env` < environment variable < flag.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import types
 import typing
@@ -26,6 +27,51 @@ SelectBest = Literal["per_task", "average", "last"]  # trainer.outputs.selection
 TRACKERS = ("tensorboard", "wandb", "mlflow", "none")  # REPORT_TO: what TrainingArguments(report_to=...) gets
 
 DEMO_MODEL = "demo"
+
+ResumeKind = Literal["never", "auto", "local", "bucket"]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """RESUME, parsed: start over (`never`), continue from the newest intact checkpoint (`auto`), or from one named
+    checkpoint, a directory on this machine (`local`) or in a bucket (`bucket`). `text` is RESUME as given (the
+    effective value when empty): what `settings` shows, metrics.json records and messages quote."""
+
+    kind: ResumeKind
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def path(self) -> Path:
+        """The named local checkpoint."""
+        if self.kind != "local":
+            raise ValueError(f"RESUME={self.text} names no local checkpoint")
+        return Path(self.text)
+
+    @property
+    def uri(self) -> Any:
+        """The named bucket checkpoint, as a URI of its backend (one line when malformed)."""
+        if self.kind != "bucket":
+            raise ValueError(f"RESUME={self.text} names no bucket checkpoint")
+        return storage.parse_uri(self.text)
+
+
+def parse_resume(text: str) -> Resume:
+    """RESUME's one parser: auto, never, a gs:// checkpoint (whether it is there is asked of the bucket later,
+    before the run claims anything: `trainer.checkpoints.resume.check_resume`) or a local checkpoint directory,
+    which must exist; empty is the default, auto on Vertex AI (a restarted worker continues), never elsewhere."""
+    text = text.strip()
+    if not text:
+        return Resume("auto", "auto") if on_vertex() else Resume("never", "never")
+    if text in ("auto", "never"):
+        return Resume(text, text)
+    if storage.is_uri(text):
+        return Resume("bucket", text)
+    if Path(text).is_dir():
+        return Resume("local", text)
+    raise UserError(f"RESUME={text!r} is not a checkpoint directory; use auto, never or a checkpoint path")
 
 
 @dataclass(frozen=True)
@@ -200,11 +246,11 @@ class Settings:
             return self.learning_rate
         return 1e-3 if self.model_name == DEMO_MODEL else 3e-5
 
-    @property
-    def effective_resume(self) -> str:
-        if self.resume:
-            return self.resume
-        return "auto" if on_vertex() else "never"
+    @functools.cached_property
+    def effective_resume(self) -> Resume:
+        """RESUME parsed once, when the settings are loaded (`_validate`): a named local checkpoint that rotation
+        deletes during the run must not fail the run's end, where metrics.json records RESUME."""
+        return parse_resume(self.resume)
 
 
 def on_vertex() -> bool:
@@ -305,8 +351,7 @@ def _validate(s: Settings) -> None:
         raise UserError(f"REPORT_TO={','.join(s.report_to)}: 'none' turns every tracker off; give it alone")
     if s.job_dir:
         storage.parse_uri(s.job_dir)  # gs://bucket/prefix, or one line saying what is wrong
-    if s.resume not in ("", "auto", "never") and not (storage.is_uri(s.resume) or Path(s.resume).is_dir()):
-        raise UserError(f"RESUME={s.resume!r} is not a checkpoint directory; use auto, never or a checkpoint path")
+    _ = s.effective_resume  # RESUME parsed here, once: a local checkpoint that is not there is one line now
 
 
 def load_settings(
@@ -351,7 +396,7 @@ def as_record(settings: Settings) -> dict[str, Any]:
     """The settings as metrics.json keeps them (JSON values), with the effective learning rate, log dir and resume."""
     record = {name: list(v) if isinstance(v, tuple) else v for name, v in dataclasses.asdict(settings).items()}
     record.update(learning_rate=settings.effective_learning_rate, eval_batch_size=settings.effective_eval_batch_size,
-                  log_dir=settings.effective_log_dir, resume=settings.effective_resume)
+                  log_dir=settings.effective_log_dir, resume=settings.effective_resume.text)
     return record
 
 
@@ -374,7 +419,7 @@ def describe(settings: Settings, sources: dict[str, str]) -> str:
         elif name == "tasks" and value is None:
             shown = "every task of TASKS_FILE (auto)" if settings.tasks_file else "the demo tasks (auto)"
         elif name == "resume" and not value:
-            shown = f"{settings.effective_resume} (auto)"
+            shown = f"{settings.effective_resume.text} (auto)"
         rows.append((name.upper(), shown, sources.get(name, "default")))
     width = max(len(r[0]) for r in rows)
     vwidth = min(60, max(len(r[1]) for r in rows))
