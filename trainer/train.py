@@ -20,7 +20,7 @@ from trainer.checkpoints.local import (
 )
 from trainer.checkpoints.mirror import CloudSyncCallback
 from trainer.checkpoints.remote import remove_partial_downloads
-from trainer.checkpoints.resume import check_named_checkpoint, resume_checkpoint
+from trainer.checkpoints.resume import check_resume, resume_checkpoint
 from trainer.config.settings import Settings, as_record
 from trainer.data.dataset import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.data.packing import Packer, packer_for
@@ -44,7 +44,6 @@ from trainer.outputs.model_card import write_cards
 from trainer.outputs.report import output_report, write_settings
 from trainer.outputs.selection import BestSelection
 from trainer.runs.claim import claim_run
-from trainer.storage import base as storage
 from trainer.tasks.declare import describe_choice, resolve_tasks
 from trainer.tasks.spec import SPLITS, TaskData, TaskSpec
 from trainer.training.arguments import (
@@ -72,9 +71,7 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
                              log_upload_seconds=settings.log_upload_seconds) if dirs else None
     if sync:
         sync.check_bucket()  # a missing bucket stops the run here, before anything is read or written
-    if storage.is_uri(settings.effective_resume):  # and a missing checkpoint to resume, before the run claims any
-        check_named_checkpoint(storage.open_store(storage.parse_uri(settings.effective_resume)),
-                               settings.effective_resume)
+    check_resume(settings)  # and a missing checkpoint to resume, before the run claims any
     check_writable_dir(settings.output_dir, "OUTPUT_DIR")
     check_writable_dir(settings.effective_log_dir, "LOG_DIR")
     check_export_target(Path(settings.output_dir, EXPORT_DIR), EXPORT_WHAT, Path(settings.output_dir),

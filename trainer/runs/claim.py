@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.checkpoints.local import checkpoint_steps, latest_complete_checkpoint
-from trainer.config.settings import Settings
+from trainer.checkpoints.local import checkpoint_steps
+from trainer.checkpoints.resume import checkpoint_on_disk
+from trainer.config.settings import Resume, Settings
 from trainer.errors import UserError
 from trainer.layout import LEASE_FILE, LOCK_FILE, RUN_FILE
 from trainer.runs.identity import (
@@ -78,13 +79,13 @@ def find_places(settings: Settings, checkpoints: Any, store: storage.Store | Non
     """The identities this run meets, the one that decides its run id first: the checkpoint RESUME names,
     the bucket's, OUTPUT_DIR's."""
     places = []
-    mode = settings.effective_resume
-    if storage.is_uri(mode):
-        parent = storage.parse_uri(mode.strip().rstrip("/").rsplit("/", 1)[0])
+    resume = settings.effective_resume
+    if resume.kind == "bucket":
+        parent = storage.parse_uri(resume.text.rstrip("/").rsplit("/", 1)[0])
         found = _read_bucket(storage.open_store(parent), parent.child(RUN_FILE))
         places.append(Place("resume", "the checkpoint's directory", "", found))
-    elif mode not in ("auto", "never"):
-        places.append(Place("resume", "the checkpoint's directory", "", _local(str(Path(mode).parent))))
+    elif resume.kind == "local":
+        places.append(Place("resume", "the checkpoint's directory", "", _local(str(resume.path.parent))))
     if checkpoints is not None:
         names = store.list_names(checkpoints)  # a missing bucket stops here, with one line
         _refuse_inside_another_run(store, checkpoints)
@@ -98,15 +99,19 @@ def find_places(settings: Settings, checkpoints: Any, store: storage.Store | Non
 def _checkpoint_place(settings: Settings, places: list[Place]) -> list[Place]:
     """What the checkpoint to resume records of its run (`read_checkpoint`), where no `run.json` beside it
     says: a checkpoint copied alone, or one of a folder from before run identities."""
-    mode = settings.effective_resume
-    if mode == "auto" and not any(p.identity for p in places if p.where == "output"):
-        checkpoint = latest_complete_checkpoint(settings.output_dir)
-    elif mode not in ("auto", "never") and not storage.is_uri(mode) and not places[0].identity:
-        checkpoint = Path(mode)
-    else:
+    resume = settings.effective_resume
+    if resume.kind == "auto":
+        recorded = any(p.identity for p in places if p.where == "output")
+    elif resume.kind == "local":
+        recorded = places[0].identity is not None
+    else:  # never; a bucket checkpoint is downloaded only after the claim
         return []
+    if recorded:
+        return []
+    checkpoint = checkpoint_on_disk(resume, settings.output_dir)
     found = read_checkpoint(checkpoint) if checkpoint is not None else None
-    return [Place("checkpoint", f"checkpoint {checkpoint}", "a new OUTPUT_DIR" if mode == "auto" else "", found)]
+    return [Place("checkpoint", f"checkpoint {checkpoint}", "a new OUTPUT_DIR" if resume.kind == "auto" else "",
+                  found)]
 
 
 def _refuse_inside_another_run(store: storage.Store, checkpoints: Any) -> None:
@@ -121,27 +126,27 @@ def _refuse_inside_another_run(store: storage.Store, checkpoints: Any) -> None:
                             f" (created {theirs.created}); choose a JOB_DIR outside {above}")
 
 
-def decide(mine: RunIdentity, places: list[Place], mode: str) -> RunIdentity:
+def decide(mine: RunIdentity, places: list[Place], resume: Resume) -> RunIdentity:
     """The identity this run records: its own (a new run) or the one it continues; `UserError` when refused."""
     held = [p for p in places if p.identity is not None]
     for place in held:
         theirs = place.identity
         ours = {k: mine.defines.get(k) for k in theirs.defines} if place.where == "checkpoint" else mine.defines
         diff = "; ".join(differences(theirs.defines, ours))
-        if mode == "never" and diff:
+        if resume.kind == "never" and diff:
             raise UserError(f"{place.label} holds run {theirs.run_id} (created {theirs.created}); this new run "
                             f"{mine.run_id} has other settings: {diff}. Use {place.choice}, or RESUME=auto with "
                             f"run {theirs.run_id}'s settings to continue it")
-        if mode == "never" and place.where == "bucket":
+        if resume.kind == "never" and place.where == "bucket":
             raise UserError(f"{place.label} holds run {theirs.run_id} (created {theirs.created}) with the same "
                             f"settings: RESUME=auto continues it; a new run ({mine.run_id}) needs {place.choice}")
-        if mode != "never" and diff:
-            raise UserError(f"RESUME={mode}: {place.label} holds run {theirs.run_id}, whose settings differ from "
-                            f"this run's: {diff}. Continue it with its settings, or "
+        if resume.kind != "never" and diff:
+            raise UserError(f"RESUME={resume.text}: {place.label} holds run {theirs.run_id}, whose settings differ "
+                            f"from this run's: {diff}. Continue it with its settings, or "
                             + (f"start a new run in {place.choice}" if place.choice else
                                "resume from a checkpoint of a run with these settings"))
     held = [p for p in held if p.identity.run_id != LEGACY_RUN]
-    if mode == "never" or not held:
+    if resume.kind == "never" or not held:
         return mine
     return mine.with_run(held[0].identity)
 
@@ -167,11 +172,11 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
     if not writer:
         yield None
         return
-    mode = settings.effective_resume
+    resume = settings.effective_resume
     mine = new_identity(defining_settings(settings, tasks, rows))
     if store is None and checkpoints is not None:
         store = storage.open_store(checkpoints)
-    identity = decide(mine, find_places(settings, checkpoints, store), mode)
+    identity = decide(mine, find_places(settings, checkpoints, store), resume)
     had_checkpoints = checkpoint_steps(settings.output_dir)
     created = not Path(settings.output_dir).exists()
     lock = OutputLock(settings.output_dir)
@@ -189,7 +194,7 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
             candidate.acquire()
             lease = candidate
         places = find_places(settings, checkpoints, store)  # again: nobody else writes here now
-        identity = decide(mine, places, mode)
+        identity = decide(mine, places, resume)
         _record(identity, places, settings.output_dir, store, checkpoints)
         recorded = any(p.where == "bucket" and p.identity is None for p in places)
         for place in places:
@@ -197,7 +202,7 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
                 logger.info("%s held run %s with the same settings; RESUME=never starts it over",
                             place.label, place.identity.run_id)
         if identity.run_id == mine.run_id:
-            if mode != "never" and had_checkpoints:
+            if resume.kind != "never" and had_checkpoints:
                 logger.warning("%s has checkpoints but no %s (written before run identities): only the tasks and "
                                "TASK_WEIGHTING they record are checked", settings.output_dir, RUN_FILE)
             logger.info("run %s: a new run in %s", identity.run_id, settings.output_dir)
