@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from trainer.checkpoints import remote
 from trainer.checkpoints.local import damage
 from trainer.checkpoints.resume import download_named_checkpoint, resolve_resume, resume_checkpoint
-from trainer.config.settings import load_settings
+from trainer.config.settings import load_settings, parse_resume
 from trainer.errors import UserError
 from trainer.layout import COMPLETE_MARKER, DAMAGED_PREFIX, resolve_cloud_dirs
 from trainer.storage.gcs import GcsStore, parse_gcs_uri
@@ -62,8 +62,8 @@ def test_damaged_optimizer_state_falls_back_and_a_named_damaged_checkpoint_is_re
     copy, _ = run_copy
     flip(copy / "checkpoint-12" / "optimizer.pt", at=200)
     with pytest.raises(UserError, match=r"checkpoint-12 is not a usable checkpoint: optimizer.pt does not match"):
-        resolve_resume(str(copy / "checkpoint-12"), str(copy))
-    assert resolve_resume("auto", str(copy)) == str(copy / "checkpoint-8")
+        resolve_resume(parse_resume(str(copy / "checkpoint-12")), str(copy))
+    assert resolve_resume(parse_resume("auto"), str(copy)) == str(copy / "checkpoint-8")
     assert "optimizer.pt does not match its crc32c" in caplog.text
 
 
@@ -132,6 +132,6 @@ def test_named_bucket_checkpoint_problems_name_what_exists(tmp_path, exported_ru
                              parse_gcs_uri("gs://g-test-bucket/jobs/here/checkpoints"), 12)
     gcs_client.bucket(BUCKET).blob("jobs/half/checkpoint-12/model.safetensors").upload_from_string(b"x")
     with pytest.raises(UserError) as err:
-        download_named_checkpoint(GcsStore(gcs_client), resume, tmp_path / "o")
+        download_named_checkpoint(GcsStore(gcs_client), parse_resume(resume), tmp_path / "o")
     assert message in str(err.value)
     assert not (tmp_path / "o").exists()
