@@ -1,4 +1,6 @@
-"""Resuming: which checkpoint a run continues from (RESUME), and whether it already finished."""
+"""Resuming: every decision RESUME's kind makes (`trainer.config.settings.Resume`: never, auto, a local or a bucket
+checkpoint): what is asked of the bucket before the claim, which checkpoint a run continues from, and where each of
+its processes finds it."""
 
 from __future__ import annotations
 
