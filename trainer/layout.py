@@ -8,7 +8,7 @@ OUTPUT_DIR/                 `RunDirs`
   model/                    the final multitask model
   export/<task>/            each task as a standalone Transformers model (and export/.trainer-export.json)
   logs/                     the TensorBoard logs, unless LOG_DIR is elsewhere
-  metrics.json  report.html  settings.json  run.json  .run.lock  .gcs-staging/
+  metrics.json  metrics_<split>.json  report.html  settings.json  run.json  .run.lock  .gcs-staging/
 JOB_DIR/ (gs://...)         `BucketDirs`: checkpoints/ model/ logs/ (or Vertex AI's AIP_CHECKPOINT_DIR, AIP_MODEL_DIR,
                             AIP_TENSORBOARD_LOG_DIR, each of which wins), with run.json and lease.json beside the
                             checkpoints; model/ holds export/, metrics.json, report.html and settings.json too
@@ -56,6 +56,9 @@ EXPORT_MARKER = ".trainer-export.json"  # in an export folder: this project wrot
 
 
 METRICS_FILE = "metrics.json"  # OUTPUT_DIR/metrics.json: what a run measured, written at its end
+
+
+SPLIT_METRICS_FILE = "metrics_{split}.json"  # OUTPUT_DIR/metrics_<split>.json: what `python -m trainer evaluate` scored
 
 
 REPORT_FILE = "report.html"
@@ -136,6 +139,9 @@ class RunDirs:
     @property
     def metrics(self) -> Path:
         return self.output_dir / METRICS_FILE
+
+    def split_metrics(self, split: str) -> Path:
+        return self.output_dir / SPLIT_METRICS_FILE.format(split=split)
 
     @property
     def report(self) -> Path:
