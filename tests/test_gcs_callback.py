@@ -14,11 +14,10 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from tests.gcs_emulator import GcsEmulator
-from trainer.checkpoints import mirror as checkpoint_sync
 from trainer.checkpoints import remote
 from trainer.checkpoints.mirror import CheckpointUploadError, CloudSyncCallback
 from trainer.config.env import VertexDirs
-from trainer.layout import BucketDirs, RunDirs
+from trainer.layout import STAGING_DIR, BucketDirs, RunDirs
 from trainer.storage import gcs
 from trainer.storage.checksums import file_checksums
 from trainer.storage.gcs import GcsStore, GcsUri
@@ -102,7 +101,7 @@ def test_trainer_run_uploads_commits_and_rotates(gcs_client, gcs_bucket: str, tm
         local = out / f"checkpoint-{step}"
         assert {"optimizer.pt", "scheduler.pt", "trainer_state.json", "model.safetensors"} <= set(local_sums(local))
         assert manifest_sums(gcs_client, uri) == local_sums(local)
-    assert not (out / checkpoint_sync.STAGING_DIR).exists()
+    assert not (out / STAGING_DIR).exists()
 
     model_dir, logs_dir, export_dir = out / "model", out / "logs", out / "export"
     trainer.save_model(str(model_dir))

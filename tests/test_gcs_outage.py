@@ -12,12 +12,11 @@ import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from tests.gcs_emulator import GcsEmulator
-from trainer.checkpoints import mirror as checkpoint_sync
 from trainer.checkpoints import remote
 from trainer.checkpoints.mirror import CloudSyncCallback
 from trainer.checkpoints.resume import resume_from_bucket
 from trainer.config.env import VertexDirs
-from trainer.layout import BucketDirs
+from trainer.layout import STAGING_DIR, BucketDirs
 from trainer.storage import gcs
 from trainer.storage.checksums import file_checksums
 from trainer.storage.gcs import GcsStore
@@ -115,7 +114,7 @@ def test_upload_survives_server_restart(
 
 def staged(out: Path) -> list[str]:
     """The checkpoint snapshots in the staging folder, by step."""
-    root = out / checkpoint_sync.STAGING_DIR
+    root = out / STAGING_DIR
     return sorted(p.name.split(".")[0] for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
