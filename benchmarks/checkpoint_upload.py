@@ -32,8 +32,9 @@ from transformers import TrainerCallback  # noqa: E402
 from tests.gcs_emulator import GcsEmulator  # noqa: E402
 from trainer.checkpoints import remote  # noqa: E402
 from trainer.checkpoints.mirror import CloudSyncCallback  # noqa: E402
+from trainer.config.env import VertexDirs  # noqa: E402
 from trainer.config.settings import load_settings  # noqa: E402
-from trainer.layout import CloudDirs  # noqa: E402
+from trainer.layout import BucketDirs, RunDirs  # noqa: E402
 from trainer.storage import gcs  # noqa: E402
 from trainer.storage.gcs import GcsStore  # noqa: E402
 from trainer.train import train  # noqa: E402
@@ -56,20 +57,19 @@ class StepClock(TrainerCallback):
 class BlockingUpload(TrainerCallback):
     """The seed's way: upload the checkpoint inside on_save, so training waits for it."""
 
-    def __init__(self, dirs: CloudDirs):
+    def __init__(self, dirs: BucketDirs):
         self.dirs = dirs
         self.client = gcs.make_client()
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            local = RunDirs(args.output_dir).checkpoint(state.global_step)
             remote.upload_checkpoint(GcsStore(self.client), local, self.dirs.checkpoints, state.global_step)
 
 
 def run(mode: str, base: dict, work: Path) -> tuple[int, float]:
     out = work / mode
-    job = gcs.parse_gcs_uri(f"gs://bench-bucket/{mode}")
-    dirs = CloudDirs(job.child("checkpoints"), job.child("model"), job.child("logs"))
+    dirs = BucketDirs.resolve(f"gs://bench-bucket/{mode}", VertexDirs())
     clock = StepClock()
     streaming = CloudSyncCallback(dirs, log_dir=out / "logs", log_upload_seconds=1.0) if mode == "logs" else None
     extra = {"none": [], "async": [CloudSyncCallback(dirs)], "logs": [streaming],

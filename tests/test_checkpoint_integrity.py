@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 from trainer.checkpoints import remote
 from trainer.checkpoints.local import damage
 from trainer.checkpoints.resume import download_named_checkpoint, resolve_resume, resume_checkpoint
+from trainer.config.env import VertexDirs
 from trainer.config.settings import load_settings, parse_resume
 from trainer.errors import UserError
-from trainer.layout import COMPLETE_MARKER, DAMAGED_PREFIX, resolve_cloud_dirs
+from trainer.layout import COMPLETE_MARKER, DAMAGED_PREFIX, BucketDirs
 from trainer.storage.gcs import GcsStore, parse_gcs_uri
 from trainer.training.arguments import training_arguments
 
@@ -80,7 +81,7 @@ def test_a_damaged_local_checkpoint_falls_back_to_the_bucket(run_copy, gcs_clien
     (copy / ".checkpoint-12.x1.partial").mkdir()
     (copy / ".checkpoint-12.x1.partial" / "model.safetensors").write_bytes(b"half")
     settings = _settings(copy, resume="auto", job_dir=job)
-    found = resume_checkpoint(settings, training_arguments(settings), resolve_cloud_dirs(job, {}))
+    found = resume_checkpoint(settings, training_arguments(settings), BucketDirs.resolve(job, VertexDirs()))
     assert found == str(copy / "checkpoint-12")
     assert damage(copy / "checkpoint-12") is None  # the bucket's intact copy
     assert not list(copy.glob("*.partial"))

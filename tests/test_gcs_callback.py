@@ -14,10 +14,10 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from tests.gcs_emulator import GcsEmulator
-from trainer.checkpoints import mirror as checkpoint_sync
 from trainer.checkpoints import remote
 from trainer.checkpoints.mirror import CheckpointUploadError, CloudSyncCallback
-from trainer.layout import resolve_cloud_dirs
+from trainer.config.env import VertexDirs
+from trainer.layout import STAGING_DIR, BucketDirs, RunDirs
 from trainer.storage import gcs
 from trainer.storage.checksums import file_checksums
 from trainer.storage.gcs import GcsStore, GcsUri
@@ -82,7 +82,7 @@ class KeepingUp(TrainerCallback):
 
 
 def test_trainer_run_uploads_commits_and_rotates(gcs_client, gcs_bucket: str, tmp_path: Path) -> None:
-    dirs = resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {})
+    dirs = BucketDirs.resolve(f"gs://{gcs_bucket}/job", VertexDirs())
     cb = CloudSyncCallback(dirs, GcsStore(gcs_client), upload_timeout=60)
     out = tmp_path / "out"
     args = TrainingArguments(
@@ -101,7 +101,7 @@ def test_trainer_run_uploads_commits_and_rotates(gcs_client, gcs_bucket: str, tm
         local = out / f"checkpoint-{step}"
         assert {"optimizer.pt", "scheduler.pt", "trainer_state.json", "model.safetensors"} <= set(local_sums(local))
         assert manifest_sums(gcs_client, uri) == local_sums(local)
-    assert not (out / checkpoint_sync.STAGING_DIR).exists()
+    assert not (out / STAGING_DIR).exists()
 
     model_dir, logs_dir, export_dir = out / "model", out / "logs", out / "export"
     trainer.save_model(str(model_dir))
@@ -110,7 +110,7 @@ def test_trainer_run_uploads_commits_and_rotates(gcs_client, gcs_bucket: str, tm
     (export_dir / "task_a").mkdir(parents=True)
     (export_dir / "task_a" / "config.json").write_text("{}")
     (out / "metrics.json").write_text(json.dumps({"average": 0.5}))
-    cb.upload_final(model_dir, logs_dir, out / "metrics.json", export_dir=export_dir)
+    cb.upload_final(RunDirs(out, logs_dir))
     names = {b.name for b in gcs_client.list_blobs(gcs_bucket, prefix="job/")}
     assert {"job/model/model.safetensors", "job/model/metrics.json", "job/model/export/task_a/config.json",
             "job/logs/run/events.out.tfevents.1"} <= names
@@ -129,7 +129,7 @@ def test_on_save_snapshots_so_local_rotation_cannot_break_upload(
         return real(*a, **kw)
 
     monkeypatch.setattr(remote, "upload_checkpoint", held_upload)
-    dirs = resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {})
+    dirs = BucketDirs.resolve(f"gs://{gcs_bucket}/job", VertexDirs())
     cb = CloudSyncCallback(dirs, GcsStore(gcs_client))
     args = callback_args(tmp_path)
     ckpt = fake_checkpoint(args, 3)
@@ -145,7 +145,7 @@ def test_on_save_snapshots_so_local_rotation_cannot_break_upload(
 
 
 def test_only_main_process_uploads(gcs_client, gcs_bucket: str, tmp_path: Path) -> None:
-    cb = CloudSyncCallback(resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {}), GcsStore(gcs_client))
+    cb = CloudSyncCallback(BucketDirs.resolve(f"gs://{gcs_bucket}/job", VertexDirs()), GcsStore(gcs_client))
     args = callback_args(tmp_path)
     fake_checkpoint(args, 1)
     save(cb, args, 1, main=False)
@@ -157,7 +157,7 @@ def test_only_main_process_uploads(gcs_client, gcs_bucket: str, tmp_path: Path) 
 def test_failed_upload_is_loud_and_raised(
     gcs_client, gcs_emulator: GcsEmulator, gcs_bucket: str, tmp_path: Path, caplog
 ) -> None:
-    dirs = resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {})
+    dirs = BucketDirs.resolve(f"gs://{gcs_bucket}/job", VertexDirs())
     cb = CloudSyncCallback(dirs, GcsStore(gcs_client, FAST_RETRY), upload_timeout=30)
     args = callback_args(tmp_path)
     fake_checkpoint(args, 1)
@@ -174,14 +174,14 @@ def test_failed_upload_is_loud_and_raised(
     model_dir.mkdir()
     (model_dir / "weights.bin").write_bytes(b"w" * 100)
     with pytest.raises(CheckpointUploadError, match="checkpoint-1"):
-        cb.upload_final(model_dir)
+        cb.upload_final(RunDirs(tmp_path))
     assert gcs_client.bucket(gcs_bucket).get_blob("job/model/weights.bin") is not None
     assert remote.list_committed_checkpoints(GcsStore(gcs_client), dirs.checkpoints) == []
 
 
 def test_wait_times_out_loudly(gcs_client, gcs_emulator: GcsEmulator, gcs_bucket: str, tmp_path: Path) -> None:
     slow_retry = gcs.GCS_RETRY.with_delay(initial=0.2, maximum=0.5).with_timeout(30.0)
-    cb = CloudSyncCallback(resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {}), GcsStore(gcs_client, slow_retry))
+    cb = CloudSyncCallback(BucketDirs.resolve(f"gs://{gcs_bucket}/job", VertexDirs()), GcsStore(gcs_client, slow_retry))
     args = callback_args(tmp_path)
     fake_checkpoint(args, 2)
     gcs_emulator.stop()
@@ -195,7 +195,7 @@ def test_wait_times_out_loudly(gcs_client, gcs_emulator: GcsEmulator, gcs_bucket
 
 
 def test_missing_local_checkpoint_is_an_error(gcs_client, gcs_bucket: str, tmp_path: Path) -> None:
-    cb = CloudSyncCallback(resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {}), GcsStore(gcs_client))
+    cb = CloudSyncCallback(BucketDirs.resolve(f"gs://{gcs_bucket}/job", VertexDirs()), GcsStore(gcs_client))
     save(cb, callback_args(tmp_path), 9)
     with pytest.raises(CheckpointUploadError, match="checkpoint-9 .* does not exist"):
         cb.wait(5)
@@ -204,6 +204,6 @@ def test_missing_local_checkpoint_is_an_error(gcs_client, gcs_bucket: str, tmp_p
 def test_train_begin_fails_fast_on_missing_bucket(gcs_client, tmp_path: Path) -> None:
     from trainer.errors import UserError
 
-    cb = CloudSyncCallback(resolve_cloud_dirs("gs://missing-bucket/job", {}), GcsStore(gcs_client))
+    cb = CloudSyncCallback(BucketDirs.resolve("gs://missing-bucket/job", VertexDirs()), GcsStore(gcs_client))
     with pytest.raises(UserError, match="does not exist"):
         cb.on_train_begin(callback_args(tmp_path), TrainerState(is_world_process_zero=True), TrainerControl())

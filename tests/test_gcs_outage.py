@@ -12,11 +12,11 @@ import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from tests.gcs_emulator import GcsEmulator
-from trainer.checkpoints import mirror as checkpoint_sync
 from trainer.checkpoints import remote
 from trainer.checkpoints.mirror import CloudSyncCallback
 from trainer.checkpoints.resume import resume_from_bucket
-from trainer.layout import resolve_cloud_dirs
+from trainer.config.env import VertexDirs
+from trainer.layout import STAGING_DIR, BucketDirs
 from trainer.storage import gcs
 from trainer.storage.checksums import file_checksums
 from trainer.storage.gcs import GcsStore
@@ -43,7 +43,7 @@ def local_sums(ckpt: Path) -> dict[str, dict]:
 def test_upload_survives_server_restart(
     gcs_client, gcs_emulator: GcsEmulator, gcs_bucket: str, tmp_path: Path, monkeypatch
 ) -> None:
-    dirs = resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {})
+    dirs = BucketDirs.resolve(f"gs://{gcs_bucket}/job", VertexDirs())
     cb = CloudSyncCallback(dirs, GcsStore(gcs_client, RETRY), upload_timeout=120)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), save_total_limit=None, report_to=[], use_cpu=True)
     out = Path(args.output_dir)
@@ -114,14 +114,14 @@ def test_upload_survives_server_restart(
 
 def staged(out: Path) -> list[str]:
     """The checkpoint snapshots in the staging folder, by step."""
-    root = out / checkpoint_sync.STAGING_DIR
+    root = out / STAGING_DIR
     return sorted(p.name.split(".")[0] for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
 def test_outage_warns_once_and_only_the_newest_checkpoint_waits(
     gcs_client, gcs_emulator: GcsEmulator, gcs_bucket: str, tmp_path: Path, caplog
 ) -> None:
-    dirs = resolve_cloud_dirs(f"gs://{gcs_bucket}/job", {})
+    dirs = BucketDirs.resolve(f"gs://{gcs_bucket}/job", VertexDirs())
     fast = gcs.GCS_RETRY.with_delay(initial=0.1, maximum=0.3, multiplier=2.0).with_timeout(60.0)
     cb = CloudSyncCallback(dirs, GcsStore(gcs_client, fast), upload_timeout=60)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), save_total_limit=2, report_to=[], use_cpu=True)

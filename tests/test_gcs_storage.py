@@ -10,8 +10,8 @@ import pytest
 
 from tests.gcs_emulator import GcsEmulator
 from trainer.checkpoints import remote
-from trainer.checkpoints.local import checkpoint_step
 from trainer.checkpoints.resume import resume_from_bucket
+from trainer.layout import checkpoint_step
 from trainer.storage import gcs
 from trainer.storage.checksums import IntegrityError, file_checksums
 from trainer.storage.gcs import GcsStore, GcsUri

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainer.checkpoints import mirror as checkpoint_sync
 from trainer.checkpoints import remote
 from trainer.checkpoints.local import is_complete
+from trainer.layout import STAGING_DIR
 from trainer.storage import gcs
 from trainer.storage.gcs import GcsStore
 from trainer.training.preemption import EXIT_PREEMPTED
@@ -203,7 +203,7 @@ def _committed_lines(text: str, job: str) -> list[int]:
 def test_outage_then_sigterm_with_storage_down(tmp_path, gcs_client, gcs_emulator, gcs_bucket):
     """A 6 s outage while training saves every 2 steps, then SIGTERM while storage is down again."""
     job, out, task_log = f"gs://{BUCKET}/jobs/outage", tmp_path / "out", tmp_path / "run.log"
-    stale = out / checkpoint_sync.STAGING_DIR / "checkpoint-7.3"  # what a killed run leaves
+    stale = out / STAGING_DIR / "checkpoint-7.3"  # what a killed run leaves
     stale.mkdir(parents=True)
     (stale / "model.safetensors").write_bytes(b"x" * 1000)
     env = {"OUTPUT_DIR": str(out), "JOB_DIR": job, "MAX_STEPS": "100000", "SAVE_STEPS": "2", "EVAL_STEPS": "100000",
@@ -219,8 +219,8 @@ def test_outage_then_sigterm_with_storage_down(tmp_path, gcs_client, gcs_emulato
             gcs_emulator.stop()
             down_at, folders = _steps_done(task_log), 0
             while time.time() < deadline and _steps_done(task_log) < down_at + 8:  # 4 saves at least
-                if (out / checkpoint_sync.STAGING_DIR).is_dir():
-                    folders = max(folders, sum(p.is_dir() for p in (out / checkpoint_sync.STAGING_DIR).iterdir()))
+                if (out / STAGING_DIR).is_dir():
+                    folders = max(folders, sum(p.is_dir() for p in (out / STAGING_DIR).iterdir()))
                 time.sleep(0.02)
             assert folders <= 2, f"{folders} checkpoints staged at once: the running upload and the newest only"
             gcs_emulator.start()
@@ -259,4 +259,4 @@ def test_outage_then_sigterm_with_storage_down(tmp_path, gcs_client, gcs_emulato
     waited = float(re.search(r"waited ([\d.]+) s for uploads", line).group(1))
     assert 5 < waited <= 25 and waited < elapsed, line  # the grace's 25 s, less the last step and its save
     assert is_complete(out / f"checkpoint-{step}")  # kept for a restart on this machine
-    assert not (out / checkpoint_sync.STAGING_DIR).exists()
+    assert not (out / STAGING_DIR).exists()

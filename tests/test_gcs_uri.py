@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from trainer.config.env import VertexDirs, vertex_dirs
 from trainer.errors import UserError
-from trainer.layout import resolve_cloud_dirs
+from trainer.layout import BucketDirs
 from trainer.storage.gcs import GcsUri, parse_gcs_uri, validate_bucket_name
 
 
@@ -91,7 +92,7 @@ def test_invalid_bucket_names(name: str, expected: str) -> None:
 
 
 def test_resolve_cloud_dirs_from_job_dir() -> None:
-    dirs = resolve_cloud_dirs("gs://sandbox-1/run7/", {})
+    dirs = BucketDirs.resolve("gs://sandbox-1/run7/", VertexDirs())
     assert dirs is not None
     assert str(dirs.checkpoints) == "gs://sandbox-1/run7/checkpoints"
     assert str(dirs.model) == "gs://sandbox-1/run7/model"
@@ -104,20 +105,20 @@ def test_resolve_cloud_dirs_vertex_wins() -> None:
         "AIP_MODEL_DIR": "gs://vertex-out/job/model/",
         "AIP_TENSORBOARD_LOG_DIR": "gs://vertex-out/job/logs/",
     }
-    dirs = resolve_cloud_dirs("gs://sandbox-1/run7", environ)
+    dirs = BucketDirs.resolve("gs://sandbox-1/run7", vertex_dirs(environ))
     assert dirs is not None
     assert (dirs.checkpoints, dirs.model, dirs.logs) == (
         GcsUri("vertex-out", "job/checkpoints"),
         GcsUri("vertex-out", "job/model"),
         GcsUri("vertex-out", "job/logs"),
     )
-    assert resolve_cloud_dirs(None, environ) == dirs
+    assert BucketDirs.resolve(None, vertex_dirs(environ)) == dirs
 
 
 def test_resolve_cloud_dirs_none_and_errors() -> None:
-    assert resolve_cloud_dirs(None, {}) is None
-    assert resolve_cloud_dirs("", {}) is None
+    assert BucketDirs.resolve(None, VertexDirs()) is None
+    assert BucketDirs.resolve("", VertexDirs()) is None
     with pytest.raises(UserError, match="must start with gs://"):
-        resolve_cloud_dirs("outputs/job", {})
+        BucketDirs.resolve("outputs/job", VertexDirs())
     with pytest.raises(UserError, match="AIP_MODEL_DIR, AIP_TENSORBOARD_LOG_DIR not set"):
-        resolve_cloud_dirs(None, {"AIP_CHECKPOINT_DIR": "gs://vertex-out/c"})
+        BucketDirs.resolve(None, vertex_dirs({"AIP_CHECKPOINT_DIR": "gs://vertex-out/c"}))

@@ -207,11 +207,12 @@ def test_report_from_the_bucket_of_a_running_then_finished_job(demo_run, tmp_pat
 
 def test_upload_final_puts_the_report_next_to_metrics_json(demo_run, gcs_client, gcs_bucket):
     from trainer.checkpoints.mirror import CloudSyncCallback
-    from trainer.layout import resolve_cloud_dirs
+    from trainer.config.env import VertexDirs
+    from trainer.layout import BucketDirs, RunDirs
 
     out, _ = demo_run
-    sync = CloudSyncCallback(resolve_cloud_dirs(f"gs://{gcs_bucket}/jobs/up", {}), GcsStore(gcs_client))
-    sync.upload_final(out / "model", metrics_file=out / "metrics.json", report_file=out / "report.html")
+    sync = CloudSyncCallback(BucketDirs.resolve(f"gs://{gcs_bucket}/jobs/up", VertexDirs()), GcsStore(gcs_client))
+    sync.upload_final(RunDirs(out))
     stored = {b.name: b for b in gcs_client.list_blobs(gcs_bucket, prefix="jobs/up/model/")}
     assert stored["jobs/up/model/report.html"].size == (out / "report.html").stat().st_size
     assert "jobs/up/model/metrics.json" in stored

@@ -213,15 +213,15 @@ class CLI:
         from pathlib import Path
 
         from trainer.files import check_writable_dir
-        from trainer.layout import EXPORT_DIR
+        from trainer.layout import EXPORT_WHAT, RunDirs
         from trainer.outputs.export import check_export_target, export_tasks, run_outputs
         from trainer.outputs.inference import find_model_dir, load_trained
         from trainer.outputs.model_card import run_report, write_cards
 
         settings, _ = _settings(flags)
         directory = find_model_dir(settings.output_dir, model_dir)
-        target = Path(export_dir or os.path.join(settings.output_dir, EXPORT_DIR))
-        what = "--export_dir" if export_dir else "OUTPUT_DIR/export"
+        target = Path(export_dir) if export_dir else RunDirs(settings.output_dir).export
+        what = "--export_dir" if export_dir else EXPORT_WHAT
         check_writable_dir(target, what)
         keep = run_outputs(settings.output_dir, settings.effective_log_dir, directory)
         check_export_target(target, what, settings.output_dir, keep)  # before the model is loaded

@@ -22,6 +22,7 @@ from trainer.data.dataset import MultitaskDataset, TaskBatchCollator, tokenize_s
 from trainer.data.read import quiet_datasets_bars, read_split, split_file
 from trainer.errors import UserError
 from trainer.files import check_writable_dir, write_text_atomically
+from trainer.layout import RunDirs
 from trainer.model.modeling import MultitaskModel
 from trainer.outputs.inference import find_task, load_task_model, task_names
 from trainer.tasks.declare import load_tasks_file
@@ -34,7 +35,7 @@ EVAL_SPLITS = ("dev", "test")
 
 
 def metrics_path(output_dir: str, split: str) -> Path:
-    return Path(output_dir) / f"metrics_{split}.json"
+    return RunDirs(output_dir).split_metrics(split)
 
 
 def evaluate(settings: Settings, split: str = "test", model_dir: str | None = None) -> dict[str, Any]:

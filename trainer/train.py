@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 from transformers import (
@@ -21,21 +20,13 @@ from trainer.checkpoints.local import (
 from trainer.checkpoints.mirror import CloudSyncCallback
 from trainer.checkpoints.remote import remove_partial_downloads
 from trainer.checkpoints.resume import check_resume, resume_checkpoint
+from trainer.config.env import vertex_dirs
 from trainer.config.settings import Settings, as_record
 from trainer.data.dataset import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.data.packing import Packer, packer_for
 from trainer.data.read import read_all_splits
 from trainer.files import check_writable_dir
-from trainer.layout import (
-    EXPORT_DIR,
-    EXPORT_WHAT,
-    FINAL_MODEL_DIR,
-    METRICS_FILE,
-    RUN_FILE,
-    SETTINGS_FILE,
-    CloudDirs,
-    resolve_cloud_dirs,
-)
+from trainer.layout import EXPORT_WHAT, RUN_FILE, BucketDirs, RunDirs, checkpoint_name
 from trainer.model.gpu import compile_encoder
 from trainer.model.loading import load_encoder
 from trainer.model.modeling import MultitaskModel
@@ -66,7 +57,8 @@ logger = logging.getLogger(__name__)
 def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run one multitask training job; returns the final metrics report."""
     check_trackers(settings.report_to)
-    dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
+    run = RunDirs(settings.output_dir, settings.effective_log_dir)
+    dirs = BucketDirs.resolve(settings.job_dir, vertex_dirs(os.environ))
     sync = CloudSyncCallback(dirs, upload_timeout=settings.upload_timeout, log_dir=settings.effective_log_dir,
                              log_upload_seconds=settings.log_upload_seconds) if dirs else None
     if sync:
@@ -74,8 +66,8 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     check_resume(settings)  # and a missing checkpoint to resume, before the run claims any
     check_writable_dir(settings.output_dir, "OUTPUT_DIR")
     check_writable_dir(settings.effective_log_dir, "LOG_DIR")
-    check_export_target(Path(settings.output_dir, EXPORT_DIR), EXPORT_WHAT, Path(settings.output_dir),
-                        run_outputs(Path(settings.output_dir), settings.effective_log_dir))  # as the final export
+    check_export_target(run.export, EXPORT_WHAT, run.output_dir,
+                        run_outputs(run.output_dir, run.log_dir))  # as the final export
     tasks = resolve_tasks(settings.tasks, settings.tasks_file, settings.task_weights)
     tasks, rows = read_all_splits(tasks, settings)  # bad input stops here or in load_encoder, with one line
     set_seed(settings.seed)
@@ -86,14 +78,13 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
         compile_encoder(encoder)
     args = training_arguments(settings)
     # OUTPUT_DIR and JOB_DIR are this run's (or it stops with one line) before anything is written to them
-    with claim_run(settings, tasks, rows, dirs.checkpoints if dirs else None, writer=args.should_save,
-                   store=sync.store if sync else None):
-        return _train_claimed(settings, callbacks, tasks, rows, tokenizer, encoder, packer, args, dirs, sync)
+    with claim_run(settings, tasks, rows, dirs, writer=args.should_save, store=sync.store if sync else None):
+        return _train_claimed(settings, callbacks, tasks, rows, tokenizer, encoder, packer, args, run, dirs, sync)
 
 
 def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[TaskSpec],
                    rows: dict[str, dict[str, TaskData]], tokenizer: PreTrainedTokenizerBase, encoder: PreTrainedModel,
-                   packer: Packer | None, args: TrainingArguments, dirs: CloudDirs | None,
+                   packer: Packer | None, args: TrainingArguments, run: RunDirs, dirs: BucketDirs | None,
                    sync: CloudSyncCallback | None) -> dict[str, Any]:
     resume = resume_checkpoint(settings, args, dirs)
     # once preempted, pending uploads get only what is left of the 30 s grace period
@@ -144,7 +135,7 @@ def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[
     if args.should_save:  # what `python -m trainer report` needs to rebuild the report later
         settings_file = write_settings(settings, {t.name: t.metric for t in tasks}, settings.output_dir)
         if sync:
-            sync.upload_soon(settings_file, dirs.model.child(SETTINGS_FILE))
+            sync.upload_soon(settings_file, dirs.settings)
 
     trainer.train(resume_from_checkpoint=resume)
     if trainer.diverged:
@@ -152,22 +143,20 @@ def _train_claimed(settings: Settings, callbacks: list[Any] | None, tasks: list[
     if preemption.preempted:  # exit 143 whatever became of the upload: on_train_end waited what the grace allows
         step = trainer.state.global_step
         bucket = sync.after_preemption(step) if sync and args.should_save else ""
-        raise Preempted(f"stopped at step {step} on SIGTERM; checkpoint-{step} saved in {settings.output_dir}"
+        raise Preempted(f"stopped at step {step} on SIGTERM; {checkpoint_name(step)} saved in {settings.output_dir}"
                         + bucket + "; run again with RESUME=auto to continue")
     metrics = trainer.final_metrics()
     report: dict[str, Any] = {}
     if args.should_save:
-        output = Path(settings.output_dir)
-        trainer.save_model(str(output / FINAL_MODEL_DIR))
-        selection.export(trainer.accelerator.unwrap_model(trainer.model), output / EXPORT_DIR, what=EXPORT_WHAT,
-                         output_dir=output, keep=run_outputs(output, settings.effective_log_dir))
+        trainer.save_model(str(run.model))
+        selection.export(trainer.accelerator.unwrap_model(trainer.model), run.export, what=EXPORT_WHAT,
+                         output_dir=run.output_dir, keep=run_outputs(run.output_dir, run.log_dir))
         record = as_record(settings)
-        report = write_metrics(output / METRICS_FILE, metrics, tasks, trainer.state.global_step, selection, record)
-        write_cards(output / EXPORT_DIR, tasks, report, record)  # README.md of each export/<task>
-        report_file = output_report(output, settings.effective_log_dir)
+        report = write_metrics(run.metrics, metrics, tasks, trainer.state.global_step, selection, record)
+        write_cards(run.export, tasks, report, record)  # README.md of each export/<task>
+        report_file = output_report(run)
         if sync:
-            sync.upload_final(output / FINAL_MODEL_DIR, settings.effective_log_dir, output / METRICS_FILE,
-                              export_dir=output / EXPORT_DIR, report_file=report_file)
-        print(summary(report, tasks, outputs(settings, tasks, report_file, dirs)), flush=True)
+            sync.upload_final(run, report=report_file is not None)
+        print(summary(report, tasks, outputs(run, tasks, report_file, dirs)), flush=True)
         remove_partial_downloads(settings.output_dir)
     return report

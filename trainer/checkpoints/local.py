@@ -17,30 +17,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from trainer.layout import CHECKPOINT_PREFIX, COMPLETE_MARKER, DAMAGED_PREFIX
+from trainer.layout import COMPLETE_MARKER, DAMAGED_PREFIX, RunDirs, checkpoint_step
 from trainer.storage.checksums import file_checksums
 
 logger = logging.getLogger(__name__)
-
-_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
-
-
-def checkpoint_step(name: str) -> int | None:
-    """The step of a `checkpoint-<step>` name, else None."""
-    match = _CHECKPOINT_RE.match(name)
-    return int(match.group(1)) if match else None
-
-
-def checkpoint_dir(output_dir: str | os.PathLike[str], step: int) -> Path:
-    return Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
-
 
 def _files(directory: Path) -> list[Path]:
     """Every file under `directory` but the marker (and its temporary), sorted."""
@@ -132,7 +118,7 @@ def checkpoint_steps(output_dir: str | os.PathLike[str]) -> list[int]:
 def latest_complete_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
     """The newest complete checkpoint in `output_dir` (sizes checked); half-written ones are skipped."""
     for step in reversed(checkpoint_steps(output_dir)):
-        candidate = checkpoint_dir(output_dir, step)
+        candidate = RunDirs(output_dir).checkpoint(step)
         if is_complete(candidate):
             return candidate
     return None
@@ -158,7 +144,7 @@ def verified_checkpoint(output_dir: str | os.PathLike[str]) -> tuple[Path | None
     """
     set_aside = []
     for step in reversed(checkpoint_steps(output_dir)):
-        candidate = checkpoint_dir(output_dir, step)
+        candidate = RunDirs(output_dir).checkpoint(step)
         if not (candidate / COMPLETE_MARKER).is_file():
             continue
         problem = damage(candidate)
@@ -187,7 +173,7 @@ class CompleteMarkerCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
         if args.should_save:
-            directory = checkpoint_dir(args.output_dir, state.global_step)
+            directory = RunDirs(args.output_dir).checkpoint(state.global_step)
             if directory.is_dir():
                 for name in self.also:
                     if (Path(args.output_dir) / name).is_file():

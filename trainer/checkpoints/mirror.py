@@ -1,8 +1,8 @@
 """Mirror a run to Cloud Storage in the background (checkpoints, TensorBoard logs, the final model), and
 resume from the bucket.
 
-Layout: `JOB_DIR/checkpoints/checkpoint-<step>/`, `JOB_DIR/model/`, `JOB_DIR/logs/`. On Vertex AI,
-`AIP_CHECKPOINT_DIR`, `AIP_MODEL_DIR` and `AIP_TENSORBOARD_LOG_DIR` take precedence.
+Where each goes in the bucket is `trainer.layout.BucketDirs`: `JOB_DIR/checkpoints/checkpoint-<step>/`,
+`JOB_DIR/model/`, `JOB_DIR/logs/`, or Vertex AI's `AIP_*` directories.
 
 The uploads run in one `BackgroundUploader` thread; the callback here only decides what to send when.
 """
@@ -21,10 +21,9 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trainer.checkpoints import remote
-from trainer.checkpoints.local import checkpoint_dir
 from trainer.checkpoints.uploader import BackgroundUploader, UploadError
 from trainer.files import link_tree
-from trainer.layout import STAGING_DIR, CloudDirs
+from trainer.layout import CHECKPOINT_PREFIX, BucketDirs, RunDirs, checkpoint_name, checkpoint_step
 from trainer.storage import base as storage
 from trainer.storage.checksums import file_checksums
 
@@ -84,7 +83,7 @@ class CloudSyncCallback(TrainerCallback):
 
     def __init__(
         self,
-        dirs: CloudDirs,
+        dirs: BucketDirs,
         store: storage.Store | None = None,
         upload_timeout: float = 600.0,
         log_dir: str | os.PathLike[str] | None = None,
@@ -138,7 +137,7 @@ class CloudSyncCallback(TrainerCallback):
         if state.is_world_process_zero:
             if not self._bucket_checked:  # fail before training when the bucket is missing or not ours
                 self.check_bucket()
-            self._staging = Path(args.output_dir) / STAGING_DIR
+            self._staging = RunDirs(args.output_dir).staging
             remove_staging(self._staging)  # a killed run's snapshots: nothing will upload them now
             if self.log_dir is not None:
                 self._logs = LogMirror(self.log_dir, self.dirs.logs, self.store, self._staging)
@@ -151,15 +150,15 @@ class CloudSyncCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         step = state.global_step
-        local = checkpoint_dir(args.output_dir, step)
+        local = RunDirs(args.output_dir).checkpoint(step)
         if not local.is_dir():
             self._fail(step, f"local checkpoint {local} does not exist")
             return
         for name in self.uploads.drop_waiting("checkpoint"):  # before linking: staging stays at two at most
-            self.skipped.append(int(name.removeprefix("checkpoint-")))
-            logger.debug("%s not uploaded: checkpoint-%d replaces it", name, step)
+            self.skipped.append(checkpoint_step(name))
+            logger.debug("%s not uploaded: %s replaces it", name, local.name)
         self._seq += 1
-        staged = Path(args.output_dir) / STAGING_DIR / f"{local.name}.{self._seq}"
+        staged = RunDirs(args.output_dir).staging / f"{local.name}.{self._seq}"
         try:
             link_tree(local, staged)
         except OSError as err:
@@ -168,9 +167,9 @@ class CloudSyncCallback(TrainerCallback):
             return
         protect = (state.best_global_step,) if getattr(state, "best_global_step", None) else ()
         self.sync_logs()  # first: once checkpoint-<step> is committed, the bucket has the history up to it
-        self.uploads.submit(f"checkpoint-{step}", lambda: self._upload(step, staged, args.save_total_limit, protect),
+        self.uploads.submit(local.name, lambda: self._upload(step, staged, args.save_total_limit, protect),
                             cleanup=lambda: _remove_staged(staged), group="checkpoint")
-        logger.info("queued checkpoint-%d for upload to %s", step, self.dirs.checkpoints)
+        logger.info("queued %s for upload to %s", local.name, self.dirs.checkpoints)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs
@@ -189,7 +188,7 @@ class CloudSyncCallback(TrainerCallback):
     @property
     def pending(self) -> list[int]:
         """Steps of the checkpoints queued or being uploaded."""
-        return [int(n.removeprefix("checkpoint-")) for n in self.uploads.pending if n.startswith("checkpoint-")]
+        return [s for s in map(checkpoint_step, self.uploads.pending) if s is not None]
 
     def upload_soon(self, local: str | os.PathLike[str], dest: Any) -> None:
         """Queue one file (e.g. settings.json at the start, so a running job's report knows its settings)."""
@@ -206,37 +205,24 @@ class CloudSyncCallback(TrainerCallback):
         self.uploads.finish(self.upload_timeout if timeout is None else timeout, self._describe)
         self.uploads.raise_errors(CheckpointUploadError)
 
-    def upload_final(
-        self,
-        model_dir: str | os.PathLike[str],
-        logs_dir: str | os.PathLike[str] | None = None,
-        metrics_file: str | os.PathLike[str] | None = None,
-        export_dir: str | os.PathLike[str] | None = None,
-        report_file: str | os.PathLike[str] | None = None,
-    ) -> None:
-        """Wait for checkpoint uploads, then upload the final model dir to `dirs.model/`, the per-task
-        export to `dirs.model/export/`, `metrics_file` and `report_file` to `dirs.model/` and the logs to
-        `dirs.logs/`.
+    def upload_final(self, run: RunDirs, report: bool = True) -> None:
+        """Wait for checkpoint uploads, then upload the run's final outputs where `BucketDirs.final_outputs` puts
+        them (the model, export, metrics.json and report.html, those that exist; `report`: False when this run
+        could not write its report, so an older one is not sent) and its logs to `dirs.logs/`.
 
         Call it on the main process only. Raises `CheckpointUploadError` if any upload failed,
         including earlier checkpoints; the final model is uploaded regardless.
         """
-        model = Path(model_dir)
-        uploads: list[tuple[Path, Any, Callable[..., object]]] = [(model, self.dirs.model, remote.upload_tree)]
-        if export_dir is not None:
-            uploads.append((Path(export_dir), self.dirs.model.child("export"), remote.upload_tree))
-        if metrics_file is not None and not Path(metrics_file).resolve().is_relative_to(model.resolve()):
-            metrics = Path(metrics_file)
-            uploads.append((metrics, self.dirs.model.child(metrics.name), remote.upload_file))
-        if report_file is not None:
-            uploads.append((Path(report_file), self.dirs.model.child(Path(report_file).name), remote.upload_file))
-        for local, dest, upload in uploads:
+        for local, dest in self.dirs.final_outputs(run):
+            if not local.exists() or (local == run.report and not report):
+                continue
+            upload = remote.upload_tree if local.is_dir() else remote.upload_file
             self.uploads.submit(f"{local} -> {dest}", lambda u=upload, src=local, to=dest: self._send(u, src, to))
-        if logs_dir is not None and self._logs is None:  # not streamed during the run: send them now
-            self._staging = self._staging or model.parent / STAGING_DIR
-            self._logs = LogMirror(Path(logs_dir), self.dirs.logs, self.store, self._staging)
-        if logs_dir is not None and not Path(logs_dir).is_dir():
-            logger.info("no logs to upload: %s is not a directory", logs_dir)
+        if self._logs is None:  # not streamed during the run: send them now
+            self._staging = self._staging or run.staging
+            self._logs = LogMirror(run.log_dir, self.dirs.logs, self.store, self._staging)
+        if not run.log_dir.is_dir():
+            logger.info("no logs to upload: %s is not a directory", run.log_dir)
         self.sync_logs()
         self.uploads.finish(self.upload_timeout, self._describe)
         self._close()
@@ -249,7 +235,7 @@ class CloudSyncCallback(TrainerCallback):
         if newest == step:
             said = f" and committed to {self.dirs.checkpoints}"
         else:
-            lost = any(e.startswith(f"checkpoint-{step} ") for e in self.errors)
+            lost = any(e.startswith(f"{checkpoint_name(step)} ") for e in self.errors)
             why = "its upload failed" if lost else "still uploading when the wait ended"
             said = f" (kept for a restart on this machine); not committed to {self.dirs.checkpoints} ({why})"
         errors = f"; {len(self.errors)} upload(s) failed, see the log" if self.errors else ""
@@ -260,7 +246,7 @@ class CloudSyncCallback(TrainerCallback):
     # ---------------------------------------------------------------- internals (the upload thread)
 
     def _describe(self, name: str) -> str:
-        return f"{name} -> {self.dirs.checkpoints}" if name.startswith("checkpoint-") else name
+        return f"{name} -> {self.dirs.checkpoints}" if name.startswith(CHECKPOINT_PREFIX) else name
 
     def _close(self) -> None:
         """Start no more uploads and remove the staging folder (a running upload of it fails, uncommitted)."""
@@ -269,7 +255,7 @@ class CloudSyncCallback(TrainerCallback):
             remove_staging(self._staging)
 
     def _fail(self, step: int, reason: str) -> None:
-        self.uploads.record(f"checkpoint-{step} -> {self.dirs.checkpoints}: {reason}")
+        self.uploads.record(f"{checkpoint_name(step)} -> {self.dirs.checkpoints}: {reason}")
 
     def _send(self, upload: Callable[..., object], local: Path, dest: Any) -> None:
         upload(self.store, local, dest)
@@ -285,8 +271,8 @@ class CloudSyncCallback(TrainerCallback):
         self.committed.append(step)
         skipped, self._reported_skips = len(self.skipped) - self._reported_skips, len(self.skipped)
         if skipped:
-            logger.info("committed checkpoint-%d; %d older checkpoint(s) were not uploaded while uploads were "
-                        "behind (a newer one replaced each)", step, skipped)
+            logger.info("committed %s; %d older checkpoint(s) were not uploaded while uploads were "
+                        "behind (a newer one replaced each)", checkpoint_name(step), skipped)
         try:
             remote.rotate_remote_checkpoints(self.store, self.dirs.checkpoints, keep, protect, newest=step)
         except Exception as err:  # not data loss: the next rotation catches up

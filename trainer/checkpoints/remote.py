@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from trainer.checkpoints.local import checkpoint_step, marker_files
-from trainer.layout import CHECKPOINT_PREFIX
+from trainer.checkpoints.local import marker_files
+from trainer.layout import CHECKPOINT_PREFIX, checkpoint_name, checkpoint_step
 from trainer.storage.base import NotFound, Store
 from trainer.storage.checksums import IntegrityError, checksums, file_checksums
 
@@ -69,7 +69,7 @@ def upload_checkpoint(store: Store, local_dir: str | os.PathLike[str], checkpoin
     Order: remove an old marker (re-upload of the same step), upload the files, write
     `manifest.json`, then the `COMMITTED` marker last. Returns the checkpoint's URI.
     """
-    dest = checkpoints.child(f"{CHECKPOINT_PREFIX}{step}")
+    dest = checkpoints.child(checkpoint_name(step))
     store.delete(dest.child(MARKER))
     started = time.monotonic()
     known = marker_files(Path(local_dir)) or {}
@@ -104,7 +104,7 @@ def _scan_checkpoints(store: Store, checkpoints: Any) -> dict[int, bool]:
 def list_committed_checkpoints(store: Store, checkpoints: Any) -> list[tuple[int, Any]]:
     """Committed checkpoints under `checkpoints`, oldest first; ones without a marker are skipped."""
     found = _scan_checkpoints(store, checkpoints)
-    return [(s, checkpoints.child(f"{CHECKPOINT_PREFIX}{s}")) for s in sorted(found) if found[s]]
+    return [(s, checkpoints.child(checkpoint_name(s))) for s in sorted(found) if found[s]]
 
 
 def delete_checkpoint(store: Store, ckpt: Any) -> None:
@@ -136,8 +136,8 @@ def rotate_remote_checkpoints(
     kept = {newest, *protect, *(mine[-(keep - 1):] if keep > 1 else [])}
     doomed = [s for s in sorted(found) if s not in kept and s < newest]
     for step in doomed:
-        delete_checkpoint(store, checkpoints.child(f"{CHECKPOINT_PREFIX}{step}"))
-        logger.info("deleted old checkpoint %s", checkpoints.child(f"{CHECKPOINT_PREFIX}{step}"))
+        delete_checkpoint(store, checkpoints.child(checkpoint_name(step)))
+        logger.info("deleted old checkpoint %s", checkpoints.child(checkpoint_name(step)))
     return doomed
 
 

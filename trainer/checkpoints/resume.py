@@ -15,7 +15,6 @@ from transformers import (
 
 from trainer.checkpoints import remote
 from trainer.checkpoints.local import (
-    checkpoint_step,
     damage,
     latest_complete_checkpoint,
     latest_verified_checkpoint,
@@ -25,7 +24,7 @@ from trainer.checkpoints.local import (
 from trainer.checkpoints.remote import remove_partial_downloads
 from trainer.config.settings import Resume, Settings
 from trainer.errors import UserError
-from trainer.layout import CloudDirs
+from trainer.layout import CHECKPOINT_PREFIX, BucketDirs, checkpoint_name, checkpoint_step
 from trainer.storage import base as storage
 from trainer.storage.checksums import IntegrityError
 
@@ -55,7 +54,7 @@ def checkpoint_on_disk(resume: Resume, output_dir: str | os.PathLike[str]) -> Pa
     return None
 
 
-def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: CloudDirs | None) -> str | None:
+def resume_checkpoint(settings: Settings, args: TrainingArguments, dirs: BucketDirs | None) -> str | None:
     """The checkpoint to resume from: RESUME=auto takes the newest intact one, local or in the bucket.
 
     Each machine's main process verifies it (checksums), sets damaged ones aside, downloads from the bucket;
@@ -104,13 +103,13 @@ def resume_from_bucket(
         try:
             return remote.download_checkpoint(store, uri, local_output_dir)
         except IntegrityError as err:
-            logger.warning("checkpoint-%d in %s is unusable, trying an older one: %s", step, checkpoints, err)
-            failures.append(f"checkpoint-{step}: {err}")
+            logger.warning("%s in %s is unusable, trying an older one: %s", uri.name, checkpoints, err)
+            failures.append(f"{uri.name}: {err}")
     if failures and newer_than < 0:
         raise UserError(f"no committed checkpoint in {checkpoints} passed verification ({'; '.join(failures)}); "
                         "delete them, or use RESUME=never (or a new JOB_DIR) to start over")
     if failures:
-        logger.warning("resuming from the local checkpoint-%d instead", newer_than)
+        logger.warning("resuming from the local %s instead", checkpoint_name(newer_than))
     return None
 
 
@@ -130,11 +129,11 @@ def check_named_checkpoint(store: storage.Store, resume: Resume) -> Any:
     `UserError` naming the committed checkpoints beside it."""
     uri = resume.uri
     parent = storage.parse_uri(str(uri).rstrip("/").rpartition("/")[0]) if uri.name else uri
-    beside = [f"checkpoint-{s}" for s, _ in remote.list_committed_checkpoints(store, parent)]  # a bucket must exist
-    under = [f"checkpoint-{s}" for s, _ in remote.list_committed_checkpoints(store, uri)]
+    beside = [checkpoint_name(s) for s, _ in remote.list_committed_checkpoints(store, parent)]  # a bucket must exist
+    under = [checkpoint_name(s) for s, _ in remote.list_committed_checkpoints(store, uri)]
     if checkpoint_step(uri.name) is None:
         found = f"committed checkpoints under it: {', '.join(under)}" if under else "it holds no committed checkpoint"
-        raise UserError(f"RESUME={resume.text} is not a checkpoint-<step> directory; {found}")
+        raise UserError(f"RESUME={resume.text} is not a {CHECKPOINT_PREFIX}<step> directory; {found}")
     if uri.name not in beside:
         state = "was never committed (no COMMITTED marker)" if store.list_names(uri) else "does not exist"
         found = f"committed checkpoints in {parent}: {', '.join(beside)}" if beside else \

@@ -2,5 +2,6 @@
 environment values and `.env` files (`env.py`, standard library only: the Makefile runs `python3 -m
 trainer.config.env` before `.venv` exists).
 
-May import: `trainer.errors`, `trainer.storage` (bucket URIs), `trainer.sampling` (the strategies' names).
+May import: `trainer.errors`, `trainer.storage` (bucket URIs), `trainer.layout` (LOG_DIR's default folder),
+`trainer.sampling` (the strategies' names).
 """

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,28 @@ def hf_token(environ: Mapping[str, str]) -> str | None:
     A secret, so never a training setting: it stays out of `settings`, metrics.json and the Vertex AI job.
     """
     return environ.get("HF_TOKEN", "").strip() or None
+
+
+@dataclass(frozen=True)
+class VertexDirs:
+    """The output directories Vertex AI gives a custom job with a base output directory ("" where unset):
+    `trainer.layout.BucketDirs.resolve` puts them before JOB_DIR's."""
+
+    checkpoints: str = ""  # AIP_CHECKPOINT_DIR
+    model: str = ""  # AIP_MODEL_DIR
+    logs: str = ""  # AIP_TENSORBOARD_LOG_DIR
+
+    def unset(self) -> list[str]:
+        """The names of the variables not set, in order."""
+        return [VERTEX_DIR_NAMES[f.name] for f in fields(self) if not getattr(self, f.name)]
+
+
+VERTEX_DIR_NAMES = {"checkpoints": "AIP_CHECKPOINT_DIR", "model": "AIP_MODEL_DIR", "logs": "AIP_TENSORBOARD_LOG_DIR"}
+
+
+def vertex_dirs(environ: Mapping[str, str]) -> VertexDirs:
+    """Vertex AI's `AIP_*` directories from the environment, blanks stripped."""
+    return VertexDirs(**{key: environ.get(name, "").strip() for key, name in VERTEX_DIR_NAMES.items()})
 
 
 # ---- for the Makefile and docker -----------------------------------------------------------------

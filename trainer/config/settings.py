@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.config.env import parse_bool, parse_float, parse_int, read_dotenv
+from trainer.config.env import parse_bool, parse_float, parse_int, read_dotenv, vertex_dirs
 from trainer.errors import UserError
+from trainer.layout import LOGS_DIR
 from trainer.sampling import STRATEGIES
 from trainer.storage import base as storage
 
@@ -234,7 +235,7 @@ class Settings:
 
     @property
     def effective_log_dir(self) -> str:
-        return self.log_dir or os.path.join(self.output_dir, "logs")
+        return self.log_dir or os.path.join(self.output_dir, LOGS_DIR)
 
     @property
     def effective_eval_batch_size(self) -> int:
@@ -255,7 +256,7 @@ class Settings:
 
 def on_vertex() -> bool:
     """True inside a Vertex AI custom job (it sets CLOUD_ML_JOB_ID and the AIP_* variables)."""
-    return bool(os.environ.get("CLOUD_ML_JOB_ID") or os.environ.get("AIP_CHECKPOINT_DIR"))
+    return bool(os.environ.get("CLOUD_ML_JOB_ID") or vertex_dirs(os.environ).checkpoints)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

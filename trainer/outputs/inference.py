@@ -18,7 +18,7 @@ from trainer.checkpoints.local import latest_complete_checkpoint
 from trainer.data.file_rows import iter_file_rows
 from trainer.errors import UserError
 from trainer.files import check_writable_file
-from trainer.layout import EXPORT_DIR, FINAL_MODEL_DIR, TASK_FILE
+from trainer.layout import TASK_FILE, RunDirs
 from trainer.model.modeling import MULTITASK_FILE, MultitaskModel
 from trainer.model.positions import check_max_seq_length
 from trainer.tasks.spec import TaskData, TaskSpec
@@ -28,7 +28,7 @@ PREDICT_BATCH = 64  # rows per batch of predict-file
 
 def _multitask_dir(directory: Path) -> Path | None:
     """A multitask model in `directory`: itself, its `model/` (an OUTPUT_DIR), or its newest checkpoint."""
-    for candidate in (directory, directory / FINAL_MODEL_DIR):
+    for candidate in (directory, RunDirs(directory).model):
         if (candidate / MULTITASK_FILE).is_file():
             return candidate
     latest = latest_complete_checkpoint(directory) if directory.is_dir() else None
@@ -37,7 +37,7 @@ def _multitask_dir(directory: Path) -> Path | None:
 
 def _export_dir(directory: Path, task: str | None) -> Path | None:
     """An `export/<task>` directory: `directory` itself, or `directory/<task>` or `directory/export/<task>`."""
-    candidates = [directory] + ([directory / task, directory / EXPORT_DIR / task] if task else [])
+    candidates = [directory] + ([directory / task, RunDirs(directory).export_task(task)] if task else [])
     return next((c for c in candidates if (c / TASK_FILE).is_file()), None)
 
 
@@ -64,7 +64,7 @@ def find_model_dir(output_dir: str, model_dir: str | None = None) -> Path:
 def find_export(output_dir: str, model_dir: str | None, task: str) -> Path:
     """A task's `export/<task>` directory: `model_dir` (that directory, an export/ or an OUTPUT_DIR), else
     OUTPUT_DIR/export/<task>."""
-    where = Path(model_dir or Path(output_dir, EXPORT_DIR))
+    where = Path(model_dir or RunDirs(output_dir).export)
     exported = _export_dir(where, task)
     if exported is None:
         raise UserError(f"no export of task {task!r} in {where} ({what_is_there(where)}); train first, run "
@@ -85,7 +85,7 @@ def find_task(output_dir: str, model_dir: str | None, task: str) -> tuple[TaskSp
     `model_dir` may be an OUTPUT_DIR, a multitask model or checkpoint, or an `export/<task>` directory. Without
     it, OUTPUT_DIR/export/<task> (the task's selected model) when there is one, else OUTPUT_DIR's multitask model.
     """
-    if exported := _export_dir(Path(model_dir or Path(output_dir, EXPORT_DIR)), task):
+    if exported := _export_dir(Path(model_dir or RunDirs(output_dir).export), task):
         spec = TaskSpec.from_dict(json.loads((exported / TASK_FILE).read_text(encoding="utf-8")))
         if spec.name != task:
             raise UserError(f"{exported} is the export of task {spec.name!r}, not {task!r}")
@@ -119,7 +119,7 @@ def task_names(output_dir: str, model_dir: str | None = None) -> list[str]:
     root = Path(model_dir or output_dir)
     if (root / TASK_FILE).is_file():
         return [json.loads((root / TASK_FILE).read_text(encoding="utf-8"))["name"]]
-    for folder in (root / EXPORT_DIR, root):
+    for folder in (RunDirs(root).export, root):
         names = sorted(p.parent.name for p in folder.glob(f"*/{TASK_FILE}"))
         if names:
             return names

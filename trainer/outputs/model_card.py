@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import yaml
 
 from trainer.config.settings import DEMO_MODEL
 from trainer.files import write_text_atomically
-from trainer.layout import METRICS_FILE
+from trainer.layout import RunDirs, checkpoint_step
 from trainer.tasks.spec import TaskSpec
 
 CARD_FILE = "README.md"
@@ -228,11 +227,11 @@ def run_report(model_dir: Path, tasks: list[TaskSpec]) -> tuple[dict[str, Any] |
     """metrics.json of the run a multitask model directory belongs to (its OUTPUT_DIR: `model/`'s or
     `checkpoint-<N>/`'s parent), and the step of that directory's weights; (None, None) when there is none, or
     when it is another run's (other tasks)."""
-    path = model_dir.parent / METRICS_FILE
+    path = RunDirs(model_dir.parent).metrics
     if not path.is_file():
         return None, None
     report = json.loads(path.read_text(encoding="utf-8"))
     if not {t.name for t in tasks} <= set(report.get("tasks", {})):
         return None, None
-    checkpoint = re.fullmatch(r"checkpoint-(\d+)", model_dir.name)
-    return report, int(checkpoint.group(1)) if checkpoint else report["global_step"]
+    checkpoint = checkpoint_step(model_dir.name)
+    return report, checkpoint if checkpoint is not None else report["global_step"]

@@ -28,10 +28,11 @@ from tensorboard.backend.event_processing.event_accumulator import SCALARS, Even
 from tensorboard.compat.tensorflow_stub import errors as tf_errors
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
 
+from trainer.config.env import vertex_dirs
 from trainer.config.settings import Settings, as_record
 from trainer.errors import UserError
 from trainer.files import check_writable_file, write_text_atomically
-from trainer.layout import METRICS_FILE, REPORT_FILE, SETTINGS_FILE, resolve_cloud_dirs
+from trainer.layout import METRICS_FILE, REPORT_FILE, SETTINGS_FILE, BucketDirs, RunDirs
 from trainer.storage import base as storage
 
 EVENT_FILES = "events.out.tfevents.*"
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 def write_settings(settings: Settings, main_metric: dict[str, str], output_dir: str | os.PathLike[str]) -> Path:
     """`OUTPUT_DIR/settings.json`: every setting of the run and each task's main metric, written atomically."""
-    path = Path(output_dir) / SETTINGS_FILE
+    path = RunDirs(output_dir).settings
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(path, json.dumps({"settings": as_record(settings), "main_metric": main_metric}, indent=2))
     return path
@@ -259,19 +260,20 @@ def write_report(path: str | os.PathLike[str], log_dir: str | os.PathLike[str], 
 
 # ---- `python -m trainer report` ---------------------------------------------------------------------------
 
-def download_job(logs: Any, model: Any, target: Path) -> None:
-    """A job's logs into `target/logs/`, and its `metrics.json` and `settings.json` where `model` has them."""
-    store = storage.open_store(logs)
-    for name in store.list_names(logs):  # a missing bucket is one line, from the store
+def download_job(dirs: BucketDirs, target: RunDirs) -> None:
+    """A job's logs into `target`'s log folder, and its `metrics.json` and `settings.json` where the bucket's model
+    folder has them."""
+    store = storage.open_store(dirs.logs)
+    for name in store.list_names(dirs.logs):  # a missing bucket is one line, from the store
         parts = name.split("/")
         if name.endswith("/") or any(p in ("", ".", "..") for p in parts):
             continue  # folder placeholders, and names that would leave the target
-        local = target.joinpath("logs", *parts)
+        local = target.log_dir.joinpath(*parts)
         local.parent.mkdir(parents=True, exist_ok=True)
-        store.download_file(logs.child(name), local)
-    for name in (METRICS_FILE, SETTINGS_FILE):
+        store.download_file(dirs.logs.child(name), local)
+    for local, remote in ((target.metrics, dirs.metrics), (target.settings, dirs.settings)):
         with contextlib.suppress(storage.NotFound):
-            store.download_file(model.child(name), target / name)
+            store.download_file(remote, local)
 
 
 def _recorded_log_dir(recorded: dict[str, Any], output_dir: Path) -> Path:
@@ -279,7 +281,7 @@ def _recorded_log_dir(recorded: dict[str, Any], output_dir: Path) -> Path:
     was inside the recorded OUTPUT_DIR is read inside this one, never at the old absolute path."""
     logs, was = recorded.get("log_dir"), recorded.get("output_dir")
     if not logs:
-        return output_dir / "logs"
+        return RunDirs(output_dir).log_dir
     if was and Path(logs).is_relative_to(was):
         return output_dir / Path(logs).relative_to(was)
     return Path(logs)
@@ -288,28 +290,26 @@ def _recorded_log_dir(recorded: dict[str, Any], output_dir: Path) -> Path:
 def rebuild_report(settings: Settings, output: str | None = None) -> Path:
     """Write the report of the run in OUTPUT_DIR, or of the job in JOB_DIR, to `output` (default
     OUTPUT_DIR/report.html)."""
-    output_dir = Path(settings.output_dir)
-    target = Path(output) if output else output_dir / REPORT_FILE
-    check_writable_file(target, "--output" if output else "OUTPUT_DIR/report.html")
-    dirs = resolve_cloud_dirs(settings.job_dir, os.environ)
+    run = RunDirs(settings.output_dir)
+    target = Path(output) if output else run.report
+    check_writable_file(target, "--output" if output else f"OUTPUT_DIR/{REPORT_FILE}")
+    dirs = BucketDirs.resolve(settings.job_dir, vertex_dirs(os.environ))
     if dirs is None:
-        run = _read_json(output_dir / SETTINGS_FILE) or {}
-        log_dir = settings.log_dir or _recorded_log_dir(run.get("settings", {}), output_dir)
-        return write_report(target, log_dir, output_dir / METRICS_FILE, output_dir / SETTINGS_FILE, str(output_dir))
+        recorded = _read_json(run.settings) or {}
+        log_dir = settings.log_dir or _recorded_log_dir(recorded.get("settings", {}), run.output_dir)
+        return write_report(target, log_dir, run.metrics, run.settings, str(run.output_dir))
     with tempfile.TemporaryDirectory(prefix="trainer-report-") as scratch:
-        scratch = Path(scratch)
-        download_job(dirs.logs, dirs.model, scratch)
-        if not (scratch / "logs").is_dir():
+        job = RunDirs(scratch)  # the job's files, laid out as in an OUTPUT_DIR
+        download_job(dirs, job)
+        if not job.log_dir.is_dir():
             raise UserError(f"no TensorBoard logs in {dirs.logs}: the job has not logged yet, or JOB_DIR is wrong")
-        return write_report(target, scratch / "logs", scratch / METRICS_FILE, scratch / SETTINGS_FILE,
-                            str(dirs.logs))
+        return write_report(target, job.log_dir, job.metrics, job.settings, str(dirs.logs))
 
 
-def output_report(output: Path, log_dir: str) -> Path | None:
+def output_report(run: RunDirs) -> Path | None:
     """`OUTPUT_DIR/report.html`; a failure to draw it is logged, and costs the run nothing else."""
     try:
-        return write_report(output / REPORT_FILE, log_dir, output / METRICS_FILE, output / SETTINGS_FILE,
-                            str(output))
+        return write_report(run.report, run.log_dir, run.metrics, run.settings, str(run.output_dir))
     except Exception as err:  # the model, export and metrics are written: still upload them
-        logger.error("could not write %s: %s: %s", output / REPORT_FILE, type(err).__name__, err)
+        logger.error("could not write %s: %s: %s", run.report, type(err).__name__, err)
         return None

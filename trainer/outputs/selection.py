@@ -27,9 +27,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from trainer.checkpoints.local import checkpoint_dir
 from trainer.files import link_tree, write_text_atomically
-from trainer.layout import BEST_DIR, SELECTION_FILE
+from trainer.layout import BEST_DIR, SELECTION_FILE, RunDirs, best_name
 from trainer.model.modeling import MultitaskModel
 from trainer.outputs.export import export_tasks, save_task
 from trainer.tasks.spec import TaskSpec
@@ -53,7 +52,7 @@ class BestSelection(TrainerCallback):
         self.mode = mode
         self.tasks = tasks
         self.tokenizer = tokenizer
-        self.root = Path(output_dir) / BEST_DIR
+        self.root = RunDirs(output_dir).best
         self.selected: dict[str, dict[str, Any]] = {}  # task -> {step, metric, value, metrics, dir}
         self.best_average: dict[str, Any] = {}  # {step, value}
 
@@ -95,7 +94,7 @@ class BestSelection(TrainerCallback):
                 self.best_average = {"step": state.global_step, "value": average}
         replaced = []
         for task in improved:
-            name = f"{task.name}-step{state.global_step}"
+            name = best_name(task.name, state.global_step)
             self._write_copy(model, task.name, self.root / name)
             old = self.selected.get(task.name, {}).get("dir")
             if old and old != name:
@@ -111,7 +110,7 @@ class BestSelection(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         """Link the selection into the checkpoint just written (before its completion marker)."""
-        checkpoint = checkpoint_dir(args.output_dir, state.global_step)
+        checkpoint = RunDirs(args.output_dir).checkpoint(state.global_step)
         if args.should_save and (self.root / SELECTION_FILE).is_file() and checkpoint.is_dir():
             link_tree(self.root, checkpoint / BEST_DIR)
 

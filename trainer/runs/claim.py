@@ -30,7 +30,7 @@ from trainer.checkpoints.local import checkpoint_steps
 from trainer.checkpoints.resume import checkpoint_on_disk
 from trainer.config.settings import Resume, Settings
 from trainer.errors import UserError
-from trainer.layout import LEASE_FILE, LOCK_FILE, RUN_FILE
+from trainer.layout import LEASE_FILE, LOCK_FILE, RUN_FILE, BucketDirs
 from trainer.runs.identity import (
     LEGACY_RUN,
     RunIdentity,
@@ -75,7 +75,7 @@ def _local(output_dir: str) -> RunIdentity | None:
         raise UserError(f"{err}; delete it, or use a new OUTPUT_DIR") from None
 
 
-def find_places(settings: Settings, checkpoints: Any, store: storage.Store | None) -> list[Place]:
+def find_places(settings: Settings, dirs: BucketDirs | None, store: storage.Store | None) -> list[Place]:
     """The identities this run meets, the one that decides its run id first: the checkpoint RESUME names,
     the bucket's, OUTPUT_DIR's."""
     places = []
@@ -86,11 +86,11 @@ def find_places(settings: Settings, checkpoints: Any, store: storage.Store | Non
         places.append(Place("resume", "the checkpoint's directory", "", found))
     elif resume.kind == "local":
         places.append(Place("resume", "the checkpoint's directory", "", _local(str(resume.path.parent))))
-    if checkpoints is not None:
-        names = store.list_names(checkpoints)  # a missing bucket stops here, with one line
-        _refuse_inside_another_run(store, checkpoints)
-        found = _read_bucket(store, checkpoints.child(RUN_FILE)) if RUN_FILE in names else None
-        places.append(Place("bucket", f"the bucket's {checkpoints}", "a new JOB_DIR", found))
+    if dirs is not None:
+        names = store.list_names(dirs.checkpoints)  # a missing bucket stops here, with one line
+        _refuse_inside_another_run(store, dirs.checkpoints)
+        found = _read_bucket(store, dirs.run_file) if RUN_FILE in names else None
+        places.append(Place("bucket", f"the bucket's {dirs.checkpoints}", "a new JOB_DIR", found))
     out = settings.output_dir
     places.append(Place("output", f"OUTPUT_DIR={out}", f"a new OUTPUT_DIR (or delete {out})", _local(out)))
     return places + _checkpoint_place(settings, places)
@@ -152,31 +152,31 @@ def decide(mine: RunIdentity, places: list[Place], resume: Resume) -> RunIdentit
 
 
 def _record(identity: RunIdentity, places: list[Place], output_dir: str, store: storage.Store | None,
-            checkpoints: Any) -> None:
+            dirs: BucketDirs | None) -> None:
     for place in places:
         if place.where == "output" and place.identity != identity:
             write_local(output_dir, identity)
         elif place.where == "bucket" and place.identity != identity:
-            store.upload_bytes(identity.to_json().encode(), checkpoints.child(RUN_FILE))
+            store.upload_bytes(identity.to_json().encode(), dirs.run_file)
 
 
 STOPPING_RELEASE_TIMEOUT = 1.0  # seconds a run that stops on SIGTERM or an error waits to release its lease
 
 
 @contextlib.contextmanager
-def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[str, TaskData]], checkpoints: Any,
-              writer: bool = True, store: Any = None) -> Iterator[RunIdentity | None]:
-    """Hold OUTPUT_DIR (and the bucket's `checkpoints` dir, when given) for this run while the block runs.
+def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[str, TaskData]],
+              dirs: BucketDirs | None, writer: bool = True, store: Any = None) -> Iterator[RunIdentity | None]:
+    """Hold OUTPUT_DIR (and the bucket's checkpoints dir, when `dirs` are given) for this run while the block runs.
 
-    `store`: the run's own store of `checkpoints` (its uploads'), so an outage is reported once for both."""
+    `store`: the run's own store of the checkpoints (its uploads'), so an outage is reported once for both."""
     if not writer:
         yield None
         return
     resume = settings.effective_resume
     mine = new_identity(defining_settings(settings, tasks, rows))
-    if store is None and checkpoints is not None:
-        store = storage.open_store(checkpoints)
-    identity = decide(mine, find_places(settings, checkpoints, store), resume)
+    if store is None and dirs is not None:
+        store = storage.open_store(dirs.checkpoints)
+    identity = decide(mine, find_places(settings, dirs, store), resume)
     had_checkpoints = checkpoint_steps(settings.output_dir)
     created = not Path(settings.output_dir).exists()
     lock = OutputLock(settings.output_dir)
@@ -185,17 +185,17 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
     lease = None
     recorded = False  # the bucket's run.json is this run's own, new claim
     try:
-        if checkpoints is not None:
+        if dirs is not None:
             # heartbeats give up after one interval (and warn), where the checkpoint uploads retry for minutes
-            beats = storage.open_store(checkpoints, timeout=settings.lease_seconds,
+            beats = storage.open_store(dirs.checkpoints, timeout=settings.lease_seconds,
                                        health=getattr(store, "health", None))
-            candidate = Lease(store, checkpoints.child(LEASE_FILE), owner(identity.run_id), settings.lease_seconds,
+            candidate = Lease(store, dirs.lease, owner(identity.run_id), settings.lease_seconds,
                               heartbeat_store=beats)
             candidate.acquire()
             lease = candidate
-        places = find_places(settings, checkpoints, store)  # again: nobody else writes here now
+        places = find_places(settings, dirs, store)  # again: nobody else writes here now
         identity = decide(mine, places, resume)
-        _record(identity, places, settings.output_dir, store, checkpoints)
+        _record(identity, places, settings.output_dir, store, dirs)
         recorded = any(p.where == "bucket" and p.identity is None for p in places)
         for place in places:
             if place.identity is not None and identity.run_id != place.identity.run_id:
@@ -213,7 +213,7 @@ def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[st
         lock.release()  # before its file may go: the lock file is never deleted while held
         _forget(settings.output_dir, created)
         if recorded and isinstance(err, UserError):  # refused; not an outage, where the bucket can't answer
-            _forget_bucket(store, checkpoints)
+            _forget_bucket(store, dirs)
         if lease is not None:  # SIGTERM's grace is spent on the checkpoint; a restart takes an ended run's lease
             lease.release(timeout=STOPPING_RELEASE_TIMEOUT)
             lease = None
@@ -231,11 +231,11 @@ def _forget(output_dir: str, created: bool) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _forget_bucket(store: storage.Store, checkpoints: Any) -> None:
+def _forget_bucket(store: storage.Store, dirs: BucketDirs) -> None:
     """The same in the bucket: a run that claimed a new JOB_DIR and stopped before its first upload (a RESUME
     that is not there, say) takes its run.json back, so that it does not refuse the next run."""
     try:
-        if set(store.list_names(checkpoints)) <= {RUN_FILE, LEASE_FILE}:
-            store.delete(checkpoints.child(RUN_FILE))
+        if set(store.list_names(dirs.checkpoints)) <= {RUN_FILE, LEASE_FILE}:
+            store.delete(dirs.run_file)
     except Exception as err:  # the run's own error is the one to report
-        logger.warning("could not take back %s: %s", checkpoints.child(RUN_FILE), err)
+        logger.warning("could not take back %s: %s", dirs.run_file, err)

@@ -22,7 +22,7 @@ from typing import Any
 
 from trainer.config.settings import Settings
 from trainer.files import write_text_atomically
-from trainer.layout import RUN_FILE
+from trainer.layout import RUN_FILE, RunDirs
 from trainer.model.modeling import MULTITASK_FILE
 from trainer.tasks.spec import TaskData, TaskSpec
 
@@ -129,7 +129,7 @@ def differences(theirs: dict[str, Any], ours: dict[str, Any], limit: int = 4) ->
 
 def read_local(output_dir: str | Path) -> RunIdentity | None:
     """The identity recorded in OUTPUT_DIR, or None (a new directory, or one written before run identities)."""
-    path = Path(output_dir) / RUN_FILE
+    path = RunDirs(output_dir).run_file
     try:
         text = path.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):
@@ -138,7 +138,7 @@ def read_local(output_dir: str | Path) -> RunIdentity | None:
 
 
 def write_local(output_dir: str | Path, identity: RunIdentity) -> None:
-    write_text_atomically(Path(output_dir) / RUN_FILE, identity.to_json())
+    write_text_atomically(RunDirs(output_dir).run_file, identity.to_json())
 
 
 LEGACY_RUN = "without an id"  # the run id of what a checkpoint from before run identities records (tasks, weighting)

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import UserError
-from trainer.layout import LOCK_FILE
+from trainer.layout import RunDirs
 
 
 class OutputLock:
     def __init__(self, output_dir: str | os.PathLike[str]) -> None:
         self.output_dir = Path(output_dir)
-        self.path = self.output_dir / LOCK_FILE
+        self.path = RunDirs(self.output_dir).lock
         self._fd: int | None = None
 
     def acquire(self, owner: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from transformers import (
 
 from trainer.checkpoints.local import trained_steps
 from trainer.config.settings import Settings
-from trainer.layout import EXPORT_DIR, FINAL_MODEL_DIR, METRICS_FILE, REPORT_FILE, CloudDirs
+from trainer.layout import EXPORT_DIR, METRICS_FILE, REPORT_FILE, BucketDirs, RunDirs
 from trainer.tasks.spec import TaskSpec
 
 AVERAGE = "average"  # eval_average, as trainer.training.trainer names it
@@ -97,24 +97,23 @@ def summary(report: dict[str, Any], tasks: list[TaskSpec], outputs: list[tuple[s
     return "\n".join(lines)
 
 
-def outputs(settings: Settings, tasks: list[TaskSpec], report_file: Path | None,
-            dirs: CloudDirs | None) -> list[tuple[str, str]]:
+def outputs(run: RunDirs, tasks: list[TaskSpec], report_file: Path | None,
+            dirs: BucketDirs | None) -> list[tuple[str, str]]:
     """Where a run's outputs are, for the summary: local paths, then the bucket's."""
-    output = Path(settings.output_dir)
-    found = [("model", f"{output / FINAL_MODEL_DIR}/"),
-             *((f"export {t.name}", f"{output / EXPORT_DIR / t.name}/") for t in tasks),
-             ("metrics", str(output / METRICS_FILE)),
+    found = [("model", f"{run.model}/"),
+             *((f"export {t.name}", f"{run.export_task(t.name)}/") for t in tasks),
+             ("metrics", str(run.metrics)),
              ("report", str(report_file) if report_file else "(not written, see the log)"),
-             ("logs", f"{settings.effective_log_dir}/ (tensorboard --logdir {settings.effective_log_dir})")]
+             ("logs", f"{run.log_dir}/ (tensorboard --logdir {run.log_dir})")]
     if dirs:
-        found += [("bucket model", f"{dirs.model}/ (export/, {METRICS_FILE}, {REPORT_FILE})"),
+        found += [("bucket model", f"{dirs.model}/ ({EXPORT_DIR}/, {METRICS_FILE}, {REPORT_FILE})"),
                   ("bucket logs", f"{dirs.logs}/"), ("bucket ckpts", f"{dirs.checkpoints}/")]
     return found
 
 
 def already_finished(settings: Settings, checkpoint: str, args: TrainingArguments) -> dict[str, Any]:
     """Nothing to train: say so (one line) and return the run's metrics.json, if it has one."""
-    metrics = Path(settings.output_dir) / METRICS_FILE
+    metrics = RunDirs(settings.output_dir).metrics
     report = json.loads(metrics.read_text(encoding="utf-8")) if metrics.is_file() else {}
     if args.process_index == 0:
         exported = "" if report else (f"; it has no {METRICS_FILE} or export: python -m trainer export "

@@ -15,7 +15,7 @@ from trainer.checkpoints.local import (
     latest_complete_checkpoint,
 )
 from trainer.errors import UserError
-from trainer.layout import CloudDirs
+from trainer.layout import BucketDirs
 
 if TYPE_CHECKING:
     from trainer.training.trainer import MultitaskTrainer
@@ -59,7 +59,7 @@ def out_of_space(err: BaseException, folder: Path) -> bool:
         return False
 
 
-def diverged_error(diverged: TrainingDiverged, output_dir: str, dirs: CloudDirs | None) -> TrainingDiverged:
+def diverged_error(diverged: TrainingDiverged, output_dir: str, dirs: BucketDirs | None) -> TrainingDiverged:
     """The one line of a run whose loss became NaN or inf: the step, the task and the last finite checkpoint."""
     last = latest_complete_checkpoint(output_dir)  # saves stop at the first non-finite loss: this one is finite
     advice = "lower LEARNING_RATE or check the task's data"

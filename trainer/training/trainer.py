@@ -21,7 +21,7 @@ from transformers.trainer_utils import EvalPrediction
 
 from trainer.data.dataset import MultitaskDataset
 from trainer.files import follow_umask
-from trainer.layout import CHECKPOINT_PREFIX
+from trainer.layout import CHECKPOINT_PREFIX, RunDirs
 from trainer.model.modeling import MultitaskModel
 from trainer.sampling.eval_order import OrderedSampler, length_order, restore
 from trainer.sampling.sampler import MultitaskBatchSampler
@@ -331,7 +331,7 @@ class MultitaskTrainer(Trainer):
         try:
             super()._save_checkpoint(model, trial)
         except (OSError, RuntimeError) as err:
-            folder = Path(self._get_output_dir(trial)) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+            folder = RunDirs(self._get_output_dir(trial)).checkpoint(self.state.global_step)
             if not self.args.should_save or not out_of_space(err, folder):
                 raise
             shutil.rmtree(folder, ignore_errors=True)
