@@ -16,6 +16,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from tests.gcs_emulator import GcsEmulator
 from trainer.checkpoints import remote
 from trainer.checkpoints.mirror import CheckpointUploadError, CloudSyncCallback
+from trainer.checkpoints.save_sequence import CompleteMarker, SaveSequence
 from trainer.config.env import VertexDirs
 from trainer.layout import STAGING_DIR, BucketDirs, RunDirs
 from trainer.storage import gcs
@@ -66,7 +67,7 @@ def save(cb: CloudSyncCallback, args: TrainingArguments, step: int, main: bool =
     """Call on_save as the Trainer does; returns how long it blocked."""
     state = TrainerState(global_step=step, is_world_process_zero=main)
     started = time.monotonic()
-    cb.on_save(args, state, TrainerControl())
+    cb.queue_checkpoint(args, state)
     return time.monotonic() - started
 
 
@@ -90,7 +91,9 @@ def test_trainer_run_uploads_commits_and_rotates(gcs_client, gcs_bucket: str, tm
         per_device_train_batch_size=4, learning_rate=0.1, report_to=[], use_cpu=True, disable_tqdm=True,
         logging_steps=100,
     )
-    trainer = Trainer(model=TinyRegressor(), args=args, train_dataset=tiny_dataset(), callbacks=[cb, KeepingUp(cb)])
+    saves = SaveSequence(CompleteMarker(), upload=cb)
+    trainer = Trainer(model=TinyRegressor(), args=args, train_dataset=tiny_dataset(),
+                      callbacks=[cb, saves, KeepingUp(cb)])
     trainer.train()
     cb.wait(60)
 

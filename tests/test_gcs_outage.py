@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from transformers import TrainerControl, TrainerState, TrainingArguments
+from transformers import TrainerState, TrainingArguments
 
 from tests.gcs_emulator import GcsEmulator
 from trainer.checkpoints import remote
@@ -50,7 +50,7 @@ def test_upload_survives_server_restart(
 
     def on_save(step: int) -> float:
         started = time.monotonic()
-        cb.on_save(args, TrainerState(global_step=step, is_world_process_zero=True), TrainerControl())
+        cb.queue_checkpoint(args, TrainerState(global_step=step, is_world_process_zero=True))
         return time.monotonic() - started
 
     write_checkpoint(out, 10)
@@ -129,7 +129,7 @@ def test_outage_warns_once_and_only_the_newest_checkpoint_waits(
 
     def save(step: int) -> None:
         write_checkpoint(out, step, files=2)
-        cb.on_save(args, TrainerState(global_step=step, is_world_process_zero=True), TrainerControl())
+        cb.queue_checkpoint(args, TrainerState(global_step=step, is_world_process_zero=True))
 
     save(1)
     cb.wait(30)

@@ -21,8 +21,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-
 from trainer.layout import COMPLETE_MARKER, DAMAGED_PREFIX, RunDirs, checkpoint_step
 from trainer.storage.checksums import file_checksums
 
@@ -156,30 +154,6 @@ def verified_checkpoint(output_dir: str | os.PathLike[str]) -> tuple[Path | None
         logger.warning("%s is damaged (%s); set aside as %s", candidate, problem, aside.name)
         set_aside.append(aside.name)
     return None, set_aside
-
-
-class CompleteMarkerCallback(TrainerCallback):
-    """Mark each checkpoint complete once the Trainer has finished writing it (main process only).
-
-    `also`: files of OUTPUT_DIR copied into each checkpoint first (its run.json: a checkpoint copied alone
-    still says which run, with which settings, it belongs to).
-    """
-
-    def __init__(self, also: tuple[str, ...] = ()) -> None:
-        self.sums = ChecksumCache()
-        self.also = also
-
-    def on_save(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
-        if args.should_save:
-            directory = RunDirs(args.output_dir).checkpoint(state.global_step)
-            if directory.is_dir():
-                for name in self.also:
-                    if (Path(args.output_dir) / name).is_file():
-                        shutil.copyfile(Path(args.output_dir) / name, directory / name)
-                mark_complete(directory, state.global_step, self.sums)
-        return control
 
 
 def warn_fresh_start(where: str, set_aside: list[str]) -> None:

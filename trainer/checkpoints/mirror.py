@@ -68,11 +68,11 @@ class CloudSyncCallback(TrainerCallback):
     `dirs.logs` every `log_upload_seconds` and at each checkpoint; all in the background. Only the main
     process acts.
 
-    On save, the checkpoint's files are hard-linked into `OUTPUT_DIR/.gcs-staging/` at once (local
-    rotation cannot pull them away mid-upload) and queued; training does not wait. A checkpoint still
-    waiting (not started) when a newer one is saved is dropped and its links released: the newest is always
-    next, and staging holds at most the running upload and one waiting checkpoint. After each commit,
-    remote checkpoints are rotated with `save_total_limit`. The staging folder a killed run left behind is
+    At each save (`queue_checkpoint`, the last step of `SaveSequence`), the checkpoint's files are hard-linked into
+    `OUTPUT_DIR/.gcs-staging/` at once (local rotation cannot pull them away mid-upload) and queued; training does
+    not wait. A checkpoint still waiting (not started) when a newer one is saved is dropped and its links released:
+    the newest is always next, and staging holds at most the running upload and one waiting checkpoint. After each
+    commit, remote checkpoints are rotated with `save_total_limit`. The staging folder a killed run left behind is
     removed when training begins, and this run's at the end.
 
     `on_train_end` waits up to `upload_timeout` seconds (after `hurry`, until its deadline). Failures are
@@ -146,7 +146,8 @@ class CloudSyncCallback(TrainerCallback):
         if state.is_world_process_zero and time.monotonic() - self._last_log_upload >= self.log_upload_seconds:
             self.sync_logs()
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+    def queue_checkpoint(self, args: TrainingArguments, state: TrainerState) -> None:
+        """Snapshot checkpoint-<step> (hard links) and queue its upload: the last step of `SaveSequence`."""
         if not state.is_world_process_zero:
             return
         step = state.global_step

@@ -46,7 +46,7 @@ def _score(value: float | None) -> float:
 
 
 class BestSelection(TrainerCallback):
-    """Keeps `OUTPUT_DIR/best/` up to date at every evaluation, and links it into every checkpoint."""
+    """Keeps `OUTPUT_DIR/best/` up to date at every evaluation; `link_into` puts it into each checkpoint."""
 
     def __init__(self, mode: str, tasks: list[TaskSpec], tokenizer: PreTrainedTokenizerBase, output_dir: str):
         self.mode = mode
@@ -108,10 +108,9 @@ class BestSelection(TrainerCallback):
         if improved:
             logger.info("step %d: new best for %s", state.global_step, ", ".join(t.name for t in improved))
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        """Link the selection into the checkpoint just written (before its completion marker)."""
-        checkpoint = RunDirs(args.output_dir).checkpoint(state.global_step)
-        if args.should_save and (self.root / SELECTION_FILE).is_file() and checkpoint.is_dir():
+    def link_into(self, checkpoint: Path) -> None:
+        """Link the selection into the checkpoint just written (before its completion marker: `SaveSequence`)."""
+        if (self.root / SELECTION_FILE).is_file():
             link_tree(self.root, checkpoint / BEST_DIR)
 
     # -- the end of the run -------------------------------------------------------------
