@@ -31,6 +31,7 @@ from transformers import TrainerCallback  # noqa: E402
 from trainer.config.settings import load_settings  # noqa: E402
 from trainer.sampling import sampler  # noqa: E402
 from trainer.train import train  # noqa: E402
+from trainer.training.metrics import RunMetrics  # noqa: E402
 
 TASKS = ("stsb", "rte", "mrpc")
 
@@ -59,11 +60,11 @@ def run(grouped: bool, seed: int, opts: argparse.Namespace, work: Path) -> dict:
     settings, _ = load_settings(flags, environ={}, dotenv_path=None)
     clock = StepClock()
     start = time.perf_counter()
-    report = train(settings, callbacks=[clock])
+    run_metrics = RunMetrics.from_dict(train(settings, callbacks=[clock]))
     wall = time.perf_counter() - start
-    main = {t: report["tasks"][t][report["main_metric"][t]] for t in TASKS}
+    main = {t: run_metrics.tasks[t][run_metrics.main_metric[t]] for t in TASKS}
     return {"grouped": grouped, "seed": seed, "steps": opts.steps, "window": sampler.MEGABATCH_FACTOR,
-            "main": main, "average": report["average"], "wall_s": round(wall, 1), "train_s": round(clock.seconds, 1)}
+            "main": main, "average": run_metrics.average, "wall_s": round(wall, 1), "train_s": round(clock.seconds, 1)}
 
 
 def mean_std(values: list[float]) -> str:

@@ -216,7 +216,7 @@ class CLI:
         from trainer.layout import EXPORT_WHAT, RunDirs
         from trainer.outputs.export import check_export_target, export_tasks, run_outputs
         from trainer.outputs.inference import find_model_dir, load_trained
-        from trainer.outputs.model_card import run_report, write_cards
+        from trainer.outputs.model_card import run_metrics_of, write_cards
 
         settings, _ = _settings(flags)
         directory = find_model_dir(settings.output_dir, model_dir)
@@ -228,11 +228,11 @@ class CLI:
         model, tokenizer = load_trained(directory)
         paths = export_tasks(model, tokenizer, str(target), what=what, output_dir=settings.output_dir, keep=keep)
         tasks = list(model.tasks.values())
-        report, step = run_report(directory, tasks)
-        write_cards(target, tasks, report, report.get("settings") if report else None, step)
+        run_metrics, step = run_metrics_of(directory, tasks)
+        write_cards(target, tasks, run_metrics, run_metrics.settings if run_metrics else None, step)
         for path in paths:
             print(path)
-        if report is None:
+        if run_metrics is None:
             print(f"note: no metrics.json beside {directory}: the model cards have no metrics", file=sys.stderr)
 
     def push(self, task: str, repo_id: str, private: Any = False, model_dir: str | None = None, **flags: Any) -> None:

@@ -28,7 +28,7 @@ from trainer.outputs.inference import find_task, load_task_model, task_names
 from trainer.tasks.declare import load_tasks_file
 from trainer.tasks.spec import TaskData, TaskSpec
 from trainer.training.arguments import precision_flags
-from trainer.training.metrics import AGGREGATE_METRIC, aggregate_score, metrics_by_task
+from trainer.training.metrics import AGGREGATE_METRIC, TIMINGS, aggregate_score, metrics_by_task
 from trainer.training.trainer import MultitaskTrainer
 
 EVAL_SPLITS = ("dev", "test")
@@ -160,15 +160,12 @@ def score_task(
     return {k: v for k, v in metrics.items() if k != f"{split}_{AGGREGATE_METRIC}"}
 
 
-_TIMINGS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")  # not the model's
-
-
 def describe_report(report: dict[str, Any], path: Path) -> str:
     """The table `evaluate` prints: each task's metrics (main first), value, examples; the average; the file."""
     lines = [f"{'task':<20} {'metric':<10} {'value':>8} {'examples':>9}"]
     for name, main in report["main_metric"].items():  # every metric of the task, its main one first (marked)
         metrics = report["tasks"][name]
-        for metric in sorted((m for m in metrics if m not in _TIMINGS), key=lambda m: m != main):
+        for metric in sorted((m for m in metrics if m not in TIMINGS), key=lambda m: m != main):
             lines.append(f"{name:<20} {metric:<10} {metrics[metric]:>8.4f} {report['examples'][name]:>9}"
                          + ("  (main)" if metric == main else ""))
     lines.append(f"{AGGREGATE_METRIC:<20} {'':<10} {report[AGGREGATE_METRIC]:>8.4f}")

@@ -198,11 +198,11 @@ class TrainingRecipe:
         self.selection.export(trainer.accelerator.unwrap_model(trainer.model), run.export, what=EXPORT_WHAT,
                               output_dir=run.output_dir, keep=run_outputs(run.output_dir, run.log_dir))
         record = as_record(self.settings)
-        report = write_metrics(run.metrics, metrics, tasks, trainer.state.global_step, self.selection, record)
-        write_cards(run.export, tasks, report, record)  # README.md of each export/<task>
+        run_metrics = write_metrics(run.metrics, metrics, tasks, trainer.state.global_step, self.selection, record)
+        write_cards(run.export, tasks, run_metrics, record)  # README.md of each export/<task>
         report_file = output_report(run)
         if self.sync:
             self.sync.upload_final(run, report=report_file is not None)
-        print(summary(report, tasks, outputs(run, tasks, report_file, self.dirs)), flush=True)
+        print(summary(run_metrics, tasks, outputs(run, tasks, report_file, self.dirs)), flush=True)
         remove_partial_downloads(self.settings.output_dir)
-        return report
+        return run_metrics.to_dict()

@@ -3,12 +3,11 @@
 The metadata (`base_model`, `library_name`, `pipeline_tag`, `tags`, `datasets`, `model-index`) carries the dev
 metrics of the step the export's weights come from; the page says what the task is, its labels, those metrics
 beside the final step's, the training settings, the other tasks trained on the same encoder, and how to load it.
-Everything comes from the task specs, `metrics.json` (the report) and the run's settings as it stores them.
+Everything comes from the task specs, `metrics.json` (`RunMetrics`) and the run's settings as it stores them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from trainer.config.settings import DEMO_MODEL
 from trainer.files import write_text_atomically
 from trainer.layout import RunDirs, checkpoint_step
 from trainer.tasks.spec import TaskSpec
+from trainer.training.metrics import RunMetrics, read_run_metrics
 
 CARD_FILE = "README.md"
 SAMPLE_TEXT = "what a wonderful film"
@@ -74,24 +74,24 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "—" if value is None else str(value)
 
 
-def _exported_metrics(task: TaskSpec, report: Mapping[str, Any] | None, step: int | None
+def _exported_metrics(task: TaskSpec, run_metrics: RunMetrics | None, step: int | None
                       ) -> tuple[int | None, dict[str, float] | None]:
     """The step the export's weights come from and its dev metrics (None where metrics.json has none for it)."""
-    if not report:
+    if not run_metrics:
         return step, None
-    selected = report["selected"][task.name]
-    step = selected["step"] if step is None else step
-    if selected["step"] == step:
-        return step, selected["metrics"]
-    return step, report["tasks"][task.name] if report["global_step"] == step else None
+    selected = run_metrics.selected[task.name]
+    step = selected.step if step is None else step
+    if selected.step == step:
+        return step, selected.metrics
+    return step, run_metrics.tasks[task.name] if run_metrics.global_step == step else None
 
 
-def _settings_rows(settings: Mapping[str, Any], tasks: list[TaskSpec], report: Mapping[str, Any] | None
+def _settings_rows(settings: Mapping[str, Any], tasks: list[TaskSpec], run_metrics: RunMetrics | None
                    ) -> list[tuple[str, str]]:
     steps = f"MAX_STEPS={settings['max_steps']}" if settings["max_steps"] > 0 else \
         f"NUM_EPOCHS={settings['num_epochs']}"
-    if report:
-        steps += f" ({report['global_step']} optimizer steps)"
+    if run_metrics:
+        steps += f" ({run_metrics.global_step} optimizer steps)"
     sampling = settings["sampling"] + (f", T={settings['sampling_temperature']:g}"
                                        if settings["sampling"] == "temperature" else "")
     weights = ", ".join(f"{k}={v:g}" for k, v in settings["task_weights"].items())
@@ -138,16 +138,16 @@ def _usage(task: TaskSpec) -> str:
     return "\n".join(lines + ["```"])
 
 
-def model_card(task: TaskSpec, tasks: list[TaskSpec], report: Mapping[str, Any] | None,
+def model_card(task: TaskSpec, tasks: list[TaskSpec], run_metrics: RunMetrics | None,
                settings: Mapping[str, Any] | None, step: int | None = None) -> str:
     """The README.md of `export/<task>`.
 
-    `tasks` are every task of the run (the shared encoder's), `report` is metrics.json (None: a card without
+    `tasks` are every task of the run (the shared encoder's), `run_metrics` is metrics.json (None: a card without
     metrics), `settings` the run's settings as metrics.json stores them, `step` the step of the exported
     weights (None: the task's selected step, as training exports it).
     """
-    step, metrics = _exported_metrics(task, report, step)
-    final = report["tasks"][task.name] if report else None
+    step, metrics = _exported_metrics(task, run_metrics, step)
+    final = run_metrics.tasks[task.name] if run_metrics else None
     names = [m for m in task.kind.metrics_for(task) if metrics and m in metrics]
     pipeline_type = task.kind.pipeline or task.type.replace("_", "-")
     dataset = _dataset(task)
@@ -182,32 +182,32 @@ def model_card(task: TaskSpec, tasks: list[TaskSpec], report: Mapping[str, Any] 
     lines += [f"- Outputs: {_describe_outputs(task)}", f"- Main metric: {task.metric}",
               f"- Dataset: {dataset['name']}, scored on its `{dataset['split']}` split", "", "## Results", ""]
     if metrics:
-        why = (f"the step SELECT_BEST={report['select_best']} chose" if step == report["selected"][task.name]["step"]
+        why = (f"the step SELECT_BEST={run_metrics.select_best} chose" if step == run_metrics.selected[task.name].step
                else "the step these weights were exported from")
-        lines += [f"Dev metrics at step {step} ({why}), beside the final step {report['global_step']}:", "",
-                  f"| metric | step {step} (these weights) | step {report['global_step']} (final) |",
+        lines += [f"Dev metrics at step {step} ({why}), beside the final step {run_metrics.global_step}:", "",
+                  f"| metric | step {step} (these weights) | step {run_metrics.global_step} (final) |",
                   "|---|---|---|"]
         lines += [f"| {m}{' (main)' if m == task.metric else ''} | {_fmt(metrics[m])} | {_fmt(final.get(m))} |"
                   for m in names]
-    elif report:
+    elif run_metrics:
         lines.append(f"No dev metrics: metrics.json has none for step {step}, the step these weights come from.")
     else:
         lines.append("No dev metrics: there was no metrics.json beside the model this was exported from.")
     lines.append("")
     if others:
         lines += ["## Trained with (shared encoder)", ""]
-        if report:
+        if run_metrics:
             lines += ["| task | kind | main metric | selected value | step |", "|---|---|---|---|---|"]
             for other in others:
-                chosen = report["selected"][other.name]
+                chosen = run_metrics.selected[other.name]
                 lines.append(f"| {other.name} | {other.type} | {other.metric} | "
-                             f"{_fmt(chosen['metrics'].get(other.metric))} | {chosen['step']} |")
+                             f"{_fmt(chosen.metrics.get(other.metric))} | {chosen.step} |")
         else:
             lines += [f"- {other.name} ({other.type}, main metric {other.metric})" for other in others]
         lines.append("")
     if settings:
         lines += ["## Training settings", "", "| setting | value |", "|---|---|"]
-        lines += [f"| {name} | {value} |" for name, value in _settings_rows(settings, tasks, report)]
+        lines += [f"| {name} | {value} |" for name, value in _settings_rows(settings, tasks, run_metrics)]
         lines.append("")
     lines += ["## Usage", "", _usage(task), "",
               f"or with the project: `python -m trainer predict --task={task.name} --model_dir=<this folder> "
@@ -216,22 +216,22 @@ def model_card(task: TaskSpec, tasks: list[TaskSpec], report: Mapping[str, Any] 
     return f"---\n{header}---\n\n" + "\n".join(lines)
 
 
-def write_cards(export_dir: Path, tasks: list[TaskSpec], report: Mapping[str, Any] | None,
+def write_cards(export_dir: Path, tasks: list[TaskSpec], run_metrics: RunMetrics | None,
                 settings: Mapping[str, Any] | None, step: int | None = None) -> None:
     """Write `export_dir/<task>/README.md` for every task, each replaced atomically."""
     for task in tasks:
-        write_text_atomically(export_dir / task.name / CARD_FILE, model_card(task, tasks, report, settings, step))
+        write_text_atomically(export_dir / task.name / CARD_FILE, model_card(task, tasks, run_metrics, settings, step))
 
 
-def run_report(model_dir: Path, tasks: list[TaskSpec]) -> tuple[dict[str, Any] | None, int | None]:
+def run_metrics_of(model_dir: Path, tasks: list[TaskSpec]) -> tuple[RunMetrics | None, int | None]:
     """metrics.json of the run a multitask model directory belongs to (its OUTPUT_DIR: `model/`'s or
     `checkpoint-<N>/`'s parent), and the step of that directory's weights; (None, None) when there is none, or
     when it is another run's (other tasks)."""
     path = RunDirs(model_dir.parent).metrics
     if not path.is_file():
         return None, None
-    report = json.loads(path.read_text(encoding="utf-8"))
-    if not {t.name for t in tasks} <= set(report.get("tasks", {})):
+    run_metrics = read_run_metrics(path)
+    if not {t.name for t in tasks} <= set(run_metrics.tasks):
         return None, None
     checkpoint = checkpoint_step(model_dir.name)
-    return report, checkpoint if checkpoint is not None else report["global_step"]
+    return run_metrics, checkpoint if checkpoint is not None else run_metrics.global_step

@@ -34,9 +34,10 @@ from trainer.errors import UserError
 from trainer.files import check_writable_file, write_text_atomically
 from trainer.layout import METRICS_FILE, REPORT_FILE, SETTINGS_FILE, BucketDirs, RunDirs
 from trainer.storage import base as storage
+from trainer.training.metrics import AGGREGATE_METRIC, TIMINGS, RunMetrics, read_run_metrics
 
 EVENT_FILES = "events.out.tfevents.*"
-NOT_QUALITY = ("runtime", "samples_per_second", "steps_per_second", "loss")  # eval/<task>_<these>
+NOT_QUALITY = (*TIMINGS, "loss")  # eval/<task>_<these>
 Series = list[tuple[int, float]]
 logger = logging.getLogger(__name__)
 
@@ -171,21 +172,23 @@ def _setting(value: Any) -> str:
     return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _final_table(metrics: dict[str, Any]) -> str:
+def _final_table(run_metrics: RunMetrics) -> str:
     rows = []
-    for task, metric in metrics["main_metric"].items():
-        final, chosen = metrics["tasks"][task], metrics["selected"][task]
-        others = " ".join(f"{k}={_shown(v)}" for k, v in final.items() if k != metric and k not in NOT_QUALITY[:3])
-        rows.append([task, metric, final[metric], chosen["metrics"][metric], chosen["step"], others])
-    rows.append(["average", "", metrics["average"], metrics["selected_average"], "", ""])
-    return (f"<p>step {metrics['global_step']}; SELECT_BEST={html.escape(str(metrics['select_best']))}</p>\n"
+    for task, metric in run_metrics.main_metric.items():
+        final, chosen = run_metrics.tasks[task], run_metrics.selected[task]
+        others = " ".join(f"{k}={_shown(v)}" for k, v in final.items() if k != metric and k not in TIMINGS)
+        rows.append([task, metric, final[metric], chosen.metrics[metric], chosen.step, others])
+    rows.append([AGGREGATE_METRIC, "", run_metrics.average, run_metrics.selected_average, "", ""])
+    return (f"<p>step {run_metrics.global_step}; SELECT_BEST={html.escape(str(run_metrics.select_best))}</p>\n"
             + _table(["task", "main metric", "final", "selected", "selected at step", "other metrics (final)"], rows))
 
 
-def build_report(scalars: dict[str, Series], metrics: dict[str, Any] | None, run: dict[str, Any] | None,
+def build_report(scalars: dict[str, Series], run_metrics: RunMetrics | None, run: dict[str, Any] | None,
                  source: str) -> str:
-    """The HTML page: dev metrics, training loss, learning rate, learned weights, final table, settings."""
-    main = (metrics or run or {}).get("main_metric") or {}
+    """The HTML page: dev metrics, training loss, learning rate, learned weights, final table, settings.
+
+    `run_metrics` is metrics.json (None before the run ends), `run` settings.json."""
+    main = (run_metrics.main_metric if run_metrics else (run or {}).get("main_metric")) or {}
     tasks = list(main) or task_names(scalars)
     last_step = max((points[-1][0] for points in scalars.values() if points), default=0)
     sections = []
@@ -196,8 +199,8 @@ def build_report(scalars: dict[str, Series], metrics: dict[str, Any] | None, run
         lines = {name: scalars[f"eval/{task}_{name}"] for name in names if f"eval/{task}_{name}" in scalars}
         if lines:
             dev.append((f"{task}: {main[task]}" if task in main else f"{task} (main metric not known yet)", lines))
-    if "eval/average" in scalars:
-        dev.append(("average of the main metrics", {"average": scalars["eval/average"]}))
+    if f"eval/{AGGREGATE_METRIC}" in scalars:
+        dev.append((f"{AGGREGATE_METRIC} of the main metrics", {AGGREGATE_METRIC: scalars[f"eval/{AGGREGATE_METRIC}"]}))
     unknown = "" if main else (f"<p>No {METRICS_FILE} or {SETTINGS_FILE} says which metric is each task's main "
                                "one: every dev metric is drawn.</p>\n")
     sections.append(_section("dev", "Dev metrics", unknown + (
@@ -218,7 +221,7 @@ def build_report(scalars: dict[str, Series], metrics: dict[str, Any] | None, run
         sections.append(_section("weights", "Learned loss weights", _image(
             chart([("loss weight exp(-s) per task", weights)], "weight"), "learned loss weights over steps")))
 
-    sections.append(_section("final", "Final metrics", _final_table(metrics) if metrics else
+    sections.append(_section("final", "Final metrics", _final_table(run_metrics) if run_metrics else
                              f"<p>No {METRICS_FILE} yet: the run has not finished (or did not finish); "
                              f"curves only, up to step {last_step}.</p>"))
     settings = (run or {}).get("settings")
@@ -251,7 +254,9 @@ th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
 def write_report(path: str | os.PathLike[str], log_dir: str | os.PathLike[str], metrics_file: Path,
                  settings_file: Path, source: str) -> Path:
     """Build the report from these files and write it to `path` (under a temporary name, then renamed)."""
-    page = build_report(read_scalars(log_dir), _read_json(metrics_file), _read_json(settings_file), source)
+    scalars = read_scalars(log_dir)
+    run_metrics = read_run_metrics(metrics_file) if metrics_file.is_file() else None
+    page = build_report(scalars, run_metrics, _read_json(settings_file), source)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(path, page)

@@ -32,12 +32,9 @@ from trainer.layout import BEST_DIR, SELECTION_FILE, RunDirs, best_name
 from trainer.model.modeling import MultitaskModel
 from trainer.outputs.export import export_tasks, save_task
 from trainer.tasks.spec import TaskSpec
-from trainer.training.metrics import aggregate_score, metrics_by_task
+from trainer.training.metrics import AGGREGATE_METRIC, BestAverage, SelectedStep, metrics_by_task, without_timings
 
 logger = logging.getLogger(__name__)
-
-AVERAGE = "average"  # the key of eval_average, as trainer.training.trainer names it
-TIMINGS = ("runtime", "samples_per_second", "steps_per_second")  # the Trainer's, not the model's
 
 
 def _score(value: float | None) -> float:
@@ -77,11 +74,10 @@ class BestSelection(TrainerCallback):
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     metrics: dict[str, float] | None = None, model: MultitaskModel | None = None, **kwargs: Any):
-        if not args.should_save or self.mode == "last" or not metrics or f"eval_{AVERAGE}" not in metrics:
+        if not args.should_save or self.mode == "last" or not metrics or f"eval_{AGGREGATE_METRIC}" not in metrics:
             return
-        per_task = {name: {k: v for k, v in values.items() if k not in TIMINGS}
-                    for name, values in metrics_by_task(metrics, self.tasks).items()}
-        average = metrics[f"eval_{AVERAGE}"]
+        per_task = {name: without_timings(values) for name, values in metrics_by_task(metrics, self.tasks).items()}
+        average = metrics[f"eval_{AGGREGATE_METRIC}"]
         if self.mode == "average":
             if _score(average) <= _score(self.best_average.get("value")) and self.best_average:
                 return
@@ -128,21 +124,21 @@ class BestSelection(TrainerCallback):
 
         export_tasks(model, self.tokenizer, export_dir, write, **where)
 
-    def report(self, final: dict[str, dict[str, float]], final_step: int) -> dict[str, Any]:
-        """`metrics.json`'s view of the selection: each task's selected step and metrics."""
+    def selected_steps(self, final: dict[str, dict[str, float]], final_step: int) -> dict[str, SelectedStep]:
+        """`metrics.json`'s view of the selection: each task's selected step and metrics (`final`'s where none was
+        selected)."""
         selected = {}
         for task in self.tasks:
             chosen = self.selected.get(task.name)
             if self.mode == "last" or chosen is None:
-                selected[task.name] = {"step": final_step, "metrics": final[task.name]}
+                selected[task.name] = SelectedStep(final_step, final[task.name])
             else:
-                selected[task.name] = {"step": chosen["step"], "metrics": chosen["metrics"]}
-        return {
-            "select_best": self.mode,
-            "selected": selected,
-            f"selected_{AVERAGE}": aggregate_score({n: s["metrics"] for n, s in selected.items()}, self.tasks),
-            f"best_{AVERAGE}": self.best_average or None,
-        }
+                selected[task.name] = SelectedStep(chosen["step"], chosen["metrics"])
+        return selected
+
+    def best_average_step(self) -> BestAverage | None:
+        """The evaluation with the best `eval_average` so far (None with SELECT_BEST=last, or before any)."""
+        return BestAverage(self.best_average["step"], self.best_average["value"]) if self.best_average else None
 
     def describe(self) -> str:
         return ", ".join(f"{n} {s['metric']}={s['value']:.4g} at step {s['step']}" for n, s in self.selected.items())

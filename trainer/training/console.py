@@ -5,7 +5,6 @@ The tables go to stdout (the progress bar and the log lines are on stderr), on t
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,7 @@ from trainer.checkpoints.local import trained_steps
 from trainer.config.settings import Settings
 from trainer.layout import EXPORT_DIR, METRICS_FILE, REPORT_FILE, BucketDirs, RunDirs
 from trainer.tasks.spec import TaskSpec
-
-AVERAGE = "average"  # eval_average, as trainer.training.trainer names it
-NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second")  # the Trainer's timings
+from trainer.training.metrics import AGGREGATE_METRIC, RUNTIME, TIMINGS, RunMetrics, read_run_metrics
 
 
 def _value(value: float | None) -> str:
@@ -48,10 +45,10 @@ def eval_table(tasks: list[TaskSpec], metrics: dict[str, float], history: list[d
     checkpoint, so the best so far survives a resume.
     """
     rows = [(t.name, t.metric, f"eval_{t.name}_{t.metric}", t.higher_is_better) for t in tasks]
-    rows.append((AVERAGE, "", f"eval_{AVERAGE}", True))
+    rows.append((AGGREGATE_METRIC, "", f"eval_{AGGREGATE_METRIC}", True))
     width = max(len(name) for name, *_ in rows)
-    seconds = {t.name: metrics.get(f"eval_{t.name}_runtime") for t in tasks}
-    seconds[AVERAGE] = sum(s for s in seconds.values() if s is not None)
+    seconds = {t.name: metrics.get(f"eval_{t.name}_{RUNTIME}") for t in tasks}
+    seconds[AGGREGATE_METRIC] = sum(s for s in seconds.values() if s is not None)
     lines = [f"eval at step {step}", f"  {'task':<{width}}  {'metric':<10} {'now':>9} {'best':>9}  at step  eval s"]
     for name, metric, key, higher in rows:
         best = _best(history, key, higher)
@@ -69,28 +66,28 @@ class EvalTableCallback(TrainerCallback):
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
-        if state.is_world_process_zero and metrics and f"eval_{AVERAGE}" in metrics:
+        if state.is_world_process_zero and metrics and f"eval_{AGGREGATE_METRIC}" in metrics:
             tqdm.write(eval_table(self.tasks, metrics, state.log_history, state.global_step))
 
 
-def summary(report: dict[str, Any], tasks: list[TaskSpec], outputs: list[tuple[str, str]]) -> str:
+def summary(run_metrics: RunMetrics, tasks: list[TaskSpec], outputs: list[tuple[str, str]]) -> str:
     """The end of a run: the `final:` line, a table of final and selected metrics, and where everything went.
 
-    `report` is what `metrics.json` holds; `outputs` are (what, where) pairs.
+    `run_metrics` is what `metrics.json` holds; `outputs` are (what, where) pairs.
     """
-    final = ", ".join(f"{t.name} {t.metric}={report['tasks'][t.name][t.metric]:.3f}" for t in tasks)
-    lines = [f"final: {final}; average={report[AVERAGE]:.3f} (step {report['global_step']})"]
-    width = max(len(AVERAGE), *(len(t.name) for t in tasks))
+    final = ", ".join(f"{t.name} {t.metric}={run_metrics.tasks[t.name][t.metric]:.3f}" for t in tasks)
+    lines = [f"final: {final}; {AGGREGATE_METRIC}={run_metrics.average:.3f} (step {run_metrics.global_step})"]
+    width = max(len(AGGREGATE_METRIC), *(len(t.name) for t in tasks))
     lines.append(f"  {'task':<{width}}  {'metric':<10} {'final':>9} {'selected':>9}  {'step':>5}  "
                  "other metrics (final)")
     for task in tasks:
-        values = report["tasks"][task.name]
-        chosen = report["selected"][task.name]
-        others = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k != task.metric and k not in NOT_METRICS)
+        values = run_metrics.tasks[task.name]
+        chosen = run_metrics.selected[task.name]
+        others = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k != task.metric and k not in TIMINGS)
         lines.append(f"  {task.name:<{width}}  {task.metric:<10} {_value(values[task.metric]):>9} "
-                     f"{_value(chosen['metrics'][task.metric]):>9}  {chosen['step']:>5}  {others}")
-    lines.append(f"  {AVERAGE:<{width}}  {'':<10} {_value(report[AVERAGE]):>9} "
-                 f"{_value(report[f'selected_{AVERAGE}']):>9}  (SELECT_BEST={report['select_best']})")
+                     f"{_value(chosen.metrics[task.metric]):>9}  {chosen.step:>5}  {others}")
+    lines.append(f"  {AGGREGATE_METRIC:<{width}}  {'':<10} {_value(run_metrics.average):>9} "
+                 f"{_value(run_metrics.selected_average):>9}  (SELECT_BEST={run_metrics.select_best})")
     lines.append("outputs:")
     width = max(len(what) for what, _ in outputs)
     lines += [f"  {what:<{width}}  {where}" for what, where in outputs]
@@ -112,12 +109,13 @@ def outputs(run: RunDirs, tasks: list[TaskSpec], report_file: Path | None,
 
 
 def already_finished(settings: Settings, checkpoint: str, args: TrainingArguments) -> dict[str, Any]:
-    """Nothing to train: say so (one line) and return the run's metrics.json, if it has one."""
-    metrics = RunDirs(settings.output_dir).metrics
-    report = json.loads(metrics.read_text(encoding="utf-8")) if metrics.is_file() else {}
+    """Nothing to train: say so (one line) and return the run's metrics.json as `train` returns it (empty if the run
+    has none)."""
+    path = RunDirs(settings.output_dir).metrics
+    run_metrics = read_run_metrics(path) if path.is_file() else None
     if args.process_index == 0:
-        exported = "" if report else (f"; it has no {METRICS_FILE} or export: python -m trainer export "
-                                      f"--model_dir={checkpoint} writes one")
+        exported = "" if run_metrics else (f"; it has no {METRICS_FILE} or export: python -m trainer export "
+                                           f"--model_dir={checkpoint} writes one")
         print(f"the run in {settings.output_dir} already finished at step {trained_steps(checkpoint)}; nothing to do "
               f"(raise MAX_STEPS or NUM_EPOCHS to train on, or RESUME=never to start over){exported}", flush=True)
-    return report
+    return run_metrics.to_dict() if run_metrics else {}

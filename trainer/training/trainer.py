@@ -123,7 +123,7 @@ class MultitaskTrainer(Trainer):
         the optimizer and DDP are built (the Trainer asks for the dataloader first), and changes
         nothing else: such a parameter would never have been updated.
         """
-        model = self.accelerator.unwrap_model(self.model)
+        model = self._unwrapped_model
         first_step = [i for _, batch in sampler.global_schedule()[0] for i in batch[:2].tolist()]
         inputs = self._prepare_inputs(self.data_collator(self.train_dataset.__getitems__(first_step)))
         with torch.random.fork_rng():
@@ -234,18 +234,20 @@ class MultitaskTrainer(Trainer):
                     logs[f"{task.name}_loss"] = round(total / count, 4)
             self._task_loss_sums.zero_()
             self._task_loss_counts.zero_()
-            if self._weighting.task_weighting != "static":  # learned weights change: log them
-                logs.update({f"{t}_weight": round(w, 4) for t, w in self._weighting.loss_weighting.current().items()})
+            model = self._unwrapped_model
+            if model.task_weighting != "static":  # learned weights change: log them
+                logs.update({f"{t}_weight": round(w, 4) for t, w in model.loss_weighting.current().items()})
         super().log(logs, start_time)
 
     @property
-    def _weighting(self) -> MultitaskModel:
+    def _unwrapped_model(self) -> MultitaskModel:
+        """The MultitaskModel itself, out of whatever DDP or accelerate wrapped it in."""
         return self.accelerator.unwrap_model(self.model)
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """The stock optimizer, with learned loss weights in their own group: no weight decay, and their
         own learning rate (they start at 0 and must move much further than the encoder's weights)."""
-        weighting = [p for p in self._weighting.loss_weighting.parameters() if p.requires_grad]
+        weighting = [p for p in self._unwrapped_model.loss_weighting.parameters() if p.requires_grad]
         if self.optimizer is not None or not weighting:
             return super().create_optimizer(model)
         ids = {id(p) for p in weighting}
@@ -321,7 +323,7 @@ class MultitaskTrainer(Trainer):
         """Save weights (encoder once) plus the config and task specs needed to rebuild the model."""
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
-            model: MultitaskModel = self.accelerator.unwrap_model(self.model)
+            model = self._unwrapped_model
             model.save_config(output_dir or self.args.output_dir)
             follow_umask(output_dir or self.args.output_dir)  # safetensors writes 0600
 
