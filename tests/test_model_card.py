@@ -9,6 +9,7 @@ from huggingface_hub import ModelCard
 from trainer.outputs.model_card import base_model, model_card
 from trainer.tasks.catalog import BUILTIN_TASKS, DEMO_TASKS
 from trainer.tasks.declare import load_tasks_file
+from trainer.training.metrics import RunMetrics, SelectedStep
 
 PIPELINES = {"demo_sentiment": "text-classification", "demo_similarity": "text-classification",
              "demo_category": None}
@@ -87,8 +88,9 @@ def test_export_writes_cards_for_the_exported_step(exported_run, tmp_path, cli):
 def test_a_checkpoint_step_without_metrics_says_so():
     tasks = list(DEMO_TASKS.values())
     per_task = {t.name: {t.metric: 0.5} for t in tasks}
-    report = {"global_step": 12, "select_best": "per_task", "tasks": per_task,
-              "selected": {t.name: {"step": 12, "metrics": per_task[t.name]} for t in tasks}}
+    report = RunMetrics(global_step=12, average=0.5, main_metric={t.name: t.metric for t in tasks}, tasks=per_task,
+                        select_best="per_task", selected={t.name: SelectedStep(12, per_task[t.name]) for t in tasks},
+                        selected_average=0.5)
     card = ModelCard(model_card(tasks[0], tasks, report, None, step=8))
     assert card.data.eval_results is None
     assert "metrics.json has none for step 8" in card.text
@@ -110,8 +112,8 @@ def test_base_model_and_dataset_of_hub_local_and_file_tasks(tmp_path):
                                          "train_file: train.conll, dev_file: dev.conll}\n")
     mine = load_tasks_file(str(tmp_path / "tasks.yaml"))["mine"]
     per_task = {"mine": {"f1": 0.25, "precision": 0.5}}
-    report = {"global_step": 3, "select_best": "last", "tasks": per_task,
-              "selected": {"mine": {"step": 3, "metrics": per_task["mine"]}}}
+    report = RunMetrics(global_step=3, average=0.25, main_metric={"mine": "f1"}, tasks=per_task, select_best="last",
+                        selected={"mine": SelectedStep(3, per_task["mine"])}, selected_average=0.25)
     card = ModelCard(model_card(mine, [mine], report, None))
     (result,) = [r for r in card.data.eval_results if r.metric_type == "f1"]
     assert (result.dataset_type, result.dataset_name, result.dataset_split) == \
