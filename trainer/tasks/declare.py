@@ -43,7 +43,7 @@ def load_tasks_file(path: str) -> dict[str, TaskSpec]:
     if not file.is_file():
         raise UserError(f"TASKS_FILE {path} does not exist; point it to a YAML file with a 'tasks:' list")
     try:
-        doc = yaml.load(file.read_text(encoding="utf-8"), Loader=_LiteralLoader)  # noqa: S506
+        doc = yaml.load(file.read_text(encoding="utf-8"), Loader=_LiteralLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise UserError(f"TASKS_FILE {path} is not valid UTF-8 YAML/JSON: {str(err).splitlines()[0]}") from None
     entries = doc.get("tasks") if isinstance(doc, dict) else None
