@@ -16,8 +16,9 @@ trap 'rm -rf "$WORK"' EXIT
 
 mkdir "$WORK/src"
 git -C "$ROOT" archive "$COMMIT" | tar -x -C "$WORK/src"
-# A clean environment (no setting of this shell, no .env: the worktree has none), offline.
-(cd "$WORK/src" && env -i PATH="$PATH" HOME="$HOME" PYTHONPATH="$WORK/src" HF_HUB_OFFLINE=1 \
+# A clean environment (no setting of this shell, no .env: the archive has none), offline, and one thread: the
+# test trains with one too, so that its steps add up in the same order, bit for bit.
+(cd "$WORK/src" && env -i PATH="$PATH" HOME="$HOME" PYTHONPATH="$WORK/src" HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 \
     TOKENIZERS_PARALLELISM=false OUTPUT_DIR="$WORK/out" MAX_STEPS=8 SAVE_STEPS=4 EVAL_STEPS=4 BATCH_SIZE=8 \
     MAX_TRAIN_SAMPLES=64 MAX_EVAL_SAMPLES=32 LOGGING_STEPS=4 "$PYTHON" -m trainer train)
 
