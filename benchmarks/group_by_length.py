@@ -43,10 +43,10 @@ class StepClock(TrainerCallback):
         self.seconds = 0.0
         self._start = 0.0
 
-    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_step_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_step_end(self, args, state, control, **kwargs):
         self.seconds += time.perf_counter() - self._start
 
 

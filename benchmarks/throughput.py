@@ -94,10 +94,10 @@ class StepTimes(TrainerCallback):
         self.times: list[float] = []
         self._last: float | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_train_begin(self, args, state, control, **kwargs):
         self._last = None
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_step_end(self, args, state, control, **kwargs):
         now = time.perf_counter()
         self.times.append(now - self._last if self._last is not None else float("nan"))
         self._last = now
@@ -209,7 +209,7 @@ class SeedTrainer(Trainer):
         return self.loader
 
 
-def seed_features(task: TaskSpec, columns: dict[str, list[Any]], tokenizer) -> list[dict[str, torch.Tensor]]:  # noqa: ANN001
+def seed_features(task: TaskSpec, columns: dict[str, list[Any]], tokenizer) -> list[dict[str, torch.Tensor]]:
     """Every example tokenised and padded to 128, as the recipe's `convert_to_features` does."""
     pad = {"truncation": True, "max_length": SEED_MAX_LENGTH, "padding": "max_length", "return_tensors": "pt"}
     if task.type == "multiple_choice":

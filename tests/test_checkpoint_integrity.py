@@ -12,13 +12,13 @@ from trainer.checkpoints import remote
 from trainer.checkpoints.local import damage
 from trainer.checkpoints.resume import download_named_checkpoint, resolve_resume, resume_checkpoint
 from trainer.config.env import VertexDirs
-from trainer.config.settings import load_settings, parse_resume
+from trainer.config.settings import parse_resume
 from trainer.errors import UserError
 from trainer.layout import COMPLETE_MARKER, DAMAGED_PREFIX, BucketDirs
 from trainer.storage.gcs import GcsStore, parse_gcs_uri
 from trainer.training.arguments import training_arguments
 
-from .tiny import run_cli
+from .tiny import run_cli, settings_of
 
 BUCKET = "g-test-bucket"
 
@@ -69,7 +69,7 @@ def test_damaged_optimizer_state_falls_back_and_a_named_damaged_checkpoint_is_re
 
 
 def _settings(out: Path, **extra):
-    return load_settings({"output_dir": str(out), **extra}, environ={}, dotenv_path=None)[0]
+    return settings_of(output_dir=str(out), **extra)
 
 
 def test_a_damaged_local_checkpoint_falls_back_to_the_bucket(run_copy, gcs_client, gcs_bucket):

@@ -47,7 +47,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:  # http.server's naming
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         self.server.requests.append({"method": "POST", "path": self.path, "body": body})
         if self.path.split("?")[0] != f"/v1/projects/{PROJECT}/locations/us-central1/customJobs":
@@ -56,7 +56,7 @@ class _Handler(BaseHTTPRequestHandler):
                            "createTime": "2026-01-02T03:04:05Z"}
         self._reply(200, self.server.job)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.server.requests.append({"method": "GET", "path": self.path})
         if self.path.split("?")[0] != f"/v1/projects/{PROJECT}/locations/us-central1/customJobs/{JOB_NUMBER}":
             return self._reply(404, {"error": {"code": 404, "message": f"no route {self.path}", "status": "NOT_FOUND"}})

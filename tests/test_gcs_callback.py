@@ -18,7 +18,7 @@ from trainer.checkpoints import remote
 from trainer.checkpoints.mirror import CheckpointUploadError, CloudSyncCallback
 from trainer.checkpoints.save_sequence import CompleteMarker, SaveSequence
 from trainer.config.env import VertexDirs
-from trainer.layout import STAGING_DIR, BucketDirs, RunDirs
+from trainer.layout import STAGING_DIR, BucketDirs, RunDirs, checkpoint_step
 from trainer.storage import gcs
 from trainer.storage.checksums import file_checksums
 from trainer.storage.gcs import GcsStore, GcsUri
@@ -48,6 +48,18 @@ def local_sums(ckpt: Path) -> dict[str, dict]:
 def manifest_sums(client, uri: GcsUri) -> dict[str, dict]:
     manifest = json.loads(client.bucket(uri.bucket).blob(uri.child(remote.MANIFEST).prefix).download_as_bytes())
     return {f["path"]: {k: f[k] for k in ("size", "crc32c")} for f in manifest["files"]}
+
+
+def wait_for_uploads(cb: CloudSyncCallback, timeout: float) -> None:
+    """Wait for the queued uploads as `upload_final` does, without sending the final outputs (so the callback stays
+    open); raise `CheckpointUploadError` on timeout or any failure."""
+    cb.uploads.finish(timeout, lambda name: f"{name} -> {cb.dirs.checkpoints}")
+    cb.uploads.raise_errors(CheckpointUploadError)
+
+
+def pending_steps(cb: CloudSyncCallback) -> list[int]:
+    """Steps of the checkpoints queued or being uploaded."""
+    return [s for s in map(checkpoint_step, cb.uploads.pending) if s is not None]
 
 
 def callback_args(tmp_path: Path, save_total_limit: int | None = None) -> TrainingArguments:
@@ -95,7 +107,7 @@ def test_trainer_run_uploads_commits_and_rotates(gcs_client, gcs_bucket: str, tm
     trainer = Trainer(model=TinyRegressor(), args=args, train_dataset=tiny_dataset(),
                       callbacks=[cb, saves, KeepingUp(cb)])
     trainer.train()
-    cb.wait(60)
+    wait_for_uploads(cb, 60)
 
     assert sorted(cb.committed) == [2, 4, 6, 8]
     committed = remote.list_committed_checkpoints(GcsStore(gcs_client), dirs.checkpoints)
@@ -138,12 +150,12 @@ def test_on_save_snapshots_so_local_rotation_cannot_break_upload(
     ckpt = fake_checkpoint(args, 3)
     expected = local_sums(ckpt)
     assert save(cb, args, 3) < 1.0  # training does not wait for the upload
-    assert cb.pending == [3]
+    assert pending_steps(cb) == [3]
     for path in ckpt.iterdir():  # the Trainer's local rotation deletes the checkpoint mid-upload
         path.unlink()
     ckpt.rmdir()
     release.set()
-    cb.wait(30)
+    wait_for_uploads(cb, 30)
     assert manifest_sums(gcs_client, dirs.checkpoints.child("checkpoint-3")) == expected
 
 
@@ -152,8 +164,8 @@ def test_only_main_process_uploads(gcs_client, gcs_bucket: str, tmp_path: Path) 
     args = callback_args(tmp_path)
     fake_checkpoint(args, 1)
     save(cb, args, 1, main=False)
-    assert cb.pending == [] and cb.uploads._thread is None
-    cb.wait(5)
+    assert pending_steps(cb) == [] and cb.uploads._thread is None
+    wait_for_uploads(cb, 5)
     assert list(gcs_client.list_blobs(gcs_bucket)) == []
 
 
@@ -168,7 +180,7 @@ def test_failed_upload_is_loud_and_raised(
     with caplog.at_level(logging.ERROR):
         save(cb, args, 1)
         with pytest.raises(CheckpointUploadError, match="checkpoint-1"):
-            cb.wait(30)
+            wait_for_uploads(cb, 30)
     assert "UPLOAD FAILED" in caplog.text and "checkpoint-1" in caplog.text
 
     # The final model still goes up, and the earlier failure is raised again.
@@ -191,7 +203,7 @@ def test_wait_times_out_loudly(gcs_client, gcs_emulator: GcsEmulator, gcs_bucket
     save(cb, args, 2)
     started = time.monotonic()
     with pytest.raises(CheckpointUploadError, match="checkpoint-2 .* still uploading after 1 s"):
-        cb.wait(1)
+        wait_for_uploads(cb, 1)
     assert time.monotonic() - started < 5
     gcs_emulator.start()  # let the worker finish instead of retrying in the background
     assert cb.uploads.drain(30)
@@ -201,7 +213,7 @@ def test_missing_local_checkpoint_is_an_error(gcs_client, gcs_bucket: str, tmp_p
     cb = CloudSyncCallback(BucketDirs.resolve(f"gs://{gcs_bucket}/job", VertexDirs()), GcsStore(gcs_client))
     save(cb, callback_args(tmp_path), 9)
     with pytest.raises(CheckpointUploadError, match="checkpoint-9 .* does not exist"):
-        cb.wait(5)
+        wait_for_uploads(cb, 5)
 
 
 def test_train_begin_fails_fast_on_missing_bucket(gcs_client, tmp_path: Path) -> None:

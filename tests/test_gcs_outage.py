@@ -12,6 +12,7 @@ import pytest
 from transformers import TrainerState, TrainingArguments
 
 from tests.gcs_emulator import GcsEmulator
+from tests.test_gcs_callback import pending_steps, wait_for_uploads
 from trainer.checkpoints import remote
 from trainer.checkpoints.mirror import CloudSyncCallback
 from trainer.checkpoints.resume import resume_from_bucket
@@ -55,7 +56,7 @@ def test_upload_survives_server_restart(
 
     write_checkpoint(out, 10)
     on_save(10)
-    cb.wait(60)
+    wait_for_uploads(cb, 60)
 
     # checkpoint-20: stop the server once two of its files are up; hold the marker until we have looked.
     real_file, real_bytes = GcsStore.upload_file, GcsStore.upload_bytes
@@ -88,7 +89,7 @@ def test_upload_survives_server_restart(
     # Training goes on during the outage: saving checkpoint-30 returns at once and queues it.
     assert on_save(30) < 1.0
     time.sleep(1.0)
-    assert cb.pending == [20, 30] and cb.errors == []
+    assert pending_steps(cb) == [20, 30] and cb.errors == []
     time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - outage_started)))
     assert cb.errors == [], "the upload gave up during the outage instead of retrying"
     gcs_emulator.start()  # same port, same data
@@ -102,7 +103,7 @@ def test_upload_survives_server_restart(
     assert resumed == tmp_path / "resume" / "checkpoint-10"
 
     may_commit.set()
-    cb.wait(60)
+    wait_for_uploads(cb, 60)
     assert sorted(cb.committed) == [10, 20, 30]
     committed = remote.list_committed_checkpoints(GcsStore(gcs_client), dirs.checkpoints)
     assert [s for s, _ in committed] == [10, 20, 30]
@@ -132,17 +133,17 @@ def test_outage_warns_once_and_only_the_newest_checkpoint_waits(
         cb.queue_checkpoint(args, TrainerState(global_step=step, is_world_process_zero=True))
 
     save(1)
-    cb.wait(30)
+    wait_for_uploads(cb, 30)
     gcs_emulator.stop()
     with caplog.at_level(logging.INFO):
         for step in (2, 3, 4, 5):  # 2 starts and retries; 3 and 4 are replaced while they wait
             save(step)
             time.sleep(0.3)
             assert staged(out) == sorted({"checkpoint-2", f"checkpoint-{step}"})  # the running one + the newest
-        assert cb.pending == [2, 5] and cb.skipped == [3, 4]
+        assert pending_steps(cb) == [2, 5] and cb.skipped == [3, 4]
         time.sleep(1.0)  # several more failed attempts: still one warning
         gcs_emulator.start()
-        cb.wait(60)
+        wait_for_uploads(cb, 60)
     failing = [r for r in caplog.records if "requests are failing" in r.getMessage()]
     recovered = [r for r in caplog.records if "reachable again" in r.getMessage()]
     assert len(failing) == 1 and failing[0].levelno == logging.WARNING, caplog.text

@@ -20,7 +20,7 @@ from trainer.tasks.demo import build_demo_tokenizer
 from trainer.tasks.spec import TaskData, TaskSpec
 from trainer.training.trainer import MultitaskTrainer
 
-from .tiny import NER_LABELS, decoder_configs, encoder_configs, ner_sentences, roberta_tokenizer
+from .tiny import NER_LABELS, decoder_configs, encoder_configs, ner_sentences, roberta_tokenizer, settings_of
 
 PAIR = TaskSpec.from_dict({"name": "sim", "type": "regression", "text_columns": ["a", "b"], "label_column": "y"})
 NER = TaskSpec.from_dict({"name": "ner", "type": "token_classification", "labels": NER_LABELS})
@@ -130,7 +130,7 @@ def test_gpu_arguments_on_cuda_and_cpu():
     assert gpu.get("tf32", False) == is_torch_tf32_available()  # False on this CPU-only machine
     assert gpu_arguments(None, cuda=False) == {"dataloader_num_workers": 0, "dataloader_pin_memory": False}
     assert gpu_arguments(3, cuda=False)["dataloader_num_workers"] == 3
-    settings, _ = load_settings({"dataloader_workers": "1"}, environ={}, dotenv_path=None)
+    settings = settings_of(dataloader_workers="1")
     assert settings.dataloader_workers == 1
     with pytest.raises(UserError, match=r"^DATALOADER_WORKERS=-1 must be 0 or more \(empty = auto\)$"):
         load_settings({}, environ={"DATALOADER_WORKERS": "-1"}, dotenv_path=None)

@@ -7,14 +7,13 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from trainer.config.settings import load_settings
 from trainer.data.read import read_split
 from trainer.model.modeling import MultitaskModel
 from trainer.tasks.catalog import BUILTIN_TASKS
 from trainer.train import train
 
 from .test_training import StopAt
-from .tiny import ROOT, SHARED_DATA, cli_environ, save_tiny_gpt2, save_tiny_pretrained, write_text
+from .tiny import ROOT, SHARED_DATA, cli_environ, save_tiny_gpt2, save_tiny_pretrained, settings_of, write_text
 
 
 def tasks_file(root, *entries: str):
@@ -97,10 +96,9 @@ def test_resume_is_bit_identical_with_a_masked_lm_task(tmp_path):
     common = {"model_name": str(model_dir), "max_steps": 12, "batch_size": 8, "max_train_samples": 64,
               "max_eval_samples": 16, "save_steps": 5, "eval_steps": 100, "seed": 3, "max_seq_length": 32,
               "tasks": "demo_sentiment,text", "tasks_file": str(tasks_file(tmp_path, MLM_ENTRY))}
-    straight, _ = load_settings({**common, "output_dir": str(tmp_path / "a")}, environ={}, dotenv_path=None)
+    straight = settings_of(**common, output_dir=str(tmp_path / "a"))
     train(straight)
-    interrupted, _ = load_settings({**common, "output_dir": str(tmp_path / "b"), "resume": "auto"},
-                                   environ={}, dotenv_path=None)
+    interrupted = settings_of(**common, output_dir=str(tmp_path / "b"), resume="auto")
     train(interrupted, callbacks=[StopAt(7)])
     train(interrupted)
     a = load_file(tmp_path / "a" / "model" / "model.safetensors")

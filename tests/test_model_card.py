@@ -56,7 +56,7 @@ def test_the_usage_snippet_runs_on_the_export(exported_run, name, capsys):
     out, _, _ = exported_run
     text = (out / "export" / name / "README.md").read_text()
     snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
-    exec(snippet.replace('"ORG/NAME"', repr(str(out / "export" / name))), {})  # noqa: S102
+    exec(snippet.replace('"ORG/NAME"', repr(str(out / "export" / name))), {})
     printed = capsys.readouterr().out
     assert printed.strip(), snippet
     if name == "demo_category":

@@ -8,10 +8,11 @@ from trainer.config.settings import load_settings
 from trainer.errors import UserError
 
 from .test_first_hour import one_error_line
+from .tiny import settings_of
 
 
 def test_report_to_is_a_checked_comma_list():
-    settings, _ = load_settings({}, environ={}, dotenv_path=None)
+    settings = settings_of()
     assert settings.report_to == ("tensorboard",)
     settings, _ = load_settings({}, environ={"REPORT_TO": "tensorboard, mlflow"}, dotenv_path=None)
     assert settings.report_to == ("tensorboard", "mlflow")
@@ -26,8 +27,7 @@ def test_report_to_reaches_the_training_arguments(tmp_path):
     from trainer.training.arguments import training_arguments
 
     for value, expected in (("tensorboard", ["tensorboard"]), ("none", [])):
-        settings, _ = load_settings({"report_to": value, "output_dir": str(tmp_path / "out")}, environ={},
-                                    dotenv_path=None)
+        settings = settings_of(report_to=value, output_dir=str(tmp_path / "out"))
         assert training_arguments(settings).report_to == expected
     assert not (tmp_path / "out").exists()
 

@@ -13,11 +13,13 @@ import pytest
 
 from trainer.checkpoints.local import mark_complete
 from trainer.checkpoints.resume import check_resume, checkpoint_on_disk, resolve_resume, resume_checkpoint
-from trainer.config.settings import Resume, as_record, describe, load_settings, parse_resume
+from trainer.config.settings import Resume, as_record, describe, parse_resume
 from trainer.errors import UserError
 from trainer.runs.claim import Place, decide, find_places
 from trainer.runs.identity import RunIdentity, write_local
 from trainer.storage import base as storage
+
+from .tiny import settings_of
 
 NOT_A_DIR = "is not a checkpoint directory; use auto, never or a checkpoint path"
 
@@ -30,7 +32,7 @@ def off_vertex(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def settings_for(out: Path, resume: str, **extra):
-    return load_settings({"output_dir": str(out), "resume": resume, **extra}, environ={}, dotenv_path=None)[0]
+    return settings_of(output_dir=str(out), resume=resume, **extra)
 
 
 def checkpoint(out: Path, step: int) -> Path:

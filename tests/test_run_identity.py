@@ -16,21 +16,20 @@ import time
 import pytest
 
 from trainer.checkpoints import remote
-from trainer.config.settings import load_settings
 from trainer.errors import UserError
 from trainer.runs.lease import takeover_reason, this_machine
 from trainer.storage import gcs
 from trainer.storage.gcs import GcsStore
 from trainer.train import train
 
-from .tiny import ROOT, quick_env, run_cli, save_tiny_pretrained
+from .tiny import ROOT, quick_env, run_cli, save_tiny_pretrained, settings_of
 
 BUCKET = "g-test-bucket"
 QUICK = {"MAX_STEPS": "4", "SAVE_STEPS": "4", "EVAL_STEPS": "4", "REPORT_TO": "none"}
 
 
 def in_process(env: dict[str, str]):
-    settings, _ = load_settings({k.lower(): v for k, v in env.items()}, environ={}, dotenv_path=None)
+    settings = settings_of(**{k.lower(): v for k, v in env.items()})
     return train(settings)
 
 

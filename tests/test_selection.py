@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from trainer.config.settings import load_settings
 from trainer.tasks.demo import demo_columns
 from trainer.train import train
+
+from .tiny import settings_of
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +61,7 @@ def settings(tmp_path, out, **extra):
     flags = {"tasks_file": str(write_tasks(tmp_path)), "output_dir": str(tmp_path / out), "max_steps": 48,
              "batch_size": 32, "eval_steps": 6, "save_steps": 6, "save_total_limit": 100, "learning_rate": 2e-3,
              "seed": 1, **extra}
-    return load_settings(flags, environ={}, dotenv_path=None)[0]
+    return settings_of(**flags)
 
 
 def history(run_dir, step):

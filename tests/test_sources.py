@@ -12,7 +12,7 @@ from trainer.errors import UserError
 from trainer.tasks.declare import load_tasks_file
 
 from .test_first_hour import one_error_line
-from .tiny import quick_env, run_cli
+from .tiny import quick_env, run_cli, settings_of
 
 EMOTIONS = ["anger", "joy", "optimism", "sadness"]
 TWEETS = {"anger": "i am so angry", "joy": "what a happy day", "optimism": "it will get better", "sadness": "so sad"}
@@ -168,11 +168,10 @@ def test_a_missing_dataset_is_one_error_line(tmp_path):
 
 def test_check_reports_the_classlabel_names(tmp_path):
     from trainer.check import check
-    from trainer.config.settings import load_settings
 
     write_emotion(tmp_path / "emo")
     tasks_file = declare(tmp_path, f"{EMOTION}, source: {{dataset: emo}}")
-    settings, _ = load_settings({"tasks_file": str(tasks_file), "model_name": "demo"}, environ={}, dotenv_path=None)
+    settings = settings_of(tasks_file=str(tasks_file), model_name="demo")
     report = check(settings)
     assert "emotion (classification, main metric macro_f1):" in report
     assert "labels: anger: 1, joy: 2, optimism: 1, sadness: 1" in report

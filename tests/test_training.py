@@ -11,12 +11,11 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from trainer.checkpoints.local import latest_complete_checkpoint
-from trainer.config.settings import load_settings
 from trainer.layout import COMPLETE_MARKER
 from trainer.tasks.catalog import DEMO_TASKS
 from trainer.train import train
 
-from .tiny import ROOT, save_tiny_pretrained
+from .tiny import ROOT, save_tiny_pretrained, settings_of
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +81,9 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path):
     model_dir = save_tiny_pretrained(tmp_path / "tiny")  # dropout 0.1: the RNG state must be restored too
     common = {"model_name": str(model_dir), "max_steps": 16, "batch_size": 8, "max_train_samples": 80,
               "max_eval_samples": 16, "save_steps": 5, "eval_steps": 100, "seed": 3, "sampling": "temperature"}
-    straight, _ = load_settings({**common, "output_dir": str(tmp_path / "a")}, environ={}, dotenv_path=None)
+    straight = settings_of(**common, output_dir=str(tmp_path / "a"))
     train(straight)
-    interrupted, _ = load_settings({**common, "output_dir": str(tmp_path / "b"), "resume": "auto"},
-                                   environ={}, dotenv_path=None)
+    interrupted = settings_of(**common, output_dir=str(tmp_path / "b"), resume="auto")
     train(interrupted, callbacks=[StopAt(8)])
     # A half-written newer checkpoint (no marker, a file missing) must be skipped on resume.
     half = tmp_path / "b" / "checkpoint-12"

@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
 
+from trainer.config.settings import Settings, load_settings
 from trainer.tasks.demo import build_demo_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +68,12 @@ def quick_env(output_dir: Path, **extra: str) -> dict[str, str]:
            "MAX_EVAL_SAMPLES": "32", "LOGGING_STEPS": "4"}
     env.update(extra)
     return env
+
+
+def settings_of(**flags: Any) -> Settings:
+    """Settings from `flags` (lower-case names, like the CLI's) over the defaults; this process's environment and any
+    .env file are ignored, so a developer's own settings cannot leak into a test."""
+    return load_settings(flags, environ={}, dotenv_path=None)[0]
 
 
 def _setting_names() -> set[str]:

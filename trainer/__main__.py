@@ -167,7 +167,7 @@ class CLI:
             for result in predict_inputs(spec, model, tokenizer, chunk, settings.max_seq_length):
                 print(json.dumps(result, ensure_ascii=False), flush=True)
 
-    def predict_file(self, task: str, input: str, output: str, model_dir: str | None = None, **flags: Any) -> None:  # noqa: A002
+    def predict_file(self, task: str, input: str, output: str, model_dir: str | None = None, **flags: Any) -> None:
         """Predict every row of --input (the task's own file format, labels optional) into a TSV at --output.
 
         The TSV has a header, then per row its index (the file's index/idx column, else the row number) and the

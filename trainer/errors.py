@@ -11,6 +11,18 @@ from typing import Any
 EXIT_USER_ERROR = 2
 
 
+def first_line(error: BaseException, if_empty: str | None = None) -> str:
+    """The first line of an error's message, for a one-line `UserError` or log line.
+
+    Library errors (YAML, HTTP, `datasets`) often carry a multi-line message or none at all; an empty one gives
+    `if_empty`, or the error's type name.
+    """
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__ if if_empty is None else if_empty
+    return text.splitlines()[0]
+
+
 class UserError(Exception):
     """Bad input from the user: settings, task files, data rows, model names.
 

@@ -76,9 +76,9 @@ class CloudSyncCallback(TrainerCallback):
     removed when training begins, and this run's at the end.
 
     `on_train_end` waits up to `upload_timeout` seconds (after `hurry`, until its deadline). Failures are
-    logged as errors when they happen and raised as `CheckpointUploadError` by `wait()` and
-    `upload_final()`: call one of them at the end of the run so that it exits non-zero; a preempted run
-    calls `after_preemption()` instead, which never raises.
+    logged as errors when they happen and raised as `CheckpointUploadError` by `upload_final()`: call it at the
+    end of the run so that it exits non-zero; a preempted run calls `after_preemption()` instead, which never
+    raises.
     """
 
     def __init__(
@@ -186,11 +186,6 @@ class CloudSyncCallback(TrainerCallback):
 
     # ---------------------------------------------------------------- public helpers
 
-    @property
-    def pending(self) -> list[int]:
-        """Steps of the checkpoints queued or being uploaded."""
-        return [s for s in map(checkpoint_step, self.uploads.pending) if s is not None]
-
     def upload_soon(self, local: str | os.PathLike[str], dest: Any) -> None:
         """Queue one file (e.g. settings.json at the start, so a running job's report knows its settings)."""
         self.uploads.submit(f"{local} -> {dest}", lambda: self._send(remote.upload_file, Path(local), dest))
@@ -200,11 +195,6 @@ class CloudSyncCallback(TrainerCallback):
         if self._logs is not None:
             self._last_log_upload = time.monotonic()
             self.uploads.submit(f"logs -> {self.dirs.logs}", self._logs.sync, key="logs")
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Wait for queued uploads; raise `CheckpointUploadError` on timeout or any failure."""
-        self.uploads.finish(self.upload_timeout if timeout is None else timeout, self._describe)
-        self.uploads.raise_errors(CheckpointUploadError)
 
     def upload_final(self, run: RunDirs, report: bool = True) -> None:
         """Wait for checkpoint uploads, then upload the run's final outputs where `BucketDirs.final_outputs` puts

@@ -107,7 +107,7 @@ class BackgroundUploader:
         if job.cleanup is not None:
             try:
                 job.cleanup()
-            except Exception as err:  # noqa: BLE001 - cleaning up must not stop the uploads
+            except Exception as err:  # cleaning up must not stop the uploads
                 logger.warning("cleaning up after %s failed: %s", job.name, err)
 
     def _worker(self) -> None:
@@ -118,7 +118,7 @@ class BackgroundUploader:
                 self._running = job = self._queue.pop(0)
             try:
                 job.work()
-            except Exception as err:  # noqa: BLE001 - recorded, raised later by raise_errors
+            except Exception as err:  # recorded, raised later by raise_errors
                 self.record(f"{job.name}: {type(err).__name__}: {err}")
             finally:
                 self._cleanup(job)

@@ -51,6 +51,7 @@ class UnlabelledSplit(UserError):
 
 
 def cache_dir() -> Path:
+    """This trainer's folder in the datasets cache: validated rows here, their tokenised forms (`dataset.py`) too."""
     return Path(datasets.config.HF_DATASETS_CACHE) / "multitask_trainer"
 
 

@@ -11,14 +11,11 @@ import datasets
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from trainer.data.arrow_split import cache_dir
 from trainer.data.packing import Packer
 from trainer.tasks.spec import TaskData, TaskSpec
 
 TOKENIZER_VERSION = "5"  # bump when tokenize_batch changes, to invalidate cached files
-
-
-def cache_dir() -> str:
-    return os.path.join(datasets.config.HF_DATASETS_CACHE, "multitask_trainer")
 
 
 def _tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -53,7 +50,7 @@ def tokenize_split(
         batch_size=task.kind.map_batch_rows,
         fn_kwargs={"task": task, "tokenizer": tokenizer, "max_length": max_length},
         remove_columns=raw.column_names,
-        cache_file_name=os.path.join(cache_dir(), f"{task.name}-{key}.arrow"),
+        cache_file_name=str(cache_dir() / f"{task.name}-{key}.arrow"),
         load_from_cache_file=True,
         num_proc=tokenize_processes(len(raw)),
         desc=f"Tokenizing {task.name}",

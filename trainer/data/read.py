@@ -15,7 +15,7 @@ from typing import Any
 
 from trainer.config.settings import Settings
 from trainer.data.arrow_split import UnlabelledSplit, read_local_split
-from trainer.errors import UserError
+from trainer.errors import UserError, first_line
 from trainer.tasks import demo
 from trainer.tasks.declare import validate_task
 from trainer.tasks.spec import ALL_SPLITS, SPLITS, TaskData, TaskSpec
@@ -34,7 +34,7 @@ def load_hub_split(task: TaskSpec, split: str) -> Any:
     try:
         return datasets.load_dataset(task.hub_path, task.hub_name, split=hub_split, **_csv_options(task))
     except Exception as err:  # network, auth, missing dataset or split: all mean "can't get it"
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         if task.declared_source:
             config = f" (config {task.hub_name!r})" if task.hub_name else ""
             raise UserError(

@@ -13,16 +13,15 @@ from transformers import (
 )
 
 from trainer.config.settings import DEMO_MODEL
-from trainer.errors import UserError
+from trainer.errors import UserError, first_line
 from trainer.model.positions import check_max_seq_length
 from trainer.tasks import demo
 from trainer.tasks.spec import TaskSpec
 
 
 def _unloadable(model_name: str, err: Exception) -> UserError:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return UserError(
-        f"MODEL_NAME={model_name!r} can't be loaded ({reason}); use a local model directory, "
+        f"MODEL_NAME={model_name!r} can't be loaded ({first_line(err)}); use a local model directory, "
         f"a Hugging Face hub id (needs network), or '{DEMO_MODEL}'"
     )
 

@@ -13,7 +13,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from trainer.config.env import hf_token
-from trainer.errors import UserError
+from trainer.errors import UserError, first_line
 from trainer.outputs.inference import find_export
 
 # what the Hub's answer means for the user, by HTTP status
@@ -22,11 +22,6 @@ _HINTS = {
     403: "the token may not write there; use a token with write access to that user or organisation",
     404: "no such repo or namespace",
 }
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def push(output_dir: str, task: str, repo_id: str, private: bool = False, model_dir: str | None = None) -> tuple[
@@ -50,7 +45,7 @@ def push(output_dir: str, task: str, repo_id: str, private: bool = False, model_
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
         hint = f" ({_HINTS[status]})" if status in _HINTS else ""
-        raise UserError(f"push of {task} to {repo_id} failed: {_first_line(err)}{hint}") from None
+        raise UserError(f"push of {task} to {repo_id} failed: {first_line(err)}{hint}") from None
     except (ValueError, OSError, httpx2.HTTPError) as err:  # a bad repo id, offline mode, no network
-        raise UserError(f"push of {task} to {repo_id} failed: {_first_line(err)}") from None
+        raise UserError(f"push of {task} to {repo_id} failed: {first_line(err)}") from None
     return str(url), files

@@ -152,7 +152,7 @@ class Lease:
             held = self.read(self.beats)
             if held and held.get("token") == self.me["token"]:
                 self.beats.delete(self.uri)
-        except Exception as err:  # noqa: BLE001 - the run is over; a lease left behind goes stale
+        except Exception as err:  # the run is over; a lease left behind goes stale
             logger.warning("could not release %s: %s", self.uri, err)
 
     def _beat(self) -> None:
@@ -168,7 +168,7 @@ class Lease:
                     self.lost = True
                     return
                 self._write(self.beats)
-            except Exception as err:  # noqa: BLE001 - storage briefly down: training goes on, retry next beat
+            except Exception as err:  # storage briefly down: training goes on, retry next beat
                 if not failing:
                     logger.warning("could not refresh the lease %s (%s: %s); retrying every %g s", self.uri,
                                    type(err).__name__, err, self.interval)

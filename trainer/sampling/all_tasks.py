@@ -18,7 +18,7 @@ class AllTasks(Strategy):
     def steps(self, batches_per_task: list[int]) -> int:
         return max(batches_per_task)
 
-    def plan(self, sampler, rng: np.random.Generator) -> list[Step]:  # noqa: ANN001
+    def plan(self, sampler, rng: np.random.Generator) -> list[Step]:
         steps = self.steps(sampler.batches_per_task())
         per_task = [cycled(sampler, t, steps, rng) for t in range(sampler.num_tasks)]
         return [[(t, per_task[t][step]) for t in range(sampler.num_tasks)] for step in range(steps)]

@@ -27,7 +27,7 @@ class Temperature(Strategy):
             counts[i] += 1
         return counts.tolist()
 
-    def plan(self, sampler, rng: np.random.Generator) -> list[Step]:  # noqa: ANN001
+    def plan(self, sampler, rng: np.random.Generator) -> list[Step]:
         counts = self.counts(sampler.batches_per_task())
         per_task = [cycled(sampler, t, count, rng) for t, count in enumerate(counts)]
         order = rng.permutation(np.repeat(np.arange(sampler.num_tasks), counts))

@@ -11,6 +11,8 @@ import logging
 import threading
 import time
 
+from trainer.errors import first_line
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,7 +40,7 @@ class StoreHealth:
             self.outages += 1
         retrying = f" for up to {self.retry_seconds:.0f} s per request" if self.retry_seconds else ""
         logger.warning("%s: requests are failing (%s: %s); retrying with backoff%s", self.name, type(err).__name__,
-                       _first_line(err), retrying)
+                       first_line(err, if_empty="no message")[:200], retrying)
 
     def answered(self) -> None:
         """A request got its answer."""
@@ -49,8 +51,3 @@ class StoreHealth:
             self._down_since, self._failures = None, 0
         logger.warning("%s: reachable again after %.0f s (%d failed attempt(s)); uploads resume", self.name, lasted,
                        failures)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else "no message"

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from trainer.errors import UserError
+from trainer.errors import UserError, first_line
 from trainer.tasks.catalog import BUILTIN_TASKS, DEMO_TASKS
 from trainer.tasks.kinds import KINDS
 from trainer.tasks.kinds.base import Field
@@ -43,9 +43,9 @@ def load_tasks_file(path: str) -> dict[str, TaskSpec]:
     if not file.is_file():
         raise UserError(f"TASKS_FILE {path} does not exist; point it to a YAML file with a 'tasks:' list")
     try:
-        doc = yaml.load(file.read_text(encoding="utf-8"), Loader=_LiteralLoader)  # noqa: S506
+        doc = yaml.load(file.read_text(encoding="utf-8"), Loader=_LiteralLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise UserError(f"TASKS_FILE {path} is not valid UTF-8 YAML/JSON: {str(err).splitlines()[0]}") from None
+        raise UserError(f"TASKS_FILE {path} is not valid UTF-8 YAML/JSON: {first_line(err)}") from None
     entries = doc.get("tasks") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not entries:
         raise UserError(f"TASKS_FILE {path} must contain a non-empty 'tasks:' list")

@@ -26,7 +26,7 @@ class TaskProgressCallback(ProgressCallback):
         super().__init__()
         self.task_name = ""
 
-    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):  # noqa: ANN001
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         if not sys.stderr.isatty():
             return
         if state.is_world_process_zero and has_length(eval_dataloader) and self.prediction_bar is None:
@@ -53,11 +53,11 @@ class ResumableTensorBoard(TensorBoardCallback):
         if log_dir is not None:  # LOG_DIR; the stock callback reads it only from TENSORBOARD_LOGGING_DIR
             self.logging_dir = log_dir
 
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_train_begin(self, args, state, control, **kwargs):
         self.purge_step = state.global_step + 1 if state.global_step else None
         super().on_train_begin(args, state, control, **kwargs)
 
-    def _init_summary_writer(self, args):  # noqa: ANN001
+    def _init_summary_writer(self, args):
         if self._SummaryWriter is not None:
             self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir, purge_step=self.purge_step)
             self.purge_step = None  # only the resumed run's first file purges
@@ -70,7 +70,7 @@ class LastEvaluation(TrainerCallback):
         self.step = -1
         self.metrics: dict[str, float] = {}
 
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if metrics and any(k.endswith(f"_{AGGREGATE_METRIC}") for k in metrics):
             self.step, self.metrics = state.global_step, dict(metrics)
 

@@ -43,7 +43,7 @@ class FiniteLossGuard(TrainerCallback):
     def __init__(self, trainer: MultitaskTrainer) -> None:
         self.trainer = trainer
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_step_end(self, args, state, control, **kwargs):
         if (control.should_save or control.should_evaluate) and not control.should_log:
             self.trainer.check_finite_losses()
         return control
