@@ -25,6 +25,8 @@ SamplingStrategy = Literal[tuple(STRATEGIES)]  # one module per strategy in trai
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 TaskWeighting = Literal["static", "uncertainty"]  # trainer.model.weighting.WEIGHTINGS
 SelectBest = Literal["per_task", "average", "last"]  # trainer.outputs.selection
+AdapterMode = Literal["none", "lora", "lora_per_task"]  # trainer.model.adapters.ADAPTERS
+Quantize = Literal["4bit", "8bit"]  # QLoRA's base, with bitsandbytes (CUDA only)
 TRACKERS = ("tensorboard", "wandb", "mlflow", "none")  # REPORT_TO: what TrainingArguments(report_to=...) gets
 
 DEMO_MODEL = "demo"
@@ -197,6 +199,44 @@ class Settings:
         default=False, metadata={"help": "Padding-free batches: each batch's sequences end to end with varlen "
                                  "attention, for the kinds and models that can (the others pad; the log says so)."}
     )
+    adapter: AdapterMode = field(
+        default="none",
+        metadata={"help": "none (full fine-tuning), lora (one LoRA adapter on the frozen base, trained by every task) "
+                  "or lora_per_task (one adapter per task; a step's task picks it). Heads train in full."},
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (with ADAPTER=lora or lora_per_task).", "range": COUNT})
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA scaling alpha (the update is scaled by alpha / r).", "range": POSITIVE}
+    )
+    lora_dropout: float = field(
+        default=0.05, metadata={"help": "Dropout on the LoRA branch.", "range": Range(0, 1, high_open=True)}
+    )
+    lora_target_modules: tuple[str, ...] | None = field(
+        default=None,
+        metadata={"help": "Comma-separated module names LoRA wraps; empty = peft's default for the architecture, "
+                  "or all-linear where peft has none (the log names the modules chosen)."},
+    )
+    adapter_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of what trains with an adapter (adapters and heads); empty "
+                                "= 10x the default full fine-tuning rate.", "range": POSITIVE}
+    )
+    export_merged: bool | None = field(
+        default=None, metadata={"help": "With an adapter, export/<task> is the adapter merged into a copy of the base "
+                                "(true) or a peft adapter directory plus the head (false); empty = true for a base "
+                                "under 1 B parameters."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute the shared base's activations in the backward pass: less "
+                                 "memory, about a third more compute."}
+    )
+    fsdp: bool = field(
+        default=False, metadata={"help": "Shard full fine-tuning across the processes of a torchrun launch (FSDP2, "
+                                 "one transformer block per unit)."}
+    )
+    quantize: Quantize | None = field(
+        default=None, metadata={"help": "4bit or 8bit: load the frozen base quantized (QLoRA, bitsandbytes; CUDA "
+                                "and an ADAPTER only); empty = not quantized."}
+    )
     resume: str = field(
         default="",
         metadata={"help": "auto (newest complete checkpoint), never, or a checkpoint path; empty = auto on "
@@ -246,6 +286,18 @@ class Settings:
         if self.learning_rate is not None:
             return self.learning_rate
         return 1e-3 if self.model_name == DEMO_MODEL else 3e-5
+
+    @property
+    def effective_adapter_learning_rate(self) -> float:
+        """ADAPTER_LEARNING_RATE, else 10x the default full fine-tuning rate (LoRA trains few weights from zero)."""
+        if self.adapter_learning_rate is not None:
+            return self.adapter_learning_rate
+        return 10 * (1e-3 if self.model_name == DEMO_MODEL else 3e-5)
+
+    @property
+    def optimizer_learning_rate(self) -> float:
+        """The rate the optimizer gets: LEARNING_RATE in full fine-tuning, the adapter's rate with an adapter."""
+        return self.effective_learning_rate if self.adapter == "none" else self.effective_adapter_learning_rate
 
     @functools.cached_property
     def effective_resume(self) -> Resume:
@@ -350,6 +402,15 @@ def _validate(s: Settings) -> None:
         raise UserError(f"REPORT_TO={unknown[0]!r} is not allowed; choose one or more of: {', '.join(TRACKERS)}")
     if "none" in s.report_to and len(s.report_to) > 1:
         raise UserError(f"REPORT_TO={','.join(s.report_to)}: 'none' turns every tracker off; give it alone")
+    if s.quantize and s.adapter == "none":
+        raise UserError(f"QUANTIZE={s.quantize} quantizes a frozen base: set ADAPTER=lora or lora_per_task too "
+                        "(a quantized base can't be fine-tuned in full)")
+    if s.quantize and s.export_merged:
+        raise UserError(f"EXPORT_MERGED=true with QUANTIZE={s.quantize}: an adapter can't be merged into a quantized "
+                        "base without loss; set EXPORT_MERGED=false (a peft adapter directory) or leave it empty")
+    if s.fsdp and s.adapter == "lora_per_task":
+        raise UserError("FSDP=true with ADAPTER=lora_per_task is not supported (a step's task switches adapters "
+                        "inside sharded blocks); use ADAPTER=lora, or DDP (FSDP=false): adapters are small")
     if s.job_dir:
         storage.parse_uri(s.job_dir)  # gs://bucket/prefix, or one line saying what is wrong
     _ = s.effective_resume  # RESUME parsed here, once: a local checkpoint that is not there is one line now
@@ -396,8 +457,10 @@ def load_settings(
 def as_record(settings: Settings) -> dict[str, Any]:
     """The settings as metrics.json keeps them (JSON values), with the effective learning rate, log dir and resume."""
     record = {name: list(v) if isinstance(v, tuple) else v for name, v in dataclasses.asdict(settings).items()}
-    record.update(learning_rate=settings.effective_learning_rate, eval_batch_size=settings.effective_eval_batch_size,
-                  log_dir=settings.effective_log_dir, resume=settings.effective_resume.text)
+    record.update(learning_rate=settings.effective_learning_rate,
+                  adapter_learning_rate=settings.effective_adapter_learning_rate,
+                  eval_batch_size=settings.effective_eval_batch_size, log_dir=settings.effective_log_dir,
+                  resume=settings.effective_resume.text)
     return record
 
 
@@ -419,6 +482,8 @@ def describe(settings: Settings, sources: dict[str, str]) -> str:
             shown = f"{settings.effective_log_dir} (auto)"
         elif name == "tasks" and value is None:
             shown = "every task of TASKS_FILE (auto)" if settings.tasks_file else "the demo tasks (auto)"
+        elif name == "adapter_learning_rate" and value is None:
+            shown = f"{settings.effective_adapter_learning_rate:g} (auto)"
         elif name == "resume" and not value:
             shown = f"{settings.effective_resume.text} (auto)"
         rows.append((name.upper(), shown, sources.get(name, "default")))

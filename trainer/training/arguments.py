@@ -40,7 +40,7 @@ def training_arguments(settings: Settings) -> TrainingArguments:
         max_steps=settings.max_steps,
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.effective_eval_batch_size,
-        learning_rate=settings.effective_learning_rate,
+        learning_rate=settings.optimizer_learning_rate,  # with an adapter, ADAPTER_LEARNING_RATE
         weight_decay=settings.weight_decay,
         warmup_steps=settings.warmup_ratio,
         lr_scheduler_type="linear",
