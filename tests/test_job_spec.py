@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from trainer.cloud.job_spec import render_job_spec, to_yaml
-from trainer.config.env import CLOUD_ENV_NAMES
+from trainer.config.env import CLOUD_ENV_NAMES, effective_environ
 from trainer.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,3 +197,22 @@ def test_cloud_settings_are_documented():
     for name in CLOUD_ENV_NAMES:
         if name != "JOB_DIR":  # a training setting, documented above the Cloud section
             assert re.search(rf"^# {name}=", cloud_section, re.M), f"{name} missing from .env.example"
+
+
+@pytest.mark.parametrize("variant, machine, accelerator", [
+    ({}, "a3-highgpu-1g", "NVIDIA_H100_80GB"),  # the recipe as written: bf16 LoRA on one H100
+    ({"QUANTIZE": "4bit", "MACHINE_TYPE": "g2-standard-8", "ACCELERATOR_TYPE": "NVIDIA_L4"}, "g2-standard-8",
+     "NVIDIA_L4"),  # the README's QLoRA variant on one L4
+])
+def test_the_llama_recipe_renders_the_machine_it_needs(variant, machine, accelerator):
+    """examples/llama_lora_per_task.env names its machine, GPU and disk; job-spec renders them (and the
+    QLoRA variant's overrides), and the container gets the recipe's training settings."""
+    environ = effective_environ(ROOT / "examples" / "llama_lora_per_task.env", {**BASE, **variant})
+    spec = render_job_spec(environ, now=NOW)
+    assert_valid_custom_job_spec(spec)
+    (pool,) = spec["workerPoolSpecs"]
+    assert pool["machineSpec"] == {"machineType": machine, "acceleratorType": accelerator, "acceleratorCount": 1}
+    assert pool["diskSpec"] == {"bootDiskType": "pd-ssd", "bootDiskSizeGb": 200}
+    env = env_of(pool)
+    assert env["ADAPTER"] == "lora_per_task" and env["MODEL_NAME"] == "meta-llama/Llama-3.2-1B"
+    assert env.get("QUANTIZE") == variant.get("QUANTIZE")
