@@ -106,7 +106,7 @@ def child(opts: argparse.Namespace) -> None:
              "tasks": "stsb,rte,wikitext_lm", "output_dir": str(out), "max_steps": opts.steps,
              "save_steps": opts.steps, "eval_steps": 10**6, "batch_size": opts.batch_size,
              "max_seq_length": opts.max_seq_length, "max_train_samples": 64 * opts.steps, "max_eval_samples": 8,
-             "sampling": "round_robin", "report_to": "none", "adapter": opts.adapter,
+             "sampling": "round_robin", "adapter": opts.adapter,
              "gradient_checkpointing": opts.checkpointing, "save_total_limit": 1, "export_merged": False}
     settings, _ = load_settings(flags, environ={}, dotenv_path=None)
     probe = Probe()
