@@ -32,6 +32,7 @@ from trainer.data.packing import packer_for
 from trainer.data.read import read_all_splits
 from trainer.files import check_writable_dir
 from trainer.layout import EXPORT_WHAT, RUN_FILE, BucketDirs, RunDirs, checkpoint_name
+from trainer.model.base_record import record_base
 from trainer.model.gpu import compile_encoder
 from trainer.model.loading import load_encoder
 from trainer.model.modeling import MultitaskModel
@@ -103,6 +104,7 @@ class TrainingRecipe:
         self.tasks, self.rows = read_all_splits(tasks, s)  # bad input stops here or in load_encoder, with one line
         set_seed(s.seed)
         self.tokenizer, self.encoder = load_encoder(s.model_name, self.tasks, s.max_seq_length)
+        self.base = record_base(s.model_name, self.encoder, s.seed)  # before it trains: what run.json records
         logger.info(describe_choice(self.tasks, s.tasks, s.tasks_file))
         self.packer = packer_for(self.encoder, self.tasks) if s.packing else None
         if s.torch_compile:
@@ -113,7 +115,7 @@ class TrainingRecipe:
 
     def claim(self) -> AbstractContextManager[Any]:
         return claim_run(self.settings, self.tasks, self.rows, self.dirs, writer=self.args.should_save,
-                         store=self.sync.store if self.sync else None)
+                         store=self.sync.store if self.sync else None, base=self.base.identity())
 
     # -- setup: the checkpoint to resume from, data sets, model, Trainer ------------------------------------------
 
@@ -137,8 +139,10 @@ class TrainingRecipe:
             on_preempt=(lambda signalled_at: sync.hurry(signalled_at + PREEMPTION_UPLOAD_TIMEOUT)) if sync else None
         )
         saves = SaveSequence(CompleteMarker(also=(RUN_FILE,)), link_selection=self.selection.link_into, upload=sync)
+        model = MultitaskModel(self.encoder, tasks, s.task_weighting, s.task_weights)
+        model.base = self.base  # an adapter checkpoint's multitask.json names the base to load again
         self.trainer = MultitaskTrainer(
-            model=MultitaskModel(self.encoder, tasks, s.task_weighting, s.task_weights),
+            model=model,
             args=args,
             train_dataset=train_set,
             eval_dataset=eval_sets,

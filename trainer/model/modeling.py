@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
+from trainer.model.base_record import BaseRecord, load_base
 from trainer.model.weighting import WEIGHTINGS
 from trainer.tasks.spec import TaskSpec
 
@@ -41,6 +42,15 @@ def _attach_encoder(task_model: PreTrainedModel, encoder: nn.Module) -> None:
     output = task_model.get_output_embeddings()
     if output is not None and getattr(task_model.config, "tie_word_embeddings", False):
         output.weight = encoder.get_input_embeddings().weight
+
+
+def _reapply_adapters(encoder: nn.Module, configs: dict[str, dict[str, Any]]) -> None:
+    """Put the recorded adapters (peft configs by name) back into a freshly loaded base; their weights come from
+    the checkpoint. peft freezes the base as it injects them."""
+    from peft import get_peft_config, inject_adapter_in_model
+
+    for name, config in configs.items():
+        inject_adapter_in_model(get_peft_config(dict(config)), encoder, adapter_name=name)
 
 
 @dataclass
@@ -75,6 +85,8 @@ class MultitaskModel(nn.Module):
             self.task_models[task.name] = model
         self.task_weighting = task_weighting
         self.loss_weighting = WEIGHTINGS[task_weighting](list(self.tasks), task_weights)
+        self.adapter = "none"  # ADAPTER: with another mode the encoder is a frozen base with adapters in it
+        self.base: BaseRecord | None = None  # which base the encoder was loaded from (multitask.json records it)
 
     @classmethod
     def from_task_model(cls, task: TaskSpec, model: PreTrainedModel) -> MultitaskModel:
@@ -92,20 +104,42 @@ class MultitaskModel(nn.Module):
                 first[id(param)] = name
         return aliases
 
+    def frozen_base_keys(self) -> set[str]:
+        """State-dict keys of the frozen base, which a checkpoint leaves out: with an adapter, the encoder's
+        parameters that do not train and its buffers (all loaded again from MODEL_NAME). Everything else is
+        saved: adapters, heads (a frozen head too: it is no part of the base) and learned loss weights. Without
+        an adapter there is none: the whole model trains, and is saved."""
+        if self.adapter == "none":
+            return set()
+        prefix = "encoder."
+        keys = {prefix + n for n, p in self.encoder.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        return keys | {prefix + n for n, _ in self.encoder.named_buffers(remove_duplicate=False)}
+
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Each tensor once: tied heads are left out (safetensors refuses shared tensors)."""
+        """Each tensor once: tied heads are left out (safetensors refuses shared tensors). With an adapter, only
+        what trains (`frozen_base_keys`): the Trainer saves checkpoints through this."""
         state = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
-        for alias in self._tied_aliases():
-            state.pop(prefix + alias, None)
+        for key in [*self._tied_aliases(), *self.frozen_base_keys()]:
+            state.pop(prefix + key, None)
         return state
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """As `nn.Module.load_state_dict`; the frozen base's keys may be missing (an adapter checkpoint holds none:
+        the base is already loaded), and are not reported missing."""
         state = dict(state_dict)
         for alias, source in self._tied_aliases().items():
             if source in state:
                 state.setdefault(alias, state[source])
-        return super().load_state_dict(state, strict=strict, assign=assign)
+        base = self.frozen_base_keys()
+        if not base:
+            return super().load_state_dict(state, strict=strict, assign=assign)
+        result = super().load_state_dict(state, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if k not in base]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}: missing keys "
+                               f"{missing[:5]}, unexpected keys {result.unexpected_keys[:5]}")
+        return type(result)(missing, result.unexpected_keys)
 
     def forward(
         self,
@@ -144,21 +178,59 @@ class MultitaskModel(nn.Module):
     # -- saving and loading -------------------------------------------------------------
 
     def save_config(self, directory: str | os.PathLike[str]) -> None:
-        """Write what is needed to rebuild the model: the encoder config and the task specs."""
+        """Write what is needed to rebuild the model: the encoder config and the task specs; with an adapter also
+        the base to load again (MODEL_NAME and its fingerprint) and the adapters' peft configs."""
         os.makedirs(directory, exist_ok=True)
         self.config.save_pretrained(directory)
-        payload = {"tasks": [t.to_dict() for t in self.tasks.values()], "task_weighting": self.task_weighting}
-        Path(directory, MULTITASK_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        payload: dict[str, Any] = {"tasks": [t.to_dict() for t in self.tasks.values()],
+                                   "task_weighting": self.task_weighting, "adapter": self.adapter}
+        if self.base is not None:
+            payload["base"] = self.base.to_dict()
+        if self.adapter != "none":
+            payload["adapters"] = {name: config.to_dict() for name, config in self.adapter_configs().items()}
+        text = json.dumps(payload, indent=2, default=lambda o: sorted(o) if isinstance(o, set | frozenset) else str(o))
+        Path(directory, MULTITASK_FILE).write_text(text, encoding="utf-8")
+
+    def adapter_configs(self) -> dict[str, Any]:
+        """The peft config of each adapter in the encoder, by adapter name (none without an adapter)."""
+        return dict(getattr(self.encoder, "peft_config", None) or {})
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike[str]) -> MultitaskModel:
-        """Rebuild from a checkpoint or final model directory (config, task specs, weights)."""
+        """Rebuild from a checkpoint or final model directory (config, task specs, weights).
+
+        An adapter checkpoint holds no base: it is loaded again from the MODEL_NAME `multitask.json` records, must
+        match the recorded fingerprint (else `UserError`), gets its adapters back, and then the saved weights."""
         payload = json.loads(Path(directory, MULTITASK_FILE).read_text(encoding="utf-8"))
         tasks = [TaskSpec.from_dict(t) for t in payload["tasks"]]
-        encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))
+        adapter = payload.get("adapter", "none")
+        if adapter == "none":
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))
+            base = None
+        else:
+            base = BaseRecord.from_dict(payload["base"])
+            encoder = load_base(base, f"{directory}'s base")
+            _reapply_adapters(encoder, payload.get("adapters", {}))
         model = cls(encoder, tasks, payload.get("task_weighting", "static"))
+        model.adapter, model.base = adapter, base
         model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_FILE)), strict=True)
         return model.eval()
+
+    def task_keys(self, name: str) -> list[str]:
+        """The state-dict keys of what task `name` alone needs on top of the frozen base: its head and its
+        adapter (its own with one adapter per task, else the shared one). What `best/` keeps with an adapter."""
+        state = self.state_dict()
+        adapters = set(self.adapter_configs())
+        own = {name} if name in adapters else adapters
+        head = f"task_models.{name}."
+
+        def needed(key: str) -> bool:
+            if key.startswith(head):
+                return True
+            parts = set(key.split("."))
+            return key.startswith("encoder.") and bool(parts & own) and not (parts & (adapters - own))
+
+        return [key for key in state if needed(key)]
 
     def standalone_task_model(self, name: str) -> PreTrainedModel:
         """A plain Transformers model for one task, with a copy of the encoder's weights."""
@@ -166,7 +238,7 @@ class MultitaskModel(nn.Module):
         shared = self.task_models[name]
         model = task.kind.model_class().from_config(shared.config)
         prefix = model.base_model_prefix
-        state = {f"{prefix}.{k}": v for k, v in self.encoder.state_dict().items()}
+        state = {f"{prefix}.{k}": v for k, v in self._encoder_state(name).items()}
         state.update(shared.state_dict())
         wanted = model.state_dict().keys()
         missing = sorted(set(wanted) - set(state))
@@ -174,3 +246,22 @@ class MultitaskModel(nn.Module):
             raise ValueError(f"cannot export {name}: no weights for {', '.join(missing[:5])}")
         model.load_state_dict({k: state[k].detach().clone() for k in wanted}, strict=True)
         return model.eval()
+
+    def _encoder_state(self, name: str) -> dict[str, torch.Tensor]:
+        """The encoder's weights as task `name` sees them: with an adapter, its adapter (its own, or the shared one)
+        merged into the base's weights, under the base's own names."""
+        if self.adapter == "none":
+            return self.encoder.state_dict()
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        adapters = set(self.adapter_configs())
+        own = [name] if name in adapters else sorted(adapters)
+        state = {k.replace(".base_layer.", "."): v for k, v in self.encoder.state_dict().items()
+                 if not set(k.split(".")) & adapters}
+        with torch.no_grad():
+            for path, module in self.encoder.named_modules():
+                if isinstance(module, BaseTunerLayer):
+                    for adapter in own:
+                        if adapter in getattr(module, "lora_A", {}):
+                            state[f"{path}.weight"] = state[f"{path}.weight"] + module.get_delta_weight(adapter)
+        return state
