@@ -111,8 +111,9 @@ class MultitaskModel(nn.Module):
         an adapter there is none: the whole model trains, and is saved."""
         if self.adapter == "none":
             return set()
-        prefix = "encoder."
-        keys = {prefix + n for n, p in self.encoder.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        prefix, adapters = "encoder.", set(self.adapter_configs())
+        keys = {prefix + n for n, p in self.encoder.named_parameters(remove_duplicate=False)
+                if not p.requires_grad and not set(n.split(".")) & adapters}  # a frozen adapter weight is no base
         return keys | {prefix + n for n, _ in self.encoder.named_buffers(remove_duplicate=False)}
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
