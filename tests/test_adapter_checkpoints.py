@@ -158,6 +158,19 @@ def test_resume_refuses_another_base_and_a_changed_adapter_writing_nothing(tmp_p
     assert snapshot(out) == before
 
 
+def test_resume_from_local_disk_is_bit_equal(tmp_path):
+    flags = {"adapter": "lora", "max_steps": 4, "save_steps": 2, "eval_steps": 2, "batch_size": 8,
+             "max_train_samples": 32, "max_eval_samples": 8, "logging_steps": 1, "report_to": "none"}
+    train_with_adapter(settings_of(output_dir=str(tmp_path / "straight"), **flags))
+    train_with_adapter(settings_of(output_dir=str(tmp_path / "killed"), **flags))
+    for lost in ("checkpoint-4", "model", "export", "best"):  # as if killed after checkpoint-2
+        shutil.rmtree(tmp_path / "killed" / lost)
+    train_with_adapter(settings_of(output_dir=str(tmp_path / "killed"), resume="auto", **flags))
+    a, b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("straight", "killed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged"
+    assert all(".lora_" in k or k.startswith("task_models.") for k in a)
+
+
 def _adapter_process(env: dict[str, str], log) -> subprocess.Popen:
     full = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env}
     return subprocess.Popen([sys.executable, "-m", "tests.adapter_train"], cwd=ROOT, env=full, stdout=log,

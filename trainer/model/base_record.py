@@ -27,7 +27,12 @@ from trainer.errors import UserError
 from trainer.model.loading import load_encoder
 
 _EDGE = 1 << 20  # bytes read at each end of a weights file
-_WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _is_weights(name: str) -> bool:
+    """A weights file of a model folder (not its training_args.bin or tokenizer): safetensors, PyTorch's
+    pytorch_model*.bin, gguf."""
+    return name.endswith((".safetensors", ".gguf")) or (name.startswith("pytorch_model") and name.endswith(".bin"))
 
 
 def _short_digest(value: Any) -> str:
@@ -67,7 +72,7 @@ def weights_files(model_name: str) -> dict[str, Path]:
             folder = Path(snapshot_download(model_name, local_files_only=True))
         except Exception:  # not cached, or not a repo id: fingerprint the tensors instead
             return {}
-    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and p.name.endswith(_WEIGHTS_SUFFIXES)}
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and _is_weights(p.name)}
 
 
 @dataclass(frozen=True)
