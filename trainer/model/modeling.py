@@ -5,6 +5,9 @@ Each task gets a stock `AutoModelFor...` model whose base model (found through
 encoder. The encoder is registered once, under `encoder`; task models hold a plain
 reference to it, so `state_dict()` holds each shared weight exactly once: no
 "tensors share memory" failure and no duplicated weights on disk.
+
+An adapter (`trainer.model.adapters`, ADAPTER) may change the encoder in place: LoRA layers on a frozen base, the
+task of each forward picking its adapter; a task's standalone model then gets the adapter merged into a copy.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
+from trainer.model.adapters import Adapter, LoraOptions, adapter_from_dict
+from trainer.model.adapters.none import FullFineTuning
 from trainer.model.weighting import WEIGHTINGS
 from trainer.tasks.spec import TaskSpec
 
@@ -59,8 +64,10 @@ class MultitaskModel(nn.Module):
     """
 
     def __init__(self, encoder: PreTrainedModel, tasks: list[TaskSpec], task_weighting: str = "static",
-                 task_weights: dict[str, float] | None = None, task_models: dict[str, PreTrainedModel] | None = None):
-        """New task models on `encoder`, or the given ones (built on it already) when `task_models` is set."""
+                 task_weights: dict[str, float] | None = None, task_models: dict[str, PreTrainedModel] | None = None,
+                 adapter: Adapter | None = None):
+        """New task models on `encoder`, or the given ones (built on it already) when `task_models` is set.
+        `adapter` is attached to the encoder once the task models share it (none: full fine-tuning)."""
         super().__init__()
         self.encoder = encoder
         self.config = encoder.config
@@ -75,6 +82,8 @@ class MultitaskModel(nn.Module):
             self.task_models[task.name] = model
         self.task_weighting = task_weighting
         self.loss_weighting = WEIGHTINGS[task_weighting](list(self.tasks), task_weights)
+        self.adapter = adapter or FullFineTuning(LoraOptions(), list(self.tasks))
+        self.adapter.attach(encoder)
 
     @classmethod
     def from_task_model(cls, task: TaskSpec, model: PreTrainedModel) -> MultitaskModel:
@@ -139,6 +148,7 @@ class MultitaskModel(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **packed}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
+        self.adapter.activate(task)
         return self.task_models[task](**inputs)
 
     # -- saving and loading -------------------------------------------------------------
@@ -148,6 +158,8 @@ class MultitaskModel(nn.Module):
         os.makedirs(directory, exist_ok=True)
         self.config.save_pretrained(directory)
         payload = {"tasks": [t.to_dict() for t in self.tasks.values()], "task_weighting": self.task_weighting}
+        if self.adapter.mode != "none":
+            payload["adapter"] = self.adapter.to_dict()
         Path(directory, MULTITASK_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
     @classmethod
@@ -156,17 +168,20 @@ class MultitaskModel(nn.Module):
         payload = json.loads(Path(directory, MULTITASK_FILE).read_text(encoding="utf-8"))
         tasks = [TaskSpec.from_dict(t) for t in payload["tasks"]]
         encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))
-        model = cls(encoder, tasks, payload.get("task_weighting", "static"))
+        adapter = adapter_from_dict(payload.get("adapter"), [t.name for t in tasks])
+        model = cls(encoder, tasks, payload.get("task_weighting", "static"), adapter=adapter)
         model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_FILE)), strict=True)
         return model.eval()
 
     def standalone_task_model(self, name: str) -> PreTrainedModel:
-        """A plain Transformers model for one task, with a copy of the encoder's weights."""
+        """A plain Transformers model for one task, with a copy of the encoder's weights (with an adapter: the
+        task's adapter merged into them)."""
         task = self.tasks[name]
         shared = self.task_models[name]
         model = task.kind.model_class().from_config(shared.config)
         prefix = model.base_model_prefix
-        state = {f"{prefix}.{k}": v for k, v in self.encoder.state_dict().items()}
+        encoder = self.adapter.merged_encoder(self.encoder, name)
+        state = {f"{prefix}.{k}": v for k, v in encoder.state_dict().items()}
         state.update(shared.state_dict())
         wanted = model.state_dict().keys()
         missing = sorted(set(wanted) - set(state))
