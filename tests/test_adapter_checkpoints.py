@@ -3,7 +3,6 @@
 A checkpoint (and `model/`, and each `best/` copy) holds the adapters, heads and learned weights, with their
 optimizer state, the scheduler, RNG and trainer state, and no frozen base weight; it is rebuilt on the base that
 MODEL_NAME names, which must be the one it was trained on (run.json and multitask.json record a fingerprint).
-The adapter itself is put in by `tests/adapter_train.py` (§1's wiring, once merged).
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ from trainer.model.modeling import MultitaskModel
 from trainer.storage import gcs
 from trainer.storage.gcs import GcsStore
 from trainer.tasks.demo import build_demo_tokenizer
+from trainer.train import train
 
-from .adapter_train import train_with_adapter
 from .test_bad_input import snapshot
 from .test_run_guards import error_lines
 from .tiny import ROOT, quick_env, save_tiny_pretrained, settings_of
@@ -63,7 +62,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     found = {"base": model}
     for adapter in ("lora", "none"):
         out = root / adapter
-        train_with_adapter(settings_of(output_dir=str(out), model_name=str(model), adapter=adapter, max_steps=2,
+        train(settings_of(output_dir=str(out), model_name=str(model), adapter=adapter, max_steps=2,
                                        save_steps=2, eval_steps=2, batch_size=8, max_train_samples=32,
                                        max_eval_samples=8, logging_steps=1, report_to="none"))
         found[adapter] = out
@@ -104,7 +103,7 @@ def test_best_keeps_only_each_tasks_adapter_and_head(runs):
 
 def test_from_checkpoint_loads_the_base_again_and_matches_the_export(runs):
     model = MultitaskModel.from_checkpoint(runs["lora"] / "model")
-    assert model.adapter == "lora"
+    assert model.adapter.mode == "lora"
     trained = load_file(runs["lora"] / "model" / "model.safetensors")
     state = model.state_dict()
     assert state.keys() == trained.keys() and all(torch.equal(state[k], trained[k]) for k in state)
@@ -161,11 +160,11 @@ def test_resume_refuses_another_base_and_a_changed_adapter_writing_nothing(tmp_p
 def test_resume_from_local_disk_is_bit_equal(tmp_path):
     flags = {"adapter": "lora", "max_steps": 4, "save_steps": 2, "eval_steps": 2, "batch_size": 8,
              "max_train_samples": 32, "max_eval_samples": 8, "logging_steps": 1, "report_to": "none"}
-    train_with_adapter(settings_of(output_dir=str(tmp_path / "straight"), **flags))
-    train_with_adapter(settings_of(output_dir=str(tmp_path / "killed"), **flags))
+    train(settings_of(output_dir=str(tmp_path / "straight"), **flags))
+    train(settings_of(output_dir=str(tmp_path / "killed"), **flags))
     for lost in ("checkpoint-4", "model", "export", "best"):  # as if killed after checkpoint-2
         shutil.rmtree(tmp_path / "killed" / lost)
-    train_with_adapter(settings_of(output_dir=str(tmp_path / "killed"), resume="auto", **flags))
+    train(settings_of(output_dir=str(tmp_path / "killed"), resume="auto", **flags))
     a, b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("straight", "killed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged"
     assert all(".lora_" in k or k.startswith("task_models.") for k in a)
@@ -173,8 +172,7 @@ def test_resume_from_local_disk_is_bit_equal(tmp_path):
 
 def _adapter_process(env: dict[str, str], log) -> subprocess.Popen:
     full = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env}
-    return subprocess.Popen([sys.executable, "-m", "tests.adapter_train"], cwd=ROOT, env=full, stdout=log,
-                            stderr=log)
+    return subprocess.Popen([sys.executable, "-m", "trainer", "train"], cwd=ROOT, env=full, stdout=log, stderr=log)
 
 
 def _committed(client, job: str) -> list[int]:

@@ -5,6 +5,9 @@ Each task gets a stock `AutoModelFor...` model whose base model (found through
 encoder. The encoder is registered once, under `encoder`; task models hold a plain
 reference to it, so `state_dict()` holds each shared weight exactly once: no
 "tensors share memory" failure and no duplicated weights on disk.
+
+An adapter (`trainer.model.adapters`, ADAPTER) may change the encoder in place: LoRA layers on a frozen base, the
+task of each forward picking its adapter; a task's standalone model then gets the adapter merged into a copy.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
+from trainer.errors import UserError
+from trainer.model.adapters import Adapter, LoraOptions, adapter_from_dict
+from trainer.model.adapters.none import FullFineTuning
 from trainer.model.base_record import BaseRecord, load_base
 from trainer.model.weighting import WEIGHTINGS
 from trainer.tasks.spec import TaskSpec
@@ -44,15 +50,6 @@ def _attach_encoder(task_model: PreTrainedModel, encoder: nn.Module) -> None:
         output.weight = encoder.get_input_embeddings().weight
 
 
-def _reapply_adapters(encoder: nn.Module, configs: dict[str, dict[str, Any]]) -> None:
-    """Put the recorded adapters (peft configs by name) back into a freshly loaded base; their weights come from
-    the checkpoint. peft freezes the base as it injects them."""
-    from peft import get_peft_config, inject_adapter_in_model
-
-    for name, config in configs.items():
-        inject_adapter_in_model(get_peft_config(dict(config)), encoder, adapter_name=name)
-
-
 @dataclass
 class TrainingLoss(ModelOutput):
     """What a training forward returns: the weighted loss to backpropagate and each task's own loss."""
@@ -69,8 +66,10 @@ class MultitaskModel(nn.Module):
     """
 
     def __init__(self, encoder: PreTrainedModel, tasks: list[TaskSpec], task_weighting: str = "static",
-                 task_weights: dict[str, float] | None = None, task_models: dict[str, PreTrainedModel] | None = None):
-        """New task models on `encoder`, or the given ones (built on it already) when `task_models` is set."""
+                 task_weights: dict[str, float] | None = None, task_models: dict[str, PreTrainedModel] | None = None,
+                 adapter: Adapter | None = None):
+        """New task models on `encoder`, or the given ones (built on it already) when `task_models` is set.
+        `adapter` is attached to the encoder once the task models share it (none: full fine-tuning)."""
         super().__init__()
         self.encoder = encoder
         self.config = encoder.config
@@ -85,7 +84,8 @@ class MultitaskModel(nn.Module):
             self.task_models[task.name] = model
         self.task_weighting = task_weighting
         self.loss_weighting = WEIGHTINGS[task_weighting](list(self.tasks), task_weights)
-        self.adapter = "none"  # ADAPTER: with another mode the encoder is a frozen base with adapters in it
+        self.adapter = adapter or FullFineTuning(LoraOptions(), list(self.tasks))
+        self.adapter.attach(encoder)
         self.base: BaseRecord | None = None  # which base the encoder was loaded from (multitask.json records it)
 
     @classmethod
@@ -109,9 +109,9 @@ class MultitaskModel(nn.Module):
         parameters that do not train and its buffers (all loaded again from MODEL_NAME). Everything else is
         saved: adapters, heads (a frozen head too: it is no part of the base) and learned loss weights. Without
         an adapter there is none: the whole model trains, and is saved."""
-        if self.adapter == "none":
+        if self.adapter.mode == "none":
             return set()
-        prefix, adapters = "encoder.", set(self.adapter_configs())
+        prefix, adapters = "encoder.", self.adapter_names()
         keys = {prefix + n for n, p in self.encoder.named_parameters(remove_duplicate=False)
                 if not p.requires_grad and not set(n.split(".")) & adapters}  # a frozen adapter weight is no base
         return keys | {prefix + n for n, _ in self.encoder.named_buffers(remove_duplicate=False)}
@@ -174,6 +174,7 @@ class MultitaskModel(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **packed}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
+        self.adapter.activate(task)
         return self.task_models[task](**inputs)
 
     # -- saving and loading -------------------------------------------------------------
@@ -184,17 +185,16 @@ class MultitaskModel(nn.Module):
         os.makedirs(directory, exist_ok=True)
         self.config.save_pretrained(directory)
         payload: dict[str, Any] = {"tasks": [t.to_dict() for t in self.tasks.values()],
-                                   "task_weighting": self.task_weighting, "adapter": self.adapter}
+                                   "task_weighting": self.task_weighting}
+        if self.adapter.mode != "none":
+            payload["adapter"] = self.adapter.to_dict()
         if self.base is not None:
             payload["base"] = self.base.to_dict()
-        if self.adapter != "none":
-            payload["adapters"] = {name: config.to_dict() for name, config in self.adapter_configs().items()}
-        text = json.dumps(payload, indent=2, default=lambda o: sorted(o) if isinstance(o, set | frozenset) else str(o))
-        Path(directory, MULTITASK_FILE).write_text(text, encoding="utf-8")
+        Path(directory, MULTITASK_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
-    def adapter_configs(self) -> dict[str, Any]:
-        """The peft config of each adapter in the encoder, by adapter name (none without an adapter)."""
-        return dict(getattr(self.encoder, "peft_config", None) or {})
+    def adapter_names(self) -> set[str]:
+        """The names of the adapters in the encoder (peft's; none without an adapter)."""
+        return set(getattr(self.encoder, "peft_config", None) or {})
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike[str]) -> MultitaskModel:
@@ -204,16 +204,17 @@ class MultitaskModel(nn.Module):
         match the recorded fingerprint (else `UserError`), gets its adapters back, and then the saved weights."""
         payload = json.loads(Path(directory, MULTITASK_FILE).read_text(encoding="utf-8"))
         tasks = [TaskSpec.from_dict(t) for t in payload["tasks"]]
-        adapter = payload.get("adapter", "none")
-        if adapter == "none":
+        adapter = adapter_from_dict(payload.get("adapter"), [t.name for t in tasks])
+        base = BaseRecord.from_dict(payload["base"]) if "base" in payload else None
+        if adapter.mode == "none":
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))
-            base = None
+        elif base is None:
+            raise UserError(f"{directory} holds an adapter checkpoint but no record of its base ({MULTITASK_FILE} has "
+                            "no 'base'): it can't be rebuilt")
         else:
-            base = BaseRecord.from_dict(payload["base"])
             encoder = load_base(base, f"{directory}'s base")
-            _reapply_adapters(encoder, payload.get("adapters", {}))
-        model = cls(encoder, tasks, payload.get("task_weighting", "static"))
-        model.adapter, model.base = adapter, base
+        model = cls(encoder, tasks, payload.get("task_weighting", "static"), adapter=adapter)
+        model.base = base
         model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_FILE)), strict=True)
         return model.eval()
 
@@ -221,7 +222,7 @@ class MultitaskModel(nn.Module):
         """The state-dict keys of what task `name` alone needs on top of the frozen base: its head and its
         adapter (its own with one adapter per task, else the shared one). What `best/` keeps with an adapter."""
         state = self.state_dict()
-        adapters = set(self.adapter_configs())
+        adapters = self.adapter_names()
         own = {name} if name in adapters else adapters
         head = f"task_models.{name}."
 
@@ -234,12 +235,14 @@ class MultitaskModel(nn.Module):
         return [key for key in state if needed(key)]
 
     def standalone_task_model(self, name: str) -> PreTrainedModel:
-        """A plain Transformers model for one task, with a copy of the encoder's weights."""
+        """A plain Transformers model for one task, with a copy of the encoder's weights (with an adapter: the
+        task's adapter merged into them)."""
         task = self.tasks[name]
         shared = self.task_models[name]
         model = task.kind.model_class().from_config(shared.config)
         prefix = model.base_model_prefix
-        state = {f"{prefix}.{k}": v for k, v in self._encoder_state(name).items()}
+        encoder = self.adapter.merged_encoder(self.encoder, name)
+        state = {f"{prefix}.{k}": v for k, v in encoder.state_dict().items()}
         state.update(shared.state_dict())
         wanted = model.state_dict().keys()
         missing = sorted(set(wanted) - set(state))
@@ -248,21 +251,3 @@ class MultitaskModel(nn.Module):
         model.load_state_dict({k: state[k].detach().clone() for k in wanted}, strict=True)
         return model.eval()
 
-    def _encoder_state(self, name: str) -> dict[str, torch.Tensor]:
-        """The encoder's weights as task `name` sees them: with an adapter, its adapter (its own, or the shared one)
-        merged into the base's weights, under the base's own names."""
-        if self.adapter == "none":
-            return self.encoder.state_dict()
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        adapters = set(self.adapter_configs())
-        own = [name] if name in adapters else sorted(adapters)
-        state = {k.replace(".base_layer.", "."): v for k, v in self.encoder.state_dict().items()
-                 if not set(k.split(".")) & adapters}
-        with torch.no_grad():
-            for path, module in self.encoder.named_modules():
-                if isinstance(module, BaseTunerLayer):
-                    for adapter in own:
-                        if adapter in getattr(module, "lora_A", {}):
-                            state[f"{path}.weight"] = state[f"{path}.weight"] + module.get_delta_weight(adapter)
-        return state

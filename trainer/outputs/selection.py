@@ -177,7 +177,7 @@ class BestSelection(TrainerCallback):
         renamed when complete."""
         tmp = directory.with_name(f".{directory.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        if model.adapter == "none":
+        if model.adapter.mode == "none":
             save_task(model, self.tokenizer, task, tmp)
         else:
             tmp.mkdir(parents=True)
