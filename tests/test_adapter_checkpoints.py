@@ -157,8 +157,8 @@ def test_resume_refuses_another_base_and_a_changed_adapter_writing_nothing(tmp_p
     assert snapshot(out) == before
 
 
-def test_resume_from_local_disk_is_bit_equal(tmp_path):
-    flags = {"adapter": "lora", "max_steps": 4, "save_steps": 2, "eval_steps": 2, "batch_size": 8,
+def test_lora_per_task_resumes_from_local_disk_bit_equal_and_selects_each_tasks_own_adapter(tmp_path):
+    flags = {"adapter": "lora_per_task", "max_steps": 4, "save_steps": 2, "eval_steps": 2, "batch_size": 8,
              "max_train_samples": 32, "max_eval_samples": 8, "logging_steps": 1, "report_to": "none"}
     train(settings_of(output_dir=str(tmp_path / "straight"), **flags))
     train(settings_of(output_dir=str(tmp_path / "killed"), **flags))
@@ -168,6 +168,11 @@ def test_resume_from_local_disk_is_bit_equal(tmp_path):
     a, b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("straight", "killed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged"
     assert all(".lora_" in k or k.startswith("task_models.") for k in a)
+    selection = json.loads((tmp_path / "killed" / "best" / "selection.json").read_text())
+    for task in TASKS:  # each best/ copy: the task's own adapter and head, nothing of another task
+        keys = load_file(tmp_path / "killed" / "best" / selection["tasks"][task]["dir"] / TASK_STATE_FILE).keys()
+        assert {k.split(".lora_")[1].split(".")[1] for k in keys if ".lora_" in k} == {task}
+        assert {k.split(".")[1] for k in keys if k.startswith("task_models.")} == {task}
 
 
 def _adapter_process(env: dict[str, str], log) -> subprocess.Popen:
@@ -182,7 +187,7 @@ def _committed(client, job: str) -> list[int]:
 @pytest.mark.slow
 def test_kill_9_then_resume_from_the_bucket_into_an_empty_output_dir_is_bit_equal(tmp_path, gcs_client, gcs_bucket):
     model = save_tiny_pretrained(tmp_path / "tiny")
-    common = {"MODEL_NAME": str(model), "ADAPTER": "lora", "MAX_STEPS": "40", "SAVE_STEPS": "10",
+    common = {"MODEL_NAME": str(model), "ADAPTER": "lora_per_task", "MAX_STEPS": "40", "SAVE_STEPS": "10",
               "EVAL_STEPS": "10", "BATCH_SIZE": "16", "MAX_TRAIN_SAMPLES": "200", "MAX_EVAL_SAMPLES": "16",
               "SEED": "5", "LOGGING_STEPS": "1", "REPORT_TO": "none"}
     with open(tmp_path / "straight.log", "w") as log:

@@ -8,6 +8,8 @@ reference to it, so `state_dict()` holds each shared weight exactly once: no
 
 An adapter (`trainer.model.adapters`, ADAPTER) may change the encoder in place: LoRA layers on a frozen base, the
 task of each forward picking its adapter; a task's standalone model then gets the adapter merged into a copy.
+Its checkpoints then hold only what trains (`state_dict` leaves the frozen base out), and `from_checkpoint` loads
+the base again from the MODEL_NAME that `multitask.json` records (`trainer.model.base_record`), checked.
 """
 
 from __future__ import annotations
@@ -129,10 +131,12 @@ class MultitaskModel(nn.Module):
         """As `nn.Module.load_state_dict`; the frozen base's keys may be missing (an adapter checkpoint holds none:
         the base is already loaded), and are not reported missing."""
         state = dict(state_dict)
-        for alias, source in self._tied_aliases().items():
+        aliases = self._tied_aliases()
+        for alias, source in aliases.items():
             if source in state:
                 state.setdefault(alias, state[source])
         base = self.frozen_base_keys()
+        base |= {alias for alias, source in aliases.items() if source in base}  # an LM head tied to the base
         if not base:
             return super().load_state_dict(state, strict=strict, assign=assign)
         result = super().load_state_dict(state, strict=False, assign=assign)
@@ -181,7 +185,7 @@ class MultitaskModel(nn.Module):
 
     def save_config(self, directory: str | os.PathLike[str]) -> None:
         """Write what is needed to rebuild the model: the encoder config and the task specs; with an adapter also
-        the base to load again (MODEL_NAME and its fingerprint) and the adapters' peft configs."""
+        the adapter's record and the base to load again (MODEL_NAME, its fingerprint)."""
         os.makedirs(directory, exist_ok=True)
         self.config.save_pretrained(directory)
         payload: dict[str, Any] = {"tasks": [t.to_dict() for t in self.tasks.values()],
@@ -250,4 +254,3 @@ class MultitaskModel(nn.Module):
             raise ValueError(f"cannot export {name}: no weights for {', '.join(missing[:5])}")
         model.load_state_dict({k: state[k].detach().clone() for k in wanted}, strict=True)
         return model.eval()
-
