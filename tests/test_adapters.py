@@ -202,3 +202,25 @@ def test_the_loss_falls_with_each_mode(mode):
             curves[task.name].append(out.task_losses[task.name].item())
     for name, curve in curves.items():
         assert sum(curve[-3:]) < 0.85 * sum(curve[:3]), f"{mode} {name}: {curve[:3]} -> {curve[-3:]}"
+
+
+def test_an_all_tasks_step_runs_each_sub_batch_through_its_own_adapter_and_sums_the_losses():
+    """SAMPLING=all_tasks with lora_per_task: the summed loss is each task's own forward (its own adapter) weighted
+    and added, and the backward reaches every task's adapter and head."""
+    tasks = [CLS, NER, CLM]
+    model, tokenizer = tiny_model("llama", tasks, "lora_per_task")
+    for param in model.parameters():  # adapters away from their zero start, so each one changes the output
+        if param.requires_grad:
+            torch.nn.init.normal_(param, std=0.1)
+    batches = {t.name: batch(t, tokenizer) for t in tasks}
+    model.eval()  # no dropout (Llama's token-classification head has some): forwards repeat exactly
+    summed = model(batches=batches)
+    summed.loss.backward()
+    assert {owner(n) for n, p in model.named_parameters() if p.grad is not None} == \
+        {t.name for t in tasks} | {"loss_weighting"}
+    alone = {name: model(**inputs).loss for name, inputs in batches.items()}  # each task on its own
+    assert all(torch.equal(summed.task_losses[name], loss) for name, loss in alone.items())
+    assert torch.equal(summed.loss, sum(model.loss_weighting(name, loss) for name, loss in alone.items()))
+    model.adapter.activate("ner")
+    wrong = model.task_models["clm"](**{k: v for k, v in batches["clm"].items() if k != "task"}).loss
+    assert not torch.equal(wrong, alone["clm"])  # another task's adapter gives another loss
