@@ -25,6 +25,7 @@ from trainer.checkpoints import remote
 from trainer.errors import UserError
 from trainer.layout import TASK_STATE_FILE
 from trainer.model.modeling import MultitaskModel
+from trainer.outputs.inference import load_task_model
 from trainer.storage import gcs
 from trainer.storage.gcs import GcsStore
 from trainer.tasks.demo import build_demo_tokenizer
@@ -168,6 +169,13 @@ def test_lora_per_task_resumes_from_local_disk_bit_equal_and_selects_each_tasks_
     a, b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("straight", "killed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged"
     assert all(".lora_" in k or k.startswith("task_models.") for k in a)
+    # predicting one task from model/ runs through that task's adapter (not the first task's)
+    _, task_model, _ = load_task_model(str(tmp_path / "killed"), str(tmp_path / "killed" / "model"), "demo_category")
+    multitask = MultitaskModel.from_checkpoint(tmp_path / "killed" / "model")
+    ids = torch.tensor([[2, 7, 8, 9, 3]])
+    inputs = {"input_ids": ids.unsqueeze(1).expand(1, 4, 5), "attention_mask": torch.ones(1, 4, 5, dtype=torch.long)}
+    with torch.no_grad():
+        assert torch.equal(task_model(**inputs).logits, multitask(task="demo_category", **inputs).logits)
     selection = json.loads((tmp_path / "killed" / "best" / "selection.json").read_text())
     for task in TASKS:  # each best/ copy: the task's own adapter and head, nothing of another task
         keys = load_file(tmp_path / "killed" / "best" / selection["tasks"][task]["dir"] / TASK_STATE_FILE).keys()

@@ -78,11 +78,13 @@ def weights_files(model_name: str) -> dict[str, Path]:
 @dataclass(frozen=True)
 class BaseRecord:
     """MODEL_NAME, the fingerprint of its weights, and (for the demo, built from random numbers) the seed it was
-    built with. `weights` is one short digest of the fingerprint, the part shown in messages."""
+    built with; `path`: a local MODEL_NAME's absolute folder, so that `predict` run from another folder finds it.
+    `weights` is one short digest of the fingerprint, the part shown in messages."""
 
     model_name: str
     fingerprint: dict[str, Any]
     seed: int | None = None
+    path: str | None = None
 
     @property
     def weights(self) -> str:
@@ -98,11 +100,11 @@ class BaseRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """What `multitask.json` records to load the base again."""
-        return {"model_name": self.model_name, "seed": self.seed, "fingerprint": self.fingerprint}
+        return {"model_name": self.model_name, "path": self.path, "seed": self.seed, "fingerprint": self.fingerprint}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> BaseRecord:
-        return cls(str(raw["model_name"]), dict(raw["fingerprint"]), raw.get("seed"))
+        return cls(str(raw["model_name"]), dict(raw["fingerprint"]), raw.get("seed"), raw.get("path"))
 
 
 def record_base(model_name: str, encoder: nn.Module, seed: int | None = None) -> BaseRecord:
@@ -112,7 +114,8 @@ def record_base(model_name: str, encoder: nn.Module, seed: int | None = None) ->
         fingerprint: dict[str, Any] = {"files": {name: file_fingerprint(p) for name, p in files.items()}}
     else:
         fingerprint = {"tensors": tensors_fingerprint(encoder)}
-    return BaseRecord(model_name, fingerprint, seed if model_name == DEMO_MODEL else None)
+    path = str(Path(model_name).resolve()) if model_name != DEMO_MODEL and Path(model_name).is_dir() else None
+    return BaseRecord(model_name, fingerprint, seed if model_name == DEMO_MODEL else None, path)
 
 
 def same_base(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
@@ -125,11 +128,12 @@ def same_base(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
 def load_base(record: BaseRecord, what: str) -> nn.Module:
     """Load the base a record names again (the demo's with its seed), and check it is the recorded one: a
     checkpoint's adapters and heads are only right on that base. `what` names it in the refusal."""
+    name = record.path if record.path and Path(record.path).is_dir() else record.model_name
     with torch.random.fork_rng():
         if record.seed is not None:
             torch.manual_seed(record.seed)
-        _, encoder = load_encoder(record.model_name)
-    found = record_base(record.model_name, encoder, record.seed)
+        _, encoder = load_encoder(name)
+    found = record_base(name, encoder, record.seed)
     if found.weights != record.weights:
         raise UserError(f"{what} is {record.describe()}, but MODEL_NAME={record.model_name} now has weights "
                         f"{found.weights}: adapters and heads are only right on the base they were trained on")
