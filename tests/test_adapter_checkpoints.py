@@ -26,6 +26,7 @@ from trainer.errors import UserError
 from trainer.layout import TASK_STATE_FILE
 from trainer.model.modeling import MultitaskModel
 from trainer.outputs.inference import load_task_model
+from trainer.runs.identity import differences
 from trainer.storage import gcs
 from trainer.storage.gcs import GcsStore
 from trainer.tasks.demo import build_demo_tokenizer
@@ -181,6 +182,17 @@ def test_lora_per_task_resumes_from_local_disk_bit_equal_and_selects_each_tasks_
         keys = load_file(tmp_path / "killed" / "best" / selection["tasks"][task]["dir"] / TASK_STATE_FILE).keys()
         assert {k.split(".lora_")[1].split(".")[1] for k in keys if ".lora_" in k} == {task}
         assert {k.split(".")[1] for k in keys if k.startswith("task_models.")} == {task}
+
+
+def test_the_base_counts_only_for_an_adapter_and_a_run_json_from_before_adapters_trained_in_full():
+    a = {"model_name": "m", "weights": "aaaa", "files": {}}
+    b = {"model_name": "m", "weights": "bbbb", "files": {}}
+    assert differences({"adapter": "lora", "base": a}, {"adapter": "lora", "base": b}) == \
+        ["the base differs: MODEL_NAME=m (weights aaaa) -> MODEL_NAME=m (weights bbbb)"]
+    assert differences({"adapter": "none", "base": a}, {"adapter": "none", "base": b}) == []  # a full checkpoint
+    assert differences({"seed": 1}, {"seed": 1, "adapter": "none", "base": b}) == []  # an older run.json
+    assert differences({"seed": 1}, {"seed": 1, "adapter": "lora", "base": b, "lora_r": 8}) == \
+        ["ADAPTER none -> lora"]
 
 
 def _adapter_process(env: dict[str, str], log) -> subprocess.Popen:
