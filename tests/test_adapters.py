@@ -224,3 +224,23 @@ def test_an_all_tasks_step_runs_each_sub_batch_through_its_own_adapter_and_sums_
     model.adapter.activate("ner")
     wrong = model.task_models["clm"](**{k: v for k, v in batches["clm"].items() if k != "task"}).loss
     assert not torch.equal(wrong, alone["clm"])  # another task's adapter gives another loss
+
+
+def test_a_lora_run_of_the_demo_logs_its_layers_and_predicts_from_its_merged_export(tmp_path, cli):
+    """ADAPTER=lora through the CLI, end to end: the log names the layers LoRA wraps, export/<task> is a plain
+    model, and `predict` (export) and `predict --model_dir=model` (the adapters rebuilt) agree."""
+    from .tiny import quick_env
+
+    env = quick_env(tmp_path / "out", ADAPTER="lora", SELECT_BEST="last")  # export/ = model/: the last step
+    result = cli("train", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ADAPTER=lora: 1 LoRA adapter(s)" in result.stderr and "query, value (peft's default for bert)" in \
+        result.stderr
+    export = tmp_path / "out" / "export" / "demo_sentiment"
+    plain = transformers.AutoModelForSequenceClassification.from_pretrained(export)
+    assert not any("lora" in k for k in plain.state_dict())
+    text = "--text=[\"what a wonderful film\",\"the plot was dull\"]"
+    predicted = [cli("predict", "--task=demo_sentiment", text, *where, env=env) for where in
+                 ((), (f"--model_dir={tmp_path / 'out' / 'model'}",))]
+    assert all(r.returncode == 0 for r in predicted), predicted[-1].stderr[-2000:]
+    assert predicted[0].stdout == predicted[1].stdout

@@ -89,18 +89,19 @@ class SharedLora(Adapter):
         leaves a parameter without a gradient, and its state, untouched).
         """
         targets, self.target_source = lora_targets(encoder, self.options.target_modules)
+        conv1d = any(isinstance(module, Conv1D) for module in encoder.modules())  # GPT-2 stores weights transposed
         for name in self.adapter_names():
             config = LoraConfig(r=self.options.r, lora_alpha=self.options.alpha, lora_dropout=self.options.dropout,
-                                target_modules=copy.copy(targets), bias="none")
+                                target_modules=copy.copy(targets), bias="none", fan_in_fan_out=conv1d)
             with warnings.catch_warnings():  # each adapter after the first is meant to join the first's peft_config
                 warnings.filterwarnings("ignore", "Already found a `peft_config` attribute", UserWarning)
                 inject_adapter_in_model(config, encoder, adapter_name=name)
         for param in encoder.parameters():
             param.requires_grad_(False)
-        set_adapter(encoder, self.adapter_of(self.tasks[0]) if self.tasks else self.adapter_names()[0])
-        set_requires_grad(encoder, self.adapter_names(), requires_grad=True)
         self.encoder = encoder
-        self.active = self.adapter_of(self.tasks[0]) if self.tasks else self.adapter_names()[0]
+        self.active = self.adapter_names()[0]
+        set_adapter(encoder, self.active)
+        set_requires_grad(encoder, self.adapter_names(), requires_grad=True)
 
     def merged_encoder(self, encoder: nn.Module, task: str) -> nn.Module:
         """A copy of the encoder with `task`'s adapter merged into its base layers (peft's `merge`) and every tuner
