@@ -24,8 +24,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
-from trainer.model.adapters import Adapter, LoraOptions, adapter_from_dict
-from trainer.model.adapters.none import FullFineTuning
+from trainer.model.adapters import ADAPTERS, Adapter, LoraOptions, adapter_from_dict
 from trainer.model.weighting import WEIGHTINGS
 from trainer.tasks.spec import TaskSpec
 
@@ -82,7 +81,7 @@ class MultitaskModel(nn.Module):
             self.task_models[task.name] = model
         self.task_weighting = task_weighting
         self.loss_weighting = WEIGHTINGS[task_weighting](list(self.tasks), task_weights)
-        self.adapter = adapter or FullFineTuning(LoraOptions(), list(self.tasks))
+        self.adapter = adapter or ADAPTERS["none"](LoraOptions(), list(self.tasks))
         self.adapter.attach(encoder)
 
     @classmethod
