@@ -27,8 +27,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
 from trainer.errors import UserError
-from trainer.model.adapters import Adapter, LoraOptions, adapter_from_dict
-from trainer.model.adapters.none import FullFineTuning
+from trainer.model.adapters import ADAPTERS, Adapter, LoraOptions, adapter_from_dict
 from trainer.model.base_record import BaseRecord, load_base
 from trainer.model.weighting import WEIGHTINGS
 from trainer.tasks.spec import TaskSpec
@@ -86,7 +85,7 @@ class MultitaskModel(nn.Module):
             self.task_models[task.name] = model
         self.task_weighting = task_weighting
         self.loss_weighting = WEIGHTINGS[task_weighting](list(self.tasks), task_weights)
-        self.adapter = adapter or FullFineTuning(LoraOptions(), list(self.tasks))
+        self.adapter = adapter or ADAPTERS["none"](LoraOptions(), list(self.tasks))
         self.adapter.attach(encoder)
         self.base: BaseRecord | None = None  # which base the encoder was loaded from (multitask.json records it)
 
