@@ -92,6 +92,9 @@ TABLE: dict[str, Row] = {
     "MAX_SEQ_LENGTH above a model's": train(r"MAX_SEQ_LENGTH=4096 is more than MODEL_NAME=.*tiny takes \(128 tokens",
                                             MODEL_NAME="{tiny}", MAX_SEQ_LENGTH="4096"),
     "MAX_SEQ_LENGTH=0": train(r"MAX_SEQ_LENGTH=0 must be a positive integer", MAX_SEQ_LENGTH="0"),
+    "LORA_TARGET_MODULES the model lacks": train(
+        r"LORA_TARGET_MODULES=query,qkv_proj: the model \(bert\) has no layer named 'qkv_proj'; its layers LoRA can "
+        r"wrap are dense, key, .*query, .*value", ADAPTER="lora_per_task", LORA_TARGET_MODULES="query,qkv_proj"),
     # ---- section 8: numbers and places ------------------------------------------------------------------
     "NUM_EPOCHS=inf": train(r"NUM_EPOCHS='inf' must be a finite number", NUM_EPOCHS="inf", MAX_STEPS=""),
     "NUM_EPOCHS=0": train(r"NUM_EPOCHS=0.0 must be > 0", NUM_EPOCHS="0", MAX_STEPS=""),

@@ -27,9 +27,10 @@ def run_torchrun(tmp_path, worker_env: dict[str, str] | None = None, **settings:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def torchrun_worker(tmp_path, **settings: str) -> tuple[list[list[str]], list[dict]]:
+def torchrun_worker(tmp_path, worker_env: dict[str, str] | None = None,
+                    **settings: str) -> tuple[list[list[str]], list[dict]]:
     """Train with two gloo ranks; each rank's step tasks and encoder states."""
-    run_torchrun(tmp_path, **settings)
+    run_torchrun(tmp_path, worker_env, **settings)
     tasks = [(tmp_path / f"tasks.rank{r}").read_text().split() for r in (0, 1)]
     assert len(tasks[0]) == 16 and tasks[0] == tasks[1], "ranks trained different tasks in the same step"
     ranks = [torch.load(tmp_path / f"encoder.rank{r}.pt") for r in (0, 1)]
@@ -94,3 +95,40 @@ def test_sigterm_on_one_rank_stops_both_ranks_on_the_same_step(tmp_path):
     assert all(re.search(r"\bstep 6\b", text) for text in stopped), stopped
     assert (tmp_path / "out" / "checkpoint-6" / "checkpoint_complete.json").is_file()
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_lora_per_task_trains_each_task_adapter_in_its_own_steps_only(tmp_path):
+    """ADAPTER=lora_per_task on a tiny Llama, classification, token classification and causal LM, two gloo ranks:
+    the ranks end bit-equal, the base is bit-equal to the pretrained weights, and after every step exactly the
+    step's task's adapter and head have changed (DDP leaves the other adapters' gradients None)."""
+    from safetensors.torch import load_file
+
+    from .tiny import NER_LABELS, ner_sentences, save_tiny_llama, write_conll, write_text
+
+    write_conll(tmp_path / "ner.conll", ner_sentences(96))
+    write_text(tmp_path / "text.txt", 300)
+    (tmp_path / "tasks.yaml").write_text(
+        "tasks:\n"
+        f"  - {{name: ner, type: token_classification, labels: [{', '.join(NER_LABELS)}], train_file: ner.conll,"
+        " dev_file: ner.conll}\n"
+        "  - {name: text, type: causal_lm, train_file: text.txt, dev_file: text.txt}\n")
+    model_dir = save_tiny_llama(tmp_path / "llama")
+    tasks, ranks = torchrun_worker(tmp_path, {"DDP_WORKER_OWNERS": "1"}, MODEL_NAME=str(model_dir),
+                                   ADAPTER="lora_per_task", SAMPLING="uniform", TASKS="demo_sentiment,ner,text",
+                                   TASKS_FILE=str(tmp_path / "tasks.yaml"), MAX_SEQ_LENGTH="32")
+    assert set(tasks[0]) == {"demo_sentiment", "ner", "text"}
+    final, initial = ranks[0]["final"], ranks[0]["initial"]
+    pretrained = load_file(model_dir / "model.safetensors")
+    base = {k.replace(".base_layer.", "."): v for k, v in final.items() if ".lora_" not in k}
+    assert base.keys() == pretrained.keys()
+    assert all(torch.equal(base[k], pretrained[k]) for k in base), "the frozen base changed"
+    assert all(torch.equal(final[k], initial[k]) for k in final if ".lora_" not in k)
+    owners = [json.loads((tmp_path / f"owners.rank{r}.json").read_text()) for r in (0, 1)]
+    assert owners[0] == owners[1], "the ranks' adapters or heads differ"
+    assert len(owners[0]) == len(tasks[0]) + 1  # at the start, then after each step
+    for step, task in enumerate(tasks[0], start=1):
+        before, after = owners[0][step - 1], owners[0][step]
+        changed = {name for name in after if after[name] != before[name]}
+        # the step's task alone; all of it after step 1, whose learning rate warm-up makes 0
+        assert changed == {task} or (step == 1 and not changed), f"step {step} ({task}) changed {sorted(changed)}"

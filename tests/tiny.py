@@ -215,3 +215,14 @@ def write_text(path: Path, lines: int, seed: int = 0) -> Path:
     path.write_text("\n".join(t + ("\n" if i % 7 == 0 else "") for i, t in enumerate(texts[:lines])) + "\n",
                     encoding="utf-8")
     return path
+
+
+def save_tiny_llama(directory: Path, seed: int = 0) -> Path:
+    """A tiny Llama (untied LM head, as Llama's config has it) with the byte-level BPE tokenizer, saved like a hub
+    model."""
+    torch.manual_seed(seed)
+    tokenizer = gpt2_tokenizer()
+    config = decoder_configs(len(tokenizer), pad_token_id=tokenizer.eos_token_id)["llama"]
+    transformers.LlamaModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -5,6 +5,7 @@ OUTPUT_DIR/                 `RunDirs`
                             run.json and (SELECT_BEST=per_task or average) best/ as hard links
   damaged-checkpoint-<step>/  a checkpoint that failed verification, set aside
   best/<task>-step<N>/      SELECT_BEST=per_task or average: each task's best weights so far, with best/selection.json
+                            (with an adapter, only the task's adapter and head: task_state.safetensors)
   model/                    the final multitask model
   export/<task>/            each task as a standalone Transformers model (and export/.trainer-export.json)
   logs/                     the TensorBoard logs, unless LOG_DIR is elsewhere
@@ -80,6 +81,9 @@ BEST_DIR = "best"
 
 
 SELECTION_FILE = "selection.json"
+
+
+TASK_STATE_FILE = "task_state.safetensors"  # in best/<task>-step<N> with an adapter: the task's adapter and head only
 
 
 STAGING_DIR = ".gcs-staging"

@@ -2,7 +2,8 @@
 cleanup, or `run_glue.py`'s `main()`), over the components of the packages it imports.
 
 check    what can be checked before anything is read or written: trackers, the bucket, RESUME, OUTPUT_DIR, LOG_DIR
-load     the tasks, their data (bad input stops here, with one line) and the encoder; the TrainingArguments
+load     the tasks, their data (bad input stops here, with one line), the encoder and its adapter's check; the
+         TrainingArguments
 claim    OUTPUT_DIR and JOB_DIR become this run's, or it stops with one line (runs/claim.py)
 setup    the checkpoint to resume from, the tokenized splits, the model and the Trainer with its callbacks
 train    the stock `Trainer.train` (our hooks are in training/trainer.py); divergence and SIGTERM end it here
@@ -32,6 +33,8 @@ from trainer.data.packing import packer_for
 from trainer.data.read import read_all_splits
 from trainer.files import check_writable_dir
 from trainer.layout import EXPORT_WHAT, RUN_FILE, BucketDirs, RunDirs, checkpoint_name
+from trainer.model.adapters import ADAPTERS, LoraOptions
+from trainer.model.base_record import record_base
 from trainer.model.gpu import compile_encoder
 from trainer.model.loading import load_encoder
 from trainer.model.modeling import MultitaskModel
@@ -103,6 +106,9 @@ class TrainingRecipe:
         self.tasks, self.rows = read_all_splits(tasks, s)  # bad input stops here or in load_encoder, with one line
         set_seed(s.seed)
         self.tokenizer, self.encoder = load_encoder(s.model_name, self.tasks, s.max_seq_length)
+        self.base = record_base(s.model_name, self.encoder, s.seed)  # before it trains: what run.json records
+        self.adapter = ADAPTERS[s.adapter](LoraOptions.from_settings(s), [t.name for t in self.tasks])
+        self.adapter.check(self.encoder)  # a LoRA target the model lacks stops here, before anything is written
         logger.info(describe_choice(self.tasks, s.tasks, s.tasks_file))
         self.packer = packer_for(self.encoder, self.tasks) if s.packing else None
         if s.torch_compile:
@@ -113,7 +119,7 @@ class TrainingRecipe:
 
     def claim(self) -> AbstractContextManager[Any]:
         return claim_run(self.settings, self.tasks, self.rows, self.dirs, writer=self.args.should_save,
-                         store=self.sync.store if self.sync else None)
+                         store=self.sync.store if self.sync else None, base=self.base.identity())
 
     # -- setup: the checkpoint to resume from, data sets, model, Trainer ------------------------------------------
 
@@ -137,8 +143,12 @@ class TrainingRecipe:
             on_preempt=(lambda signalled_at: sync.hurry(signalled_at + PREEMPTION_UPLOAD_TIMEOUT)) if sync else None
         )
         saves = SaveSequence(CompleteMarker(also=(RUN_FILE,)), link_selection=self.selection.link_into, upload=sync)
+        model = MultitaskModel(self.encoder, tasks, s.task_weighting, s.task_weights, adapter=self.adapter)
+        model.base = self.base  # an adapter checkpoint's multitask.json names the base to load again
+        if description := self.adapter.describe(self.encoder):
+            logger.info(description)
         self.trainer = MultitaskTrainer(
-            model=MultitaskModel(self.encoder, tasks, s.task_weighting, s.task_weights),
+            model=model,
             args=args,
             train_dataset=train_set,
             eval_dataset=eval_sets,

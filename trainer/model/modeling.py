@@ -5,6 +5,11 @@ Each task gets a stock `AutoModelFor...` model whose base model (found through
 encoder. The encoder is registered once, under `encoder`; task models hold a plain
 reference to it, so `state_dict()` holds each shared weight exactly once: no
 "tensors share memory" failure and no duplicated weights on disk.
+
+An adapter (`trainer.model.adapters`, ADAPTER) may change the encoder in place: LoRA layers on a frozen base, the
+task of each forward picking its adapter; a task's standalone model then gets the adapter merged into a copy.
+Its checkpoints then hold only what trains (`state_dict` leaves the frozen base out), and `from_checkpoint` loads
+the base again from the MODEL_NAME that `multitask.json` records (`trainer.model.base_record`), checked.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
+from trainer.errors import UserError
+from trainer.model.adapters import ADAPTERS, Adapter, LoraOptions, adapter_from_dict
+from trainer.model.base_record import BaseRecord, load_base
 from trainer.model.weighting import WEIGHTINGS
 from trainer.tasks.spec import TaskSpec
 
@@ -59,8 +67,10 @@ class MultitaskModel(nn.Module):
     """
 
     def __init__(self, encoder: PreTrainedModel, tasks: list[TaskSpec], task_weighting: str = "static",
-                 task_weights: dict[str, float] | None = None, task_models: dict[str, PreTrainedModel] | None = None):
-        """New task models on `encoder`, or the given ones (built on it already) when `task_models` is set."""
+                 task_weights: dict[str, float] | None = None, task_models: dict[str, PreTrainedModel] | None = None,
+                 adapter: Adapter | None = None):
+        """New task models on `encoder`, or the given ones (built on it already) when `task_models` is set.
+        `adapter` is attached to the encoder once the task models share it (none: full fine-tuning)."""
         super().__init__()
         self.encoder = encoder
         self.config = encoder.config
@@ -75,6 +85,9 @@ class MultitaskModel(nn.Module):
             self.task_models[task.name] = model
         self.task_weighting = task_weighting
         self.loss_weighting = WEIGHTINGS[task_weighting](list(self.tasks), task_weights)
+        self.adapter = adapter or ADAPTERS["none"](LoraOptions(), list(self.tasks))
+        self.adapter.attach(encoder)
+        self.base: BaseRecord | None = None  # which base the encoder was loaded from (multitask.json records it)
 
     @classmethod
     def from_task_model(cls, task: TaskSpec, model: PreTrainedModel) -> MultitaskModel:
@@ -92,20 +105,45 @@ class MultitaskModel(nn.Module):
                 first[id(param)] = name
         return aliases
 
+    def frozen_base_keys(self) -> set[str]:
+        """State-dict keys of the frozen base, which a checkpoint leaves out: with an adapter, the encoder's
+        parameters that do not train and its buffers (all loaded again from MODEL_NAME). Everything else is
+        saved: adapters, heads (a frozen head too: it is no part of the base) and learned loss weights. Without
+        an adapter there is none: the whole model trains, and is saved."""
+        if self.adapter.mode == "none":
+            return set()
+        prefix, adapters = "encoder.", self.adapter_names()
+        keys = {prefix + n for n, p in self.encoder.named_parameters(remove_duplicate=False)
+                if not p.requires_grad and not set(n.split(".")) & adapters}  # a frozen adapter weight is no base
+        return keys | {prefix + n for n, _ in self.encoder.named_buffers(remove_duplicate=False)}
+
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Each tensor once: tied heads are left out (safetensors refuses shared tensors)."""
+        """Each tensor once: tied heads are left out (safetensors refuses shared tensors). With an adapter, only
+        what trains (`frozen_base_keys`): the Trainer saves checkpoints through this."""
         state = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
-        for alias in self._tied_aliases():
-            state.pop(prefix + alias, None)
+        for key in [*self._tied_aliases(), *self.frozen_base_keys()]:
+            state.pop(prefix + key, None)
         return state
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """As `nn.Module.load_state_dict`; the frozen base's keys may be missing (an adapter checkpoint holds none:
+        the base is already loaded), and are not reported missing."""
         state = dict(state_dict)
-        for alias, source in self._tied_aliases().items():
+        aliases = self._tied_aliases()
+        for alias, source in aliases.items():
             if source in state:
                 state.setdefault(alias, state[source])
-        return super().load_state_dict(state, strict=strict, assign=assign)
+        base = self.frozen_base_keys()
+        base |= {alias for alias, source in aliases.items() if source in base}  # an LM head tied to the base
+        if not base:
+            return super().load_state_dict(state, strict=strict, assign=assign)
+        result = super().load_state_dict(state, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if k not in base]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}: missing keys "
+                               f"{missing[:5]}, unexpected keys {result.unexpected_keys[:5]}")
+        return type(result)(missing, result.unexpected_keys)
 
     def forward(
         self,
@@ -139,34 +177,75 @@ class MultitaskModel(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **packed}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
+        self.adapter.activate(task)
         return self.task_models[task](**inputs)
 
     # -- saving and loading -------------------------------------------------------------
 
     def save_config(self, directory: str | os.PathLike[str]) -> None:
-        """Write what is needed to rebuild the model: the encoder config and the task specs."""
+        """Write what is needed to rebuild the model: the encoder config and the task specs; with an adapter also
+        the adapter's record and the base to load again (MODEL_NAME, its fingerprint)."""
         os.makedirs(directory, exist_ok=True)
         self.config.save_pretrained(directory)
-        payload = {"tasks": [t.to_dict() for t in self.tasks.values()], "task_weighting": self.task_weighting}
+        payload: dict[str, Any] = {"tasks": [t.to_dict() for t in self.tasks.values()],
+                                   "task_weighting": self.task_weighting}
+        if self.adapter.mode != "none":
+            payload["adapter"] = self.adapter.to_dict()
+        if self.base is not None:
+            payload["base"] = self.base.to_dict()
         Path(directory, MULTITASK_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+    def adapter_names(self) -> set[str]:
+        """The names of the adapters in the encoder (peft's; none without an adapter)."""
+        return set(getattr(self.encoder, "peft_config", None) or {})
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike[str]) -> MultitaskModel:
-        """Rebuild from a checkpoint or final model directory (config, task specs, weights)."""
+        """Rebuild from a checkpoint or final model directory (config, task specs, weights).
+
+        An adapter checkpoint holds no base: it is loaded again from the MODEL_NAME `multitask.json` records, must
+        match the recorded fingerprint (else `UserError`), gets its adapters back, and then the saved weights."""
         payload = json.loads(Path(directory, MULTITASK_FILE).read_text(encoding="utf-8"))
         tasks = [TaskSpec.from_dict(t) for t in payload["tasks"]]
-        encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))
-        model = cls(encoder, tasks, payload.get("task_weighting", "static"))
+        adapter = adapter_from_dict(payload.get("adapter"), [t.name for t in tasks])
+        base = BaseRecord.from_dict(payload["base"]) if "base" in payload else None
+        if adapter.mode == "none":
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory))
+        elif base is None:
+            raise UserError(f"{directory} holds an adapter checkpoint but no record of its base ({MULTITASK_FILE} has "
+                            "no 'base'): it can't be rebuilt")
+        else:
+            encoder = load_base(base, f"{directory}'s base")
+        model = cls(encoder, tasks, payload.get("task_weighting", "static"), adapter=adapter)
+        model.base = base
         model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_FILE)), strict=True)
         return model.eval()
 
+    def task_keys(self, name: str) -> list[str]:
+        """The state-dict keys of what task `name` alone needs on top of the frozen base: its head and its
+        adapter (its own with one adapter per task, else the shared one). What `best/` keeps with an adapter."""
+        state = self.state_dict()
+        adapters = self.adapter_names()
+        own = {name} if name in adapters else adapters
+        head = f"task_models.{name}."
+
+        def needed(key: str) -> bool:
+            if key.startswith(head):
+                return True
+            parts = set(key.split("."))
+            return key.startswith("encoder.") and bool(parts & own) and not (parts & (adapters - own))
+
+        return [key for key in state if needed(key)]
+
     def standalone_task_model(self, name: str) -> PreTrainedModel:
-        """A plain Transformers model for one task, with a copy of the encoder's weights."""
+        """A plain Transformers model for one task, with a copy of the encoder's weights (with an adapter: the
+        task's adapter merged into them)."""
         task = self.tasks[name]
         shared = self.task_models[name]
         model = task.kind.model_class().from_config(shared.config)
         prefix = model.base_model_prefix
-        state = {f"{prefix}.{k}": v for k, v in self.encoder.state_dict().items()}
+        encoder = self.adapter.merged_encoder(self.encoder, name)
+        state = {f"{prefix}.{k}": v for k, v in encoder.state_dict().items()}
         state.update(shared.state_dict())
         wanted = model.state_dict().keys()
         missing = sorted(set(wanted) - set(state))

@@ -107,6 +107,7 @@ def load_task_model(output_dir: str, model_dir: str | None, task: str, max_seq_l
         tokenizer = AutoTokenizer.from_pretrained(directory)
     else:
         multitask, tokenizer = load_trained(directory)
+        multitask.adapter.activate(task)  # with an adapter per task, the shared encoder runs through the task's own
         model = multitask.task_models[task].eval()
     if max_seq_length is not None:
         check_max_seq_length(max_seq_length, model.config, tokenizer, f"the model in {directory}")

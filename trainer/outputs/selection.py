@@ -5,7 +5,10 @@
 - average: every task's copy is replaced when `eval_average` beats its best.
 - last: the final weights; nothing is copied during training.
 
-Copies are standalone task models, as `export/` holds them, in `OUTPUT_DIR/best/<task>-step<N>/`.
+Copies are standalone task models, as `export/` holds them, in `OUTPUT_DIR/best/<task>-step<N>/`. With an adapter
+a copy is only what the task adds to the frozen base, its adapter and head (`task_state.safetensors`): a full copy
+per task of a multi-GB base is what adapters avoid; the export loads it into the final model for the moment it
+writes that task.
 `best/selection.json` names each task's current copy; it is replaced atomically once a new copy is
 complete, and the old copy is deleted after that, so a crash at any point leaves a consistent
 selection and disk use stays at one copy per task (two while one is replaced).
@@ -17,24 +20,45 @@ with the checkpoint. Resuming puts the checkpoint's selection back (`restore`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from trainer.files import link_tree, write_text_atomically
-from trainer.layout import BEST_DIR, SELECTION_FILE, RunDirs, best_name
+from trainer.files import follow_umask, link_tree, write_text_atomically
+from trainer.layout import BEST_DIR, SELECTION_FILE, TASK_FILE, TASK_STATE_FILE, RunDirs, best_name
 from trainer.model.modeling import MultitaskModel
 from trainer.outputs.export import export_tasks, save_task
 from trainer.tasks.spec import TaskSpec
 from trainer.training.metrics import AGGREGATE_METRIC, BestAverage, SelectedStep, metrics_by_task, without_timings
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _task_state_loaded(model: MultitaskModel, path: Path) -> Iterator[None]:
+    """The model with a selected task's adapter and head in place of its current ones, for the block."""
+    selected = load_file(str(path))
+    params = model.state_dict(keep_vars=True)
+    current = {k: params[k].detach().clone() for k in selected}
+    with torch.no_grad():
+        for key, value in selected.items():
+            params[key].copy_(value)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for key, value in current.items():
+                params[key].copy_(value)
 
 
 def _score(value: float | None) -> float:
@@ -118,7 +142,10 @@ class BestSelection(TrainerCallback):
         def write(task: str, directory: Path) -> None:
             chosen = self.selected.get(task)
             if self.mode == "last" or chosen is None:
-                self._write_copy(model, task, directory)
+                save_task(model, self.tokenizer, task, directory)
+            elif (self.root / chosen["dir"] / TASK_STATE_FILE).is_file():
+                with _task_state_loaded(model, self.root / chosen["dir"] / TASK_STATE_FILE):
+                    save_task(model, self.tokenizer, task, directory)
             else:
                 shutil.copytree(self.root / chosen["dir"], directory)
 
@@ -146,10 +173,19 @@ class BestSelection(TrainerCallback):
     # -- internals ----------------------------------------------------------------------
 
     def _write_copy(self, model: MultitaskModel, task: str, directory: Path) -> None:
-        """One task's standalone model, written under a temporary name and renamed when complete."""
+        """One task's standalone model (with an adapter: its adapter and head), written under a temporary name and
+        renamed when complete."""
         tmp = directory.with_name(f".{directory.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        save_task(model, self.tokenizer, task, tmp)
+        if model.adapter.mode == "none":
+            save_task(model, self.tokenizer, task, tmp)
+        else:
+            tmp.mkdir(parents=True)
+            state = model.state_dict()
+            save_file({k: state[k].detach().cpu().contiguous() for k in model.task_keys(task)},
+                      str(tmp / TASK_STATE_FILE))
+            (tmp / TASK_FILE).write_text(json.dumps(model.tasks[task].to_dict(), indent=2), encoding="utf-8")
+            follow_umask(tmp)  # safetensors writes 0600
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
 

@@ -165,15 +165,17 @@ STOPPING_RELEASE_TIMEOUT = 1.0  # seconds a run that stops on SIGTERM or an erro
 
 @contextlib.contextmanager
 def claim_run(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[str, TaskData]],
-              dirs: BucketDirs | None, writer: bool = True, store: Any = None) -> Iterator[RunIdentity | None]:
+              dirs: BucketDirs | None, writer: bool = True, store: Any = None,
+              base: dict[str, Any] | None = None) -> Iterator[RunIdentity | None]:
     """Hold OUTPUT_DIR (and the bucket's checkpoints dir, when `dirs` are given) for this run while the block runs.
 
-    `store`: the run's own store of the checkpoints (its uploads'), so an outage is reported once for both."""
+    `store`: the run's own store of the checkpoints (its uploads'), so an outage is reported once for both.
+    `base`: the loaded base's record (`BaseRecord.identity()`), which an adapter run resumes only on."""
     if not writer:
         yield None
         return
     resume = settings.effective_resume
-    mine = new_identity(defining_settings(settings, tasks, rows))
+    mine = new_identity(defining_settings(settings, tasks, rows, base))
     if store is None and dirs is not None:
         store = storage.open_store(dirs.checkpoints)
     identity = decide(mine, find_places(settings, dirs, store), resume)

@@ -2,7 +2,9 @@
 
 `OUTPUT_DIR/run.json` (and, with JOB_DIR, `run.json` beside the bucket's checkpoints) records which run a
 directory belongs to. Only what changes the trained model counts: the model, the tasks as declared, the seed,
-sampling and loss weighting, batch size, sequence length, the training-sample cap and the rows themselves.
+sampling and loss weighting, batch size, sequence length, the training-sample cap and the rows themselves; the
+adapter mode and its LoRA settings, and the base (MODEL_NAME and a fingerprint of its weights,
+`trainer.model.base_record`): an adapter checkpoint holds no base, so it resumes only on the very same one.
 Schedule and bookkeeping settings (MAX_STEPS, LEARNING_RATE, SAVE_STEPS, ...) may change on resume.
 
 The data fingerprint hashes the rows each split reads (after MAX_TRAIN_SAMPLES/MAX_EVAL_SAMPLES), not file
@@ -72,8 +74,10 @@ def _split_digest(data: TaskData) -> str:
     return _digest(data.columns)
 
 
-def defining_settings(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[str, TaskData]]) -> dict:
-    """What makes two runs the same run: resuming with any of these changed would train another model."""
+def defining_settings(settings: Settings, tasks: list[TaskSpec], rows: dict[str, dict[str, TaskData]],
+                      base: dict[str, Any] | None = None) -> dict:
+    """What makes two runs the same run: resuming with any of these changed would train another model.
+    `base`: the loaded base's `BaseRecord.identity()`."""
     specs = {t.name: {k: v for k, v in t.to_dict().items() if k not in _LOCATIONS} for t in tasks}
     defines: dict[str, Any] = {
         "model_name": settings.model_name,
@@ -88,7 +92,13 @@ def defining_settings(settings: Settings, tasks: list[TaskSpec], rows: dict[str,
         "max_train_samples": settings.max_train_samples,
         "group_by_length": settings.group_by_length,
         "data": data_fingerprint(rows),
+        "adapter": settings.adapter,
     }
+    if base is not None:
+        defines["base"] = base
+    if settings.adapter != "none":
+        defines.update(lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                       lora_target_modules=list(settings.lora_target_modules or []))
     if settings.sampling == "temperature":
         defines["sampling_temperature"] = settings.sampling_temperature
     if settings.task_weighting == "uncertainty":
@@ -108,12 +118,33 @@ def _short(value: Any) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
+# Fields a run identity got later, and what one written before them means: a run without `adapter` trained in full.
+_ADDED_LATER = {"adapter": "none"}
+
+
+def _base_differs(theirs: dict[str, Any], ours: dict[str, Any]) -> str | None:
+    """The base line, when the bases differ and it matters: only an adapter checkpoint is tied to its base (a full
+    one holds every weight); one not recorded (an older run) can't be checked."""
+    a, b = theirs.get("base"), ours.get("base")
+    if not isinstance(a, dict) or not isinstance(b, dict) or a.get("weights") == b.get("weights"):
+        return None
+    if theirs.get("adapter", "none") == "none" and ours.get("adapter", "none") == "none":
+        return None
+    return (f"the base differs: MODEL_NAME={a.get('model_name')} (weights {a.get('weights')}) -> "
+            f"MODEL_NAME={b.get('model_name')} (weights {b.get('weights')})")
+
+
 def differences(theirs: dict[str, Any], ours: dict[str, Any], limit: int = 4) -> list[str]:
     """Short lines naming what differs, e.g. `SEED 1 -> 2` or `data of rte/train changed`."""
     found = []
+    base = _base_differs(theirs, ours)
+    if base:
+        found.append(base)
     for key in sorted(set(theirs) | set(ours), key=lambda k: (k == "data", k)):  # settings first: they explain data
-        a, b = theirs.get(key), ours.get(key)
-        if a == b:
+        a, b = theirs.get(key, _ADDED_LATER.get(key)), ours.get(key, _ADDED_LATER.get(key))
+        if a == b or key == "base" or (key == "model_name" and base):
+            continue
+        if key.startswith("lora_") and "ADAPTER" in " ".join(found):  # the adapter's own settings follow from it
             continue
         if key == "data" and isinstance(a, dict) and isinstance(b, dict):
             found += [f"data of {part} changed" for part in sorted(set(a) | set(b)) if a.get(part) != b.get(part)

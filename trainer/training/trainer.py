@@ -346,9 +346,11 @@ class MultitaskTrainer(Trainer):
                            "last checkpoint)") from None
 
     def _checkpoint_bytes(self, output_dir: Path) -> int:
-        """What a checkpoint takes: the size of the newest one on disk, else weights plus AdamW's two moments."""
+        """What a checkpoint takes: the size of the newest one on disk, else the weights it saves (with an adapter,
+        only what trains) plus AdamW's two moments of what trains."""
         for folder in sorted(output_dir.glob(f"{CHECKPOINT_PREFIX}*"), key=lambda p: p.stat().st_mtime, reverse=True):
             size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
             if size:
                 return size
-        return 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
+        saved = sum(t.numel() * t.element_size() for t in self._unwrapped_model.state_dict().values())
+        return saved + 2 * sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
