@@ -53,6 +53,9 @@ def training_arguments(settings: Settings) -> TrainingArguments:
         report_to=list(settings.report_to),  # ["none"]: no tracker
         seed=settings.seed,
         remove_unused_columns=False,
+        # the Trainer calls MultitaskModel.activation_checkpointing_enable, which passes it on to the encoder
+        activation_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
         # one head per step leaves the others without a gradient; all_tasks steps use every head
         ddp_find_unused_parameters=STRATEGIES[settings.sampling].one_task_per_step,
         **gpu_arguments(settings.dataloader_workers),  # tf32, fused AdamW, pinned memory, workers on CUDA
