@@ -25,7 +25,7 @@ from trainer.checkpoints.mirror import CloudSyncCallback
 from trainer.checkpoints.remote import remove_partial_downloads
 from trainer.checkpoints.resume import check_resume, resume_checkpoint
 from trainer.checkpoints.save_sequence import CompleteMarker, SaveSequence
-from trainer.config.env import vertex_dirs
+from trainer.config.env import process_count, vertex_dirs
 from trainer.config.settings import Settings, as_record
 from trainer.data.dataset import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.data.packing import packer_for
@@ -35,6 +35,7 @@ from trainer.layout import EXPORT_WHAT, RUN_FILE, BucketDirs, RunDirs, checkpoin
 from trainer.model.gpu import compile_encoder
 from trainer.model.loading import load_encoder
 from trainer.model.modeling import MultitaskModel
+from trainer.model.sharding import check_fsdp, unsharded
 from trainer.outputs.export import check_export_target, run_outputs
 from trainer.outputs.model_card import write_cards
 from trainer.outputs.report import output_report, write_settings
@@ -87,6 +88,7 @@ class TrainingRecipe:
     def check(self) -> None:
         s, run = self.settings, self.run
         check_trackers(s.report_to)
+        check_fsdp(s.fsdp, process_count(os.environ))
         if self.sync:
             self.sync.check_bucket()  # a missing bucket stops the run here
         check_resume(s)  # and a missing checkpoint to resume, before the run claims any
@@ -107,7 +109,7 @@ class TrainingRecipe:
         self.packer = packer_for(self.encoder, self.tasks) if s.packing else None
         if s.torch_compile:
             compile_encoder(self.encoder)
-        self.args = training_arguments(s)
+        self.args = training_arguments(s, self.encoder)
 
     # -- claim: OUTPUT_DIR and JOB_DIR are this run's before anything is written to them ---------------------------
 
@@ -192,11 +194,12 @@ class TrainingRecipe:
     def cleanup(self) -> dict[str, Any]:
         trainer, run, tasks = self.trainer, self.run, self.tasks
         metrics = trainer.final_metrics()
+        trainer.save_model(str(run.model))  # every process: FSDP gathers the weights from all of them
+        model = unsharded(trainer._unwrapped_model)  # FSDP: full weights on the main process (a collective)
         if not self.args.should_save:
             return {}
-        trainer.save_model(str(run.model))
-        self.selection.export(trainer.accelerator.unwrap_model(trainer.model), run.export, what=EXPORT_WHAT,
-                              output_dir=run.output_dir, keep=run_outputs(run.output_dir, run.log_dir))
+        self.selection.export(model, run.export, what=EXPORT_WHAT, output_dir=run.output_dir,
+                              keep=run_outputs(run.output_dir, run.log_dir))
         record = as_record(self.settings)
         run_metrics = write_metrics(run.metrics, metrics, tasks, trainer.state.global_step, self.selection, record)
         write_cards(run.export, tasks, run_metrics, record)  # README.md of each export/<task>

@@ -1,0 +1,76 @@
+"""FSDP=true on CPU: two gloo processes shard full fine-tuning (FSDP2, one unit per transformer block) of two task
+kinds, one task's head per step; kill -9 after a checkpoint is committed to the emulated bucket, a resume on a
+"new machine" (an empty OUTPUT_DIR, two processes again) from the bucket, and weights bit-equal to an uninterrupted
+run's. FSDP=true in one process is one line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .gcs_emulator import free_port
+from .test_ddp import write_ner_and_text_tasks
+from .test_gcs_training import committed_steps
+from .tiny import ROOT, cli_environ, quick_env, run_cli
+
+STEPS = 16
+
+
+def torchrun(tmp_path: Path, output_dir: str, **env: str) -> subprocess.CompletedProcess:
+    """`python -m trainer train` under torchrun with two processes, in a process group of its own; with
+    FSDP_WORKER_KILL, tests/fsdp_worker.py, which kill -9s the group (see there)."""
+    settings = quick_env(tmp_path / output_dir, TASKS="demo_sentiment,ner", TASKS_FILE=str(tmp_path / "tasks.yaml"),
+                         FSDP="true", MAX_STEPS=str(STEPS), SAVE_STEPS="4", EVAL_STEPS="8", MAX_SEQ_LENGTH="32",
+                         MAX_TRAIN_SAMPLES="96", SEED="3", **env)
+    command = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}",
+               *([str(ROOT / "tests" / "fsdp_worker.py")] if "FSDP_WORKER_KILL" in env else ["-m", "trainer", "train"])]
+    return subprocess.run(command, env=cli_environ({**settings, "PYTHONUNBUFFERED": "1"}), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, start_new_session=True)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_fsdp_kill_9_then_resume_from_the_bucket_on_a_new_machine_matches_an_uninterrupted_run(
+        tmp_path, gcs_client, gcs_bucket):
+    write_ner_and_text_tasks(tmp_path)
+    straight = torchrun(tmp_path, "straight")
+    assert straight.returncode == 0, straight.stderr[-4000:]
+    assert "FSDP=true: FSDP2, one unit per BertLayer" in straight.stderr
+    checkpoint = tmp_path / "straight" / "checkpoint-8"
+    # the Trainer's FSDP files (written on its FSDP path only), beside the gathered model.safetensors
+    assert (checkpoint / "pytorch_model_fsdp.bin").is_file() and (checkpoint / "optimizer.bin").is_file()
+    assert not (checkpoint / "optimizer.pt").exists()
+    first, final = weights(checkpoint), weights(tmp_path / "straight" / "model")
+    assert not all(torch.equal(first[k], final[k]) for k in first), "the model never trained"
+
+    job = f"gs://{gcs_bucket}/jobs/fsdp"
+    killed = torchrun(tmp_path, "first", JOB_DIR=job, FSDP_WORKER_KILL="10:8")
+    assert killed.returncode != 0 and not (tmp_path / "first" / "metrics.json").exists(), killed.stderr[-3000:]
+    assert max(committed_steps(gcs_client, job)) == 8, killed.stderr[-3000:]
+
+    resumed = torchrun(tmp_path, "second", JOB_DIR=job, RESUME="auto")  # another machine: an empty OUTPUT_DIR
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "downloaded checkpoint-8" in resumed.stderr
+    a, b = weights(tmp_path / "straight" / "model"), weights(tmp_path / "second" / "model")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged"
+    for task in ("demo_sentiment", "ner"):
+        a, b = (weights(tmp_path / run / "export" / task) for run in ("straight", "second"))
+        assert all(torch.equal(a[k], b[k]) for k in a), f"export/{task} differs"
+
+
+def test_fsdp_in_one_process_is_one_line(tmp_path):
+    result = run_cli("train", env=quick_env(tmp_path / "out", FSDP="true"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: FSDP=true shards the model across processes, and this is one process; launch it with torchrun "
+        "--nproc_per_node=N (N >= 2, `python -m trainer launch` on a GPU machine), or set FSDP=false"]
+    assert not (tmp_path / "out").exists()
+
+
