@@ -1,7 +1,7 @@
 """FSDP=true on CPU: two gloo processes shard full fine-tuning (FSDP2, one unit per transformer block) of two task
 kinds, one task's head per step; kill -9 after a checkpoint is committed to the emulated bucket, a resume on a
 "new machine" (an empty OUTPUT_DIR, two processes again) from the bucket, and weights bit-equal to an uninterrupted
-run's. FSDP=true in one process is one line."""
+run's (FSDP=true in one process is a row of tests/test_bad_input.py)."""
 
 import subprocess
 import sys
@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from .gcs_emulator import free_port
 from .test_ddp import write_ner_and_text_tasks
 from .test_gcs_training import committed_steps
-from .tiny import ROOT, cli_environ, quick_env, run_cli
+from .tiny import ROOT, cli_environ, quick_env
 
 STEPS = 16
 
@@ -63,14 +63,3 @@ def test_fsdp_kill_9_then_resume_from_the_bucket_on_a_new_machine_matches_an_uni
     for task in ("demo_sentiment", "ner"):
         a, b = (weights(tmp_path / run / "export" / task) for run in ("straight", "second"))
         assert all(torch.equal(a[k], b[k]) for k in a), f"export/{task} differs"
-
-
-def test_fsdp_in_one_process_is_one_line(tmp_path):
-    result = run_cli("train", env=quick_env(tmp_path / "out", FSDP="true"))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "error: FSDP=true shards the model across processes, and this is one process; launch it with torchrun "
-        "--nproc_per_node=N (N >= 2, `python -m trainer launch` on a GPU machine), or set FSDP=false"]
-    assert not (tmp_path / "out").exists()
-
-

@@ -35,6 +35,7 @@ from trainer.layout import EXPORT_WHAT, RUN_FILE, BucketDirs, RunDirs, checkpoin
 from trainer.model.gpu import compile_encoder
 from trainer.model.loading import load_encoder
 from trainer.model.modeling import MultitaskModel
+from trainer.model.quantize import check_quantize
 from trainer.model.sharding import check_fsdp, unsharded
 from trainer.outputs.export import check_export_target, run_outputs
 from trainer.outputs.model_card import write_cards
@@ -89,6 +90,7 @@ class TrainingRecipe:
         s, run = self.settings, self.run
         check_trackers(s.report_to)
         check_fsdp(s.fsdp, process_count(os.environ))
+        check_quantize(s.quantize)  # a CUDA GPU and bitsandbytes
         if self.sync:
             self.sync.check_bucket()  # a missing bucket stops the run here
         check_resume(s)  # and a missing checkpoint to resume, before the run claims any
@@ -104,7 +106,8 @@ class TrainingRecipe:
         tasks = resolve_tasks(s.tasks, s.tasks_file, s.task_weights)
         self.tasks, self.rows = read_all_splits(tasks, s)  # bad input stops here or in load_encoder, with one line
         set_seed(s.seed)
-        self.tokenizer, self.encoder = load_encoder(s.model_name, self.tasks, s.max_seq_length)
+        self.tokenizer, self.encoder = load_encoder(s.model_name, self.tasks, s.max_seq_length, s.quantize,
+                                                    s.gradient_checkpointing)
         logger.info(describe_choice(self.tasks, s.tasks, s.tasks_file))
         self.packer = packer_for(self.encoder, self.tasks) if s.packing else None
         if s.torch_compile:

@@ -408,6 +408,10 @@ def _validate(s: Settings) -> None:
     if s.quantize and s.export_merged:
         raise UserError(f"EXPORT_MERGED=true with QUANTIZE={s.quantize}: an adapter can't be merged into a quantized "
                         "base without loss; set EXPORT_MERGED=false (a peft adapter directory) or leave it empty")
+    if s.fsdp and s.quantize:
+        raise UserError(f"FSDP=true with QUANTIZE={s.quantize} is not supported (FSDP shards full fine-tuning; a "
+                        "quantized base is frozen and its 4/8-bit weights stay unsharded); use QUANTIZE with DDP "
+                        "(FSDP=false)")
     if s.fsdp and s.adapter == "lora_per_task":
         raise UserError("FSDP=true with ADAPTER=lora_per_task is not supported (a step's task switches adapters "
                         "inside sharded blocks); use ADAPTER=lora, or DDP (FSDP=false): adapters are small")
