@@ -24,7 +24,7 @@ def torchrun(tmp_path: Path, output_dir: str, **env: str) -> subprocess.Complete
     FSDP_WORKER_KILL, tests/fsdp_worker.py, which kill -9s the group (see there)."""
     settings = quick_env(tmp_path / output_dir, TASKS="demo_sentiment,ner", TASKS_FILE=str(tmp_path / "tasks.yaml"),
                          FSDP="true", MAX_STEPS=str(STEPS), SAVE_STEPS="4", EVAL_STEPS="8", MAX_SEQ_LENGTH="32",
-                         MAX_TRAIN_SAMPLES="96", SEED="3", **env)
+                         MAX_TRAIN_SAMPLES="96", SEED="3", WARMUP_RATIO="0", **env)  # no step at rate 0
     command = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2", "--master_addr=127.0.0.1",
                f"--master_port={free_port()}",
                *([str(ROOT / "tests" / "fsdp_worker.py")] if "FSDP_WORKER_KILL" in env else ["-m", "trainer", "train"])]
@@ -54,6 +54,13 @@ def test_fsdp_kill_9_then_resume_from_the_bucket_on_a_new_machine_matches_an_uni
     killed = torchrun(tmp_path, "first", JOB_DIR=job, FSDP_WORKER_KILL="10:8")
     assert killed.returncode != 0 and not (tmp_path / "first" / "metrics.json").exists(), killed.stderr[-3000:]
     assert max(committed_steps(gcs_client, job)) == 8, killed.stderr[-3000:]
+    # one task's head per step: under FSDP too, a step leaves every other task's head (its shard) unchanged
+    steps = [[line.split(" ") for line in (tmp_path / f"heads.rank{r}").read_text().splitlines()] for r in (0, 1)]
+    assert len(steps[0]) == len(steps[1]) == 10 and [t for t, _ in steps[0]] == [t for t, _ in steps[1]]
+    assert {t for t, _ in steps[0]} == {"demo_sentiment", "ner"}
+    for (task, changed0), (_, changed1) in zip(*steps, strict=True):
+        changed = set(changed0.split(",") + changed1.split(",")) - {""}
+        assert changed == {task}, f"a {task} step changed the heads of {changed}"
 
     resumed = torchrun(tmp_path, "second", JOB_DIR=job, RESUME="auto")  # another machine: an empty OUTPUT_DIR
     assert resumed.returncode == 0, resumed.stderr[-4000:]
