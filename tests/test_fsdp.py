@@ -70,3 +70,21 @@ def test_fsdp_kill_9_then_resume_from_the_bucket_on_a_new_machine_matches_an_uni
     for task in ("demo_sentiment", "ner"):
         a, b = (weights(tmp_path / run / "export" / task) for run in ("straight", "second"))
         assert all(torch.equal(a[k], b[k]) for k in a), f"export/{task} differs"
+
+
+def test_a_checkpoint_resumes_only_with_the_fsdp_setting_that_wrote_it(tmp_path):
+    from trainer.errors import UserError
+    from trainer.model.sharding import FSDP_WEIGHTS_FILE, check_resume_format
+
+    ddp, fsdp = tmp_path / "checkpoint-4", tmp_path / "checkpoint-8"
+    ddp.mkdir()
+    fsdp.mkdir()
+    (fsdp / FSDP_WEIGHTS_FILE).write_bytes(b"")
+    check_resume_format(None, True)
+    check_resume_format(ddp, False)
+    check_resume_format(fsdp, True)
+    with pytest.raises(UserError, match=r"^checkpoint-8 was written with FSDP=true and this run has FSDP=false; "
+                                        r"resume it with FSDP=true"):
+        check_resume_format(fsdp, False)
+    with pytest.raises(UserError, match=r"^checkpoint-4 was written with FSDP=false and this run has FSDP=true"):
+        check_resume_format(ddp, True)

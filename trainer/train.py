@@ -36,7 +36,7 @@ from trainer.model.gpu import compile_encoder
 from trainer.model.loading import load_encoder
 from trainer.model.modeling import MultitaskModel
 from trainer.model.quantize import check_quantize
-from trainer.model.sharding import check_fsdp, unsharded
+from trainer.model.sharding import check_fsdp, check_resume_format, unsharded
 from trainer.outputs.export import check_export_target, run_outputs
 from trainer.outputs.model_card import write_cards
 from trainer.outputs.report import output_report, write_settings
@@ -126,6 +126,7 @@ class TrainingRecipe:
         """Build the Trainer; False when the checkpoint to resume from is already the run's end."""
         s, args, tasks = self.settings, self.args, self.tasks
         self.resume = resume_checkpoint(s, args, self.dirs)
+        check_resume_format(self.resume, s.fsdp)
         with args.main_process_first(desc="tokenizing"):
             tokenized = {
                 split: {t.name: tokenize_split(t, self.rows[t.name][split], self.tokenizer, s.max_seq_length)

@@ -19,6 +19,8 @@ state in CPU memory while saving.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +40,22 @@ def check_fsdp(fsdp: bool, processes: int) -> None:
         raise UserError("FSDP=true shards the model across processes, and this is one process; launch it with "
                         "torchrun --nproc_per_node=N (N >= 2, `python -m trainer launch` on a GPU machine), or set "
                         "FSDP=false")
+
+
+FSDP_WEIGHTS_FILE = "pytorch_model_fsdp.bin"  # the Trainer's FSDP_MODEL_NAME, full state dict
+
+
+def check_resume_format(checkpoint: str | os.PathLike[str] | None, fsdp: bool) -> None:
+    """A checkpoint resumes only with the FSDP setting that wrote it: the Trainer reads an FSDP checkpoint's weights
+    and optimizer state from its FSDP files (`optimizer.bin` keyed by parameter name) and a DDP one's from
+    `optimizer.pt` (keyed by position), and fails with a traceback on the other kind."""
+    if checkpoint is None:
+        return
+    written_with = Path(checkpoint, FSDP_WEIGHTS_FILE).is_file()
+    if written_with != fsdp:
+        raise UserError(f"{Path(checkpoint).name} was written with FSDP={str(written_with).lower()} and this run has "
+                        f"FSDP={str(fsdp).lower()}; resume it with FSDP={str(written_with).lower()} (the optimizer "
+                        "state is stored differently), or start over with RESUME=never in a new OUTPUT_DIR")
 
 
 def block_classes(encoder: nn.Module) -> list[str]:
