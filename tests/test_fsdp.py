@@ -88,3 +88,20 @@ def test_a_checkpoint_resumes_only_with_the_fsdp_setting_that_wrote_it(tmp_path)
         check_resume_format(fsdp, False)
     with pytest.raises(UserError, match=r"^checkpoint-4 was written with FSDP=false and this run has FSDP=true"):
         check_resume_format(ddp, True)
+
+
+@pytest.mark.parametrize(("arch", "block"), [("bert", "BertLayer"), ("distilbert", "TransformerBlock"),
+                                             ("llama", "LlamaDecoderLayer")])
+def test_one_fsdp_unit_per_transformer_block_of_the_base(arch, block):
+    import transformers
+
+    from trainer.training.arguments import training_arguments
+
+    from .tiny import decoder_configs, encoder_configs, settings_of
+
+    encoder = transformers.AutoModel.from_config({**encoder_configs(), **decoder_configs()}[arch])
+    args = training_arguments(settings_of(fsdp=True, output_dir="unused"), encoder)
+    assert args.fsdp_plugin_args == {
+        "fsdp_version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "transformer_cls_names_to_wrap": block,
+        "cpu_ram_efficient_loading": False, "state_dict_type": "FULL_STATE_DICT", "reshard_after_forward": True}
+    assert training_arguments(settings_of(output_dir="unused"), encoder).fsdp_plugin_args is None

@@ -74,7 +74,7 @@ def fsdp_arguments(fsdp: bool, encoder: nn.Module) -> dict[str, Any]:
         return {}
     blocks = block_classes(encoder)
     logger.info("FSDP=true: FSDP2, one unit per %s, full state dict checkpoints", " / ".join(blocks))
-    return {"fsdp": "full_shard auto_wrap",
+    return {"fsdp": True,
             "fsdp_config": {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                             "transformer_layer_cls_to_wrap": blocks, "state_dict_type": "FULL_STATE_DICT",
                             "reshard_after_forward": True}}
