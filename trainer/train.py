@@ -199,7 +199,7 @@ class TrainingRecipe:
         trainer, run, tasks = self.trainer, self.run, self.tasks
         metrics = trainer.final_metrics()
         trainer.save_model(str(run.model))  # every process: FSDP gathers the weights from all of them
-        model = unsharded(trainer._unwrapped_model)  # FSDP: full weights on the main process (a collective)
+        model = unsharded(trainer.accelerator.unwrap_model(trainer.model))  # FSDP: full weights on the main process
         if not self.args.should_save:
             return {}
         self.selection.export(model, run.export, what=EXPORT_WHAT, output_dir=run.output_dir,
