@@ -195,6 +195,20 @@ TABLE: dict[str, Row] = {
     "SELECT_BEST=best": train(r"SELECT_BEST='best' is not allowed", SELECT_BEST="best"),
     "GROUP_BY_LENGTH=maybe": train(r"GROUP_BY_LENGTH='maybe' is not a boolean", GROUP_BY_LENGTH="maybe"),
     "PRECISION=fp8": train(r"PRECISION='fp8' is not allowed", PRECISION="fp8"),
+    "QUANTIZE on CPU": train(r"QUANTIZE=4bit needs a CUDA GPU \(bitsandbytes' k-bit kernels\) and this machine has "
+                             r"none", QUANTIZE="4bit", ADAPTER="lora"),
+    "QUANTIZE=8bit on CPU": train(r"QUANTIZE=8bit needs a CUDA GPU", QUANTIZE="8bit", ADAPTER="lora_per_task"),
+    "QUANTIZE without an adapter": train(r"QUANTIZE=4bit quantizes a frozen base: set ADAPTER=lora or lora_per_task",
+                                         QUANTIZE="4bit"),
+    "QUANTIZE=2bit": train(r"QUANTIZE='2bit' is not allowed", QUANTIZE="2bit", ADAPTER="lora"),
+    "FSDP with QUANTIZE": train(r"FSDP=true with QUANTIZE=4bit is not supported", FSDP="true", QUANTIZE="4bit",
+                                ADAPTER="lora"),
+    "FSDP with an adapter": train(r"FSDP=true with ADAPTER=lora is not supported", FSDP="true", ADAPTER="lora"),
+    "GRADIENT_CHECKPOINTING with lora_per_task in all_tasks steps": train(
+        r"GRADIENT_CHECKPOINTING=true with ADAPTER=lora_per_task and SAMPLING=all_tasks is not supported",
+        GRADIENT_CHECKPOINTING="true", ADAPTER="lora_per_task", SAMPLING="all_tasks"),
+    "FSDP in one process": train(r"FSDP=true shards the model across processes, and this is one process; launch it "
+                                 r"with torchrun", FSDP="true"),
     "REPORT_TO=neptune": train(r"REPORT_TO='neptune' is not allowed", REPORT_TO="neptune"),
     "REPORT_TO=none,tensorboard": train(r"'none' turns every tracker off", REPORT_TO="none,tensorboard"),
     "unknown task": train(r"unknown task\(s\) nope in TASKS; available: ", TASKS="rte,nope"),

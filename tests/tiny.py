@@ -161,17 +161,6 @@ def save_tiny_gpt2(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def save_tiny_llama(directory: Path, seed: int = 0) -> Path:
-    """A tiny Llama plus a byte-level BPE tokenizer that pads with EOS, saved like a hub model."""
-    torch.manual_seed(seed)
-    tokenizer = gpt2_tokenizer()
-    config = decoder_configs(len(tokenizer), pad_token_id=tokenizer.eos_token_id)["llama"]
-    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
-    transformers.LlamaModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
 NER_TYPES = {"PER": ["alice", "bob", "carol", "dave", "erin", "frank"],
              "LOC": ["paris", "london", "berlin", "rome", "oslo", "madrid"],
              "ORG": ["acme", "globex", "initech", "umbrella", "hooli", "vandelay"]}

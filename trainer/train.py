@@ -26,7 +26,7 @@ from trainer.checkpoints.mirror import CloudSyncCallback
 from trainer.checkpoints.remote import remove_partial_downloads
 from trainer.checkpoints.resume import check_resume, resume_checkpoint
 from trainer.checkpoints.save_sequence import CompleteMarker, SaveSequence
-from trainer.config.env import vertex_dirs
+from trainer.config.env import process_count, vertex_dirs
 from trainer.config.settings import Settings, as_record
 from trainer.data.dataset import MultitaskDataset, TaskBatchCollator, tokenize_split
 from trainer.data.packing import packer_for
@@ -38,6 +38,8 @@ from trainer.model.base_record import record_base
 from trainer.model.gpu import compile_encoder
 from trainer.model.loading import load_encoder
 from trainer.model.modeling import MultitaskModel
+from trainer.model.quantize import check_quantize
+from trainer.model.sharding import check_fsdp, check_resume_format, unsharded
 from trainer.outputs.export import check_export_target, run_outputs
 from trainer.outputs.model_card import write_cards
 from trainer.outputs.report import output_report, write_settings
@@ -90,6 +92,8 @@ class TrainingRecipe:
     def check(self) -> None:
         s, run = self.settings, self.run
         check_trackers(s.report_to)
+        check_fsdp(s.fsdp, process_count(os.environ))
+        check_quantize(s.quantize)  # a CUDA GPU and bitsandbytes
         if self.sync:
             self.sync.check_bucket()  # a missing bucket stops the run here
         check_resume(s)  # and a missing checkpoint to resume, before the run claims any
@@ -105,7 +109,8 @@ class TrainingRecipe:
         tasks = resolve_tasks(s.tasks, s.tasks_file, s.task_weights)
         self.tasks, self.rows = read_all_splits(tasks, s)  # bad input stops here or in load_encoder, with one line
         set_seed(s.seed)
-        self.tokenizer, self.encoder = load_encoder(s.model_name, self.tasks, s.max_seq_length)
+        self.tokenizer, self.encoder = load_encoder(s.model_name, self.tasks, s.max_seq_length, s.quantize,
+                                                    s.gradient_checkpointing)
         self.base = record_base(s.model_name, self.encoder, s.seed)  # before it trains: what run.json records
         self.adapter = ADAPTERS[s.adapter](LoraOptions.from_settings(s), [t.name for t in self.tasks])
         self.adapter.check(self.encoder)  # a LoRA target the model lacks stops here, before anything is written
@@ -113,7 +118,7 @@ class TrainingRecipe:
         self.packer = packer_for(self.encoder, self.tasks) if s.packing else None
         if s.torch_compile:
             compile_encoder(self.encoder)
-        self.args = training_arguments(s)
+        self.args = training_arguments(s, self.encoder)
 
     # -- claim: OUTPUT_DIR and JOB_DIR are this run's before anything is written to them ---------------------------
 
@@ -127,6 +132,7 @@ class TrainingRecipe:
         """Build the Trainer; False when the checkpoint to resume from is already the run's end."""
         s, args, tasks = self.settings, self.args, self.tasks
         self.resume = resume_checkpoint(s, args, self.dirs)
+        check_resume_format(self.resume, s.fsdp)
         with args.main_process_first(desc="tokenizing"):
             tokenized = {
                 split: {t.name: tokenize_split(t, self.rows[t.name][split], self.tokenizer, s.max_seq_length)
@@ -202,11 +208,12 @@ class TrainingRecipe:
     def cleanup(self) -> dict[str, Any]:
         trainer, run, tasks = self.trainer, self.run, self.tasks
         metrics = trainer.final_metrics()
+        trainer.save_model(str(run.model))  # every process: FSDP gathers the weights from all of them
+        model = unsharded(trainer.accelerator.unwrap_model(trainer.model))  # FSDP: full weights on the main process
         if not self.args.should_save:
             return {}
-        trainer.save_model(str(run.model))
-        self.selection.export(trainer.accelerator.unwrap_model(trainer.model), run.export, what=EXPORT_WHAT,
-                              output_dir=run.output_dir, keep=run_outputs(run.output_dir, run.log_dir))
+        self.selection.export(model, run.export, what=EXPORT_WHAT, output_dir=run.output_dir,
+                              keep=run_outputs(run.output_dir, run.log_dir))
         record = as_record(self.settings)
         run_metrics = write_metrics(run.metrics, metrics, tasks, trainer.state.global_step, self.selection, record)
         write_cards(run.export, tasks, run_metrics, record)  # README.md of each export/<task>

@@ -233,6 +233,12 @@ def vertex_dirs(environ: Mapping[str, str]) -> VertexDirs:
     return VertexDirs(**{key: environ.get(name, "").strip() for key, name in VERTEX_DIR_NAMES.items()})
 
 
+def process_count(environ: Mapping[str, str]) -> int:
+    """How many processes train together: torchrun's WORLD_SIZE, 1 without it (a plain `python -m trainer`)."""
+    raw = environ.get("WORLD_SIZE", "").strip()
+    return parse_int("WORLD_SIZE", raw, minimum=1) if raw else 1
+
+
 # ---- for the Makefile and docker -----------------------------------------------------------------
 
 

@@ -408,9 +408,18 @@ def _validate(s: Settings) -> None:
     if s.quantize and s.export_merged:
         raise UserError(f"EXPORT_MERGED=true with QUANTIZE={s.quantize}: an adapter can't be merged into a quantized "
                         "base without loss; set EXPORT_MERGED=false (a peft adapter directory) or leave it empty")
-    if s.fsdp and s.adapter == "lora_per_task":
-        raise UserError("FSDP=true with ADAPTER=lora_per_task is not supported (a step's task switches adapters "
-                        "inside sharded blocks); use ADAPTER=lora, or DDP (FSDP=false): adapters are small")
+    if s.fsdp and s.quantize:
+        raise UserError(f"FSDP=true with QUANTIZE={s.quantize} is not supported (FSDP shards full fine-tuning; a "
+                        "quantized base is frozen and its 4/8-bit weights stay unsharded); use QUANTIZE with DDP "
+                        "(FSDP=false)")
+    if s.fsdp and s.adapter != "none":
+        raise UserError(f"FSDP=true with ADAPTER={s.adapter} is not supported (FSDP shards full fine-tuning; an "
+                        "adapter checkpoint leaves the frozen base out, which the FSDP load path expects); use the "
+                        "adapter with DDP (FSDP=false): only the adapters and heads are trained and reduced")
+    if s.gradient_checkpointing and s.adapter == "lora_per_task" and s.sampling == "all_tasks":
+        raise UserError("GRADIENT_CHECKPOINTING=true with ADAPTER=lora_per_task and SAMPLING=all_tasks is not "
+                        "supported (the backward recomputes every task's blocks through the adapter active last); "
+                        "use another SAMPLING, or GRADIENT_CHECKPOINTING=false")
     if s.job_dir:
         storage.parse_uri(s.job_dir)  # gs://bucket/prefix, or one line saying what is wrong
     _ = s.effective_resume  # RESUME parsed here, once: a local checkpoint that is not there is one line now

@@ -15,6 +15,7 @@ from transformers import (
 from trainer.config.settings import DEMO_MODEL
 from trainer.errors import UserError, first_line
 from trainer.model.positions import check_max_seq_length
+from trainer.model.quantize import prepare_quantized, quantization_config
 from trainer.tasks import demo
 from trainer.tasks.spec import TaskSpec
 
@@ -48,25 +49,33 @@ def load_tokenizer(
 
 
 def load_encoder(
-    model_name: str, tasks: list[TaskSpec] = (), max_seq_length: int | None = None
+    model_name: str, tasks: list[TaskSpec] = (), max_seq_length: int | None = None, quantize: str | None = None,
+    gradient_checkpointing: bool = False,
 ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """The tokenizer and base encoder: the offline demo, a local directory or a hub id.
 
     Each task's kind checks the config and tokenizer, and MAX_SEQ_LENGTH is checked against the model's
-    positions, before any weights are loaded.
+    positions, before any weights are loaded. QUANTIZE loads the weights quantized and frozen (`quantize.py`;
+    checked by `check_quantize` before this runs).
     """
     tokenizer, config = load_tokenizer(model_name, tasks)
     if max_seq_length is not None:
         check_max_seq_length(max_seq_length, config, tokenizer, f"MODEL_NAME={model_name}")
+    if config is None and quantize:
+        raise UserError(f"QUANTIZE={quantize} quantizes the weights MODEL_NAME loads, and the demo model is built "
+                        "without any; set MODEL_NAME to a model directory or hub id")
     if config is None:  # the demo
         encoder = demo.build_demo_encoder(len(tokenizer))
         for task in tasks:
             task.kind.check_model(task, encoder.config, tokenizer)
         return tokenizer, encoder
     try:
-        encoder = AutoModel.from_pretrained(model_name, config=config)
+        quantized = {"quantization_config": quantization_config(quantize)} if quantize else {}
+        encoder = AutoModel.from_pretrained(model_name, config=config, **quantized)
     except (OSError, ValueError, EOFError, SafetensorError) as err:  # SafetensorError: truncated or damaged weights
         raise _unloadable(model_name, err) from None
     if tokenizer.pad_token_id is not None:
         encoder.config.pad_token_id = tokenizer.pad_token_id  # every task config copies it
+    if quantize:
+        encoder = prepare_quantized(encoder, gradient_checkpointing)
     return tokenizer, encoder

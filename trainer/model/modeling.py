@@ -15,6 +15,7 @@ the base again from the MODEL_NAME that `multitask.json` records (`trainer.model
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from trainer.model.adapters import ADAPTERS, Adapter, LoraOptions, adapter_from_
 from trainer.model.base_record import BaseRecord, load_base
 from trainer.model.weighting import WEIGHTINGS
 from trainer.tasks.spec import TaskSpec
+
+logger = logging.getLogger(__name__)
 
 MULTITASK_FILE = "multitask.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -179,6 +182,25 @@ class MultitaskModel(nn.Module):
             inputs["token_type_ids"] = token_type_ids
         self.adapter.activate(task)
         return self.task_models[task](**inputs)
+
+    # -- memory -------------------------------------------------------------------------
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """GRADIENT_CHECKPOINTING: recompute the shared encoder's activations in the backward pass.
+
+        The stock Trainer calls this hook for `TrainingArguments(activation_checkpointing=True)`; being no
+        `PreTrainedModel`, this model passes it on to the encoder, where Transformers' blocks are. The heads
+        are a layer deep and keep their activations. Non-reentrant checkpointing (`use_reentrant=False`, the
+        default here) gives frozen weights (an adapter's base) and inputs without gradients a correct backward;
+        Transformers also makes the embeddings' output require a gradient (`enable_input_require_grads`).
+        """
+        self.encoder.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=activation_checkpointing_kwargs or {"use_reentrant": False},
+            every_n_layers=every_n_layers, offload=offload)
+        blocks = sum(getattr(m, "gradient_checkpointing", False) is True for m in self.encoder.modules())
+        logger.info("GRADIENT_CHECKPOINTING: %d module(s) of the shared encoder recompute their activations in the "
+                    "backward pass", blocks)
 
     # -- saving and loading -------------------------------------------------------------
 

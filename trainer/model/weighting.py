@@ -41,8 +41,12 @@ class UncertaintyWeighting(nn.Module):
         return torch.exp(-s) * loss + s
 
     def current(self) -> dict[str, float]:
-        """The effective weight exp(-s_t) of each task's loss."""
-        weights = torch.exp(-self.log_variance.detach().float()).tolist()
+        """The effective weight exp(-s_t) of each task's loss. Under FSDP the s_t are a shard (a DTensor): every
+        process gathers them (`full_tensor`, a collective; the Trainer logs on every process at the same step)."""
+        log_variance = self.log_variance.detach()
+        if hasattr(log_variance, "full_tensor"):
+            log_variance = log_variance.full_tensor()
+        weights = torch.exp(-log_variance.float()).tolist()
         return dict(zip(self.index, weights, strict=True))
 
 

@@ -37,6 +37,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerContro
 from trainer.files import follow_umask, link_tree, write_text_atomically
 from trainer.layout import BEST_DIR, SELECTION_FILE, TASK_FILE, TASK_STATE_FILE, RunDirs, best_name
 from trainer.model.modeling import MultitaskModel
+from trainer.model.sharding import unsharded
 from trainer.outputs.export import export_tasks, save_task
 from trainer.tasks.spec import TaskSpec
 from trainer.training.metrics import AGGREGATE_METRIC, BestAverage, SelectedStep, metrics_by_task, without_timings
@@ -98,7 +99,10 @@ class BestSelection(TrainerCallback):
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     metrics: dict[str, float] | None = None, model: MultitaskModel | None = None, **kwargs: Any):
-        if not args.should_save or self.mode == "last" or not metrics or f"eval_{AGGREGATE_METRIC}" not in metrics:
+        if self.mode == "last" or not metrics or f"eval_{AGGREGATE_METRIC}" not in metrics:
+            return
+        model = unsharded(model)  # FSDP: every process gathers the full weights for the main one (a collective)
+        if not args.should_save:
             return
         per_task = {name: without_timings(values) for name, values in metrics_by_task(metrics, self.tasks).items()}
         average = metrics[f"eval_{AGGREGATE_METRIC}"]

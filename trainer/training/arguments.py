@@ -6,12 +6,14 @@ import importlib.util
 import math
 
 import torch
+from torch import nn
 from transformers import TrainingArguments
 
 from trainer.checkpoints.local import trained_steps
 from trainer.config.settings import Settings
 from trainer.errors import UserError
 from trainer.model.gpu import gpu_arguments
+from trainer.model.sharding import fsdp_arguments
 from trainer.sampling import STRATEGIES
 
 
@@ -32,8 +34,9 @@ def check_trackers(trackers: tuple[str, ...]) -> None:
             raise UserError(f"REPORT_TO={name} needs the {name} package: pip install {name}")
 
 
-def training_arguments(settings: Settings) -> TrainingArguments:
-    """The stock Trainer's arguments; LOG_DIR goes to the TensorBoard callback (`MultitaskTrainer(log_dir=...)`)."""
+def training_arguments(settings: Settings, encoder: nn.Module | None = None) -> TrainingArguments:
+    """The stock Trainer's arguments; LOG_DIR goes to the TensorBoard callback (`MultitaskTrainer(log_dir=...)`).
+    `encoder`: the shared encoder, whose transformer blocks are FSDP's units (FSDP=true)."""
     return TrainingArguments(
         output_dir=settings.output_dir,
         num_train_epochs=settings.num_epochs,
@@ -53,10 +56,14 @@ def training_arguments(settings: Settings) -> TrainingArguments:
         report_to=list(settings.report_to),  # ["none"]: no tracker
         seed=settings.seed,
         remove_unused_columns=False,
+        # the Trainer calls MultitaskModel.activation_checkpointing_enable, which passes it on to the encoder
+        activation_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
         # one head per step leaves the others without a gradient; all_tasks steps use every head
         ddp_find_unused_parameters=STRATEGIES[settings.sampling].one_task_per_step,
         **gpu_arguments(settings.dataloader_workers),  # tf32, fused AdamW, pinned memory, workers on CUDA
         **precision_flags(settings.precision),
+        **fsdp_arguments(settings.fsdp, encoder),
     )
 
 

@@ -23,6 +23,7 @@ from trainer.data.dataset import MultitaskDataset
 from trainer.files import follow_umask
 from trainer.layout import CHECKPOINT_PREFIX, RunDirs
 from trainer.model.modeling import MultitaskModel
+from trainer.model.sharding import keep_fsdp_on_cpu
 from trainer.sampling.eval_order import OrderedSampler, length_order, restore
 from trainer.sampling.sampler import MultitaskBatchSampler
 from trainer.tasks.spec import TaskSpec
@@ -81,6 +82,13 @@ class MultitaskTrainer(Trainer):
         self._eval_task: TaskSpec | None = None
         self._eval_batches = 0
         self._eval_order: np.ndarray | None = None  # the order the current dev split is evaluated in
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """The stock accelerator; on CPU with FSDP=true, with the FSDP plugin accelerate leaves out there
+        (`trainer.model.sharding.keep_fsdp_on_cpu`)."""
+        super().create_accelerator_and_postprocess()
+        if keep_fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args):
+            self.is_fsdp_enabled = True
 
     # -- training data ------------------------------------------------------------------
 
