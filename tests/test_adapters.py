@@ -15,17 +15,15 @@ from trainer.model.modeling import MultitaskModel
 from trainer.tasks.demo import build_demo_tokenizer
 from trainer.train import train
 
+from .ddp_worker import owner
 from .test_kinds import CLM, CLS, MC, MLM, NER, REG, batch
 from .tiny import (
-    NER_LABELS,
     decoder_configs,
     encoder_configs,
     gpt2_tokenizer,
-    ner_sentences,
     save_tiny_pretrained,
     settings_of,
-    write_conll,
-    write_text,
+    write_ner_and_text_tasks,
 )
 
 
@@ -34,17 +32,6 @@ def test_adapter_modes_are_the_settings_choices_one_module_each():
     for mode, adapter in ADAPTERS.items():
         assert adapter.mode == mode
         assert adapter.__module__ == f"trainer.model.adapters.{mode}"
-
-
-def owner(name: str) -> str:
-    """Whose a parameter is: a task (its adapter or its head), the frozen base, or the loss weighting."""
-    parts = name.split(".")
-    for kind in ("lora_A", "lora_B"):
-        if kind in parts:
-            return parts[parts.index(kind) + 1]
-    if parts[0] == "task_models":
-        return parts[1]
-    return "base" if parts[0] == "encoder" else parts[0]
 
 
 class StepIsolation(TrainerCallback):
@@ -86,13 +73,7 @@ def lora_per_task_run(tmp_path_factory):
     classification and masked LM, one task per step."""
     root = tmp_path_factory.mktemp("lora_per_task")
     model_dir = save_tiny_pretrained(root / "tiny")
-    write_conll(root / "ner.conll", ner_sentences(64))
-    write_text(root / "text.txt", 200)
-    (root / "tasks.yaml").write_text(
-        "tasks:\n"
-        f"  - {{name: ner, type: token_classification, labels: [{', '.join(NER_LABELS)}], train_file: ner.conll,"
-        " dev_file: ner.conll}\n"
-        "  - {name: text, type: masked_lm, train_file: text.txt, dev_file: text.txt}\n")
+    write_ner_and_text_tasks(root, sentences=64, lines=200)
     isolation = StepIsolation()
     settings = settings_of(model_name=str(model_dir), tasks="demo_sentiment,ner,text",
                            tasks_file=str(root / "tasks.yaml"), adapter="lora_per_task", output_dir=str(root / "out"),

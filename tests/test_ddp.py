@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from .gcs_emulator import free_port
-from .tiny import ROOT, quick_env
+from .tiny import ROOT, quick_env, write_ner_and_text_tasks
 
 
 def run_torchrun(tmp_path, worker_env: dict[str, str] | None = None, **settings: str) -> None:
@@ -47,19 +47,6 @@ def test_torchrun_two_ranks_train_the_same_task_each_step(tmp_path):
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert (tmp_path / "out" / "metrics.json").is_file()
     assert (tmp_path / "out" / "checkpoint-16" / "checkpoint_complete.json").is_file()
-
-
-def write_ner_and_text_tasks(tmp_path) -> None:
-    """tasks.yaml with a token-classification task (ner) and a masked-LM task (text), and their data."""
-    from .tiny import NER_LABELS, ner_sentences, write_conll, write_text
-
-    write_conll(tmp_path / "ner.conll", ner_sentences(96))
-    write_text(tmp_path / "text.txt", 300)
-    (tmp_path / "tasks.yaml").write_text(
-        "tasks:\n"
-        f"  - {{name: ner, type: token_classification, labels: [{', '.join(NER_LABELS)}], train_file: ner.conll,"
-        " dev_file: ner.conll}\n"
-        "  - {name: text, type: masked_lm, train_file: text.txt, dev_file: text.txt}\n")
 
 
 @pytest.mark.slow
@@ -104,15 +91,9 @@ def test_torchrun_lora_per_task_trains_each_task_adapter_in_its_own_steps_only(t
     step's task's adapter and head have changed (DDP leaves the other adapters' gradients None)."""
     from safetensors.torch import load_file
 
-    from .tiny import NER_LABELS, ner_sentences, save_tiny_llama, write_conll, write_text
+    from .tiny import save_tiny_llama
 
-    write_conll(tmp_path / "ner.conll", ner_sentences(96))
-    write_text(tmp_path / "text.txt", 300)
-    (tmp_path / "tasks.yaml").write_text(
-        "tasks:\n"
-        f"  - {{name: ner, type: token_classification, labels: [{', '.join(NER_LABELS)}], train_file: ner.conll,"
-        " dev_file: ner.conll}\n"
-        "  - {name: text, type: causal_lm, train_file: text.txt, dev_file: text.txt}\n")
+    write_ner_and_text_tasks(tmp_path, text_kind="causal_lm")
     model_dir = save_tiny_llama(tmp_path / "llama")
     tasks, ranks = torchrun_worker(tmp_path, {"DDP_WORKER_OWNERS": "1"}, MODEL_NAME=str(model_dir),
                                    ADAPTER="lora_per_task", SAMPLING="uniform", TASKS="demo_sentiment,ner,text",

@@ -12,9 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from .gcs_emulator import free_port
-from .test_ddp import write_ner_and_text_tasks
 from .test_gcs_training import committed_steps
-from .tiny import ROOT, cli_environ, quick_env
+from .tiny import ROOT, cli_environ, quick_env, write_ner_and_text_tasks
 
 STEPS = 16
 

@@ -105,7 +105,7 @@ def test_the_setting_reaches_the_training_arguments():
 
 def test_a_run_with_checkpointing_trains_several_kinds(tmp_path):
     """The CLI end to end: classification, token classification and masked LM on one checkpointed encoder."""
-    from .test_ddp import write_ner_and_text_tasks
+    from .tiny import write_ner_and_text_tasks
 
     write_ner_and_text_tasks(tmp_path)
     env = quick_env(tmp_path / "out", TASKS="demo_sentiment,ner,text", TASKS_FILE=str(tmp_path / "tasks.yaml"),

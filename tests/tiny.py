@@ -215,3 +215,16 @@ def save_tiny_llama(directory: Path, seed: int = 0) -> Path:
     transformers.LlamaModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def write_ner_and_text_tasks(directory: Path, text_kind: str = "masked_lm", sentences: int = 96,
+                             lines: int = 300) -> None:
+    """tasks.yaml with a token-classification task (ner) and a language-model task (text, masked or causal), and
+    their data."""
+    write_conll(directory / "ner.conll", ner_sentences(sentences))
+    write_text(directory / "text.txt", lines)
+    (directory / "tasks.yaml").write_text(
+        "tasks:\n"
+        f"  - {{name: ner, type: token_classification, labels: [{', '.join(NER_LABELS)}], train_file: ner.conll,"
+        " dev_file: ner.conll}\n"
+        f"  - {{name: text, type: {text_kind}, train_file: text.txt, dev_file: text.txt}}\n")
