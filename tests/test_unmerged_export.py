@@ -1,0 +1,65 @@
+"""EXPORT_MERGED=false: each task's export is a peft adapter directory that peft alone loads and that predicts what
+the multitask model predicts."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+
+from trainer.model.adapters import ADAPTERS, LoraOptions
+from trainer.model.modeling import MultitaskModel
+from trainer.outputs.peft_export import save_peft_task
+
+from .test_kinds import CLS, NER, batch
+from .tiny import save_tiny_pretrained
+
+LOADER = """
+import json, sys, torch, peft
+directory, cls_name, inputs = sys.argv[1], sys.argv[2], torch.load(sys.argv[3])
+labels = json.load(open(directory + "/config.json"))["id2label"]  # the head's labels: the base's config lacks them
+model = getattr(peft, cls_name).from_pretrained(directory, id2label=labels).eval()
+with torch.no_grad():
+    torch.save(model(**inputs).logits, sys.argv[4])
+assert "trainer" not in sys.modules
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny pretrained BERT base with a trained-looking LoRA per task (random lora_B, so the adapter matters),
+    each task exported unmerged."""
+    root = tmp_path_factory.mktemp("unmerged")
+    base = save_tiny_pretrained(root / "base")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+    tasks = [CLS, NER]
+    torch.manual_seed(0)
+    adapter = ADAPTERS["lora_per_task"](LoraOptions(dropout=0.0), [t.name for t in tasks])
+    model = MultitaskModel(transformers.AutoModel.from_pretrained(base), tasks, "static", adapter=adapter).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(0, 0.5)
+    for task in tasks:
+        save_peft_task(model, tokenizer, task.name, root / task.name, str(base))
+    return root, model, tokenizer
+
+
+@pytest.mark.parametrize(("task", "auto_class"), [(CLS, "AutoPeftModelForSequenceClassification"),
+                                                  (NER, "AutoPeftModelForTokenClassification")])
+def test_the_unmerged_export_loads_with_peft_alone_and_predicts_as_the_multitask_model(exported, task, auto_class):
+    root, model, tokenizer = exported
+    directory = root / task.name
+    config = json.loads((directory / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(root / "base")
+    assert (directory / "adapter_model.safetensors").is_file()
+    inputs = batch(task, tokenizer)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    plain = {k: v for k, v in inputs.items() if k not in ("task", "labels")}
+    torch.save(plain, root / f"{task.name}.in.pt")
+    subprocess.run([sys.executable, "-c", LOADER, str(directory), auto_class, str(root / f"{task.name}.in.pt"),
+                    str(root / f"{task.name}.out.pt")], check=True, cwd=root)
+    torch.testing.assert_close(torch.load(root / f"{task.name}.out.pt"), expected, rtol=0, atol=1e-5)
