@@ -11,6 +11,8 @@ import transformers
 
 from trainer.model.adapters import ADAPTERS, LoraOptions
 from trainer.model.modeling import MultitaskModel
+from trainer.outputs.export import save_task
+from trainer.outputs.inference import load_task_model, predict_inputs
 from trainer.outputs.peft_export import save_peft_task
 
 from .test_kinds import CLS, NER, batch
@@ -19,7 +21,8 @@ from .tiny import save_tiny_pretrained
 LOADER = """
 import json, sys, torch, peft
 directory, cls_name, inputs = sys.argv[1], sys.argv[2], torch.load(sys.argv[3])
-labels = json.load(open(directory + "/config.json"))["id2label"]  # the head's labels: the base's config lacks them
+import transformers
+labels = transformers.AutoConfig.from_pretrained(directory).id2label  # the head's labels: the base's config lacks them
 model = getattr(peft, cls_name).from_pretrained(directory, id2label=labels).eval()
 with torch.no_grad():
     torch.save(model(**inputs).logits, sys.argv[4])
@@ -63,3 +66,30 @@ def test_the_unmerged_export_loads_with_peft_alone_and_predicts_as_the_multitask
     subprocess.run([sys.executable, "-c", LOADER, str(directory), auto_class, str(root / f"{task.name}.in.pt"),
                     str(root / f"{task.name}.out.pt")], check=True, cwd=root)
     torch.testing.assert_close(torch.load(root / f"{task.name}.out.pt"), expected, rtol=0, atol=1e-5)
+
+
+def test_predict_on_the_unmerged_and_the_merged_export_agrees(exported):
+    root, model, tokenizer = exported
+    for task in (CLS, NER):
+        merged = root / "merged" / task.name
+        save_task(model, tokenizer, task.name, merged)
+        text = [{"text": "alice lives in paris and likes the film"}]
+        got = []
+        for directory in (root / task.name, merged):
+            spec, plain, tok = load_task_model(str(root), str(directory), task.name)
+            got.append(predict_inputs(spec, plain, tok, text, 32))
+        assert got[0] == got[1], task.name
+
+
+def test_the_pipeline_runs_on_the_unmerged_export(exported):
+    root, _, _ = exported
+    code = ("import json, sys, peft, transformers; d = sys.argv[1]\n"
+            "labels = transformers.AutoConfig.from_pretrained(d).id2label\n"
+            "m = peft.AutoPeftModelForSequenceClassification.from_pretrained(d, id2label=labels)\n"
+            "p = transformers.pipeline('text-classification', model=m, tokenizer=transformers.AutoTokenizer."
+            "from_pretrained(d))\n"
+            "print(json.dumps(p('what a film')))")
+    out = subprocess.run([sys.executable, "-c", code, str(root / CLS.name)], check=True, capture_output=True,
+                         text=True, cwd=root).stdout
+    labels = json.loads((root / CLS.name / "config.json").read_text())["id2label"].values()
+    assert json.loads(out.strip().splitlines()[-1])[0]["label"] in labels

@@ -20,6 +20,7 @@ from trainer.layout import TASK_FILE
 from trainer.model.adapters.lora import tuner_layers
 from trainer.model.modeling import MultitaskModel
 
+ADAPTER_CONFIG = "adapter_config.json"  # peft's CONFIG_NAME: what marks an adapter directory
 EXPORTED_ADAPTER = "default"  # peft's default adapter name: what `from_pretrained(dir)` loads without arguments
 PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "token_classification": "TOKEN_CLS",
                    "causal_lm": "CAUSAL_LM"}  # kinds peft has an AutoPeftModelFor... class for
@@ -71,3 +72,20 @@ def save_peft_task(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, na
     plain.config.save_pretrained(directory)  # the labels (id2label) and head size the base's config lacks
     tokenizer.save_pretrained(directory)
     (directory / TASK_FILE).write_text(json.dumps(model.tasks[name].to_dict(), indent=2), encoding="utf-8")
+
+
+def is_peft_export(directory: Path) -> bool:
+    """An unmerged export (or any peft adapter directory): what `predict`, `evaluate` and `push` load via peft."""
+    return (directory / ADAPTER_CONFIG).is_file()
+
+
+def load_peft_task(model_class: type[PreTrainedModel], directory: Path) -> PreTrainedModel:
+    """An unmerged export as a plain Transformers model: the base from its `base_model_name_or_path`, with the
+    export's own config (the head's labels), the adapter and head loaded by peft and merged in, so that prediction
+    runs the same code as on a merged export."""
+    from peft import PeftModel
+    from transformers import AutoConfig
+
+    base_name = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
+    base = model_class.from_pretrained(base_name, config=AutoConfig.from_pretrained(directory))
+    return PeftModel.from_pretrained(base, directory).merge_and_unload().eval()
