@@ -13,6 +13,7 @@ from trainer.model.adapters import ADAPTERS, LoraOptions
 from trainer.model.modeling import MultitaskModel
 from trainer.outputs.export import save_task
 from trainer.outputs.inference import load_task_model, predict_inputs
+from trainer.outputs.model_card import model_card, write_cards
 from trainer.outputs.peft_export import save_peft_task
 
 from .test_kinds import CLS, NER, batch
@@ -93,3 +94,17 @@ def test_the_pipeline_runs_on_the_unmerged_export(exported):
                          text=True, cwd=root).stdout
     labels = json.loads((root / CLS.name / "config.json").read_text())["id2label"].values()
     assert json.loads(out.strip().splitlines()[-1])[0]["label"] in labels
+
+
+SETTINGS = {"model_name": "bert-base-uncased", "max_steps": -1, "num_epochs": 3.0, "batch_size": 32,
+            "learning_rate": 3e-5, "sampling": "proportional", "sampling_temperature": 2.0, "task_weights": {},
+            "task_weighting": "static", "select_best": "last", "seed": 1, "max_seq_length": 128}
+
+
+def test_the_card_of_the_unmerged_export_names_its_base_and_peft_class(exported):
+    root, model, _ = exported
+    card = model_card(CLS, list(model.tasks.values()), None, SETTINGS, unmerged=True)
+    assert "base_model: bert-base-uncased" in card and "library_name: peft" in card
+    assert "AutoPeftModelForSequenceClassification.from_pretrained(model_id, id2label=config.id2label)" in card
+    write_cards(root, [CLS], None, SETTINGS)  # detects the adapter directory
+    assert "AutoPeftModelForSequenceClassification" in (root / CLS.name / "README.md").read_text()
