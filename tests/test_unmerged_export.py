@@ -9,15 +9,17 @@ import pytest
 import torch
 import transformers
 
+from trainer.errors import UserError
 from trainer.model.adapters import ADAPTERS, LoraOptions
 from trainer.model.modeling import MultitaskModel
 from trainer.outputs.export import save_task
+from trainer.outputs.export_form import export_merged
 from trainer.outputs.inference import load_task_model, predict_inputs
 from trainer.outputs.model_card import model_card, write_cards
 from trainer.outputs.peft_export import save_peft_task
 
 from .test_kinds import CLS, NER, batch
-from .tiny import save_tiny_pretrained
+from .tiny import save_tiny_pretrained, settings_of
 
 LOADER = """
 import json, sys, torch, peft
@@ -108,3 +110,11 @@ def test_the_card_of_the_unmerged_export_names_its_base_and_peft_class(exported)
     assert "AutoPeftModelForSequenceClassification.from_pretrained(model_id, id2label=config.id2label)" in card
     write_cards(root, [CLS], None, SETTINGS)  # detects the adapter directory
     assert "AutoPeftModelForSequenceClassification" in (root / CLS.name / "README.md").read_text()
+
+
+def test_export_merged_decides_by_the_setting_else_the_base_size_and_refuses_the_demo_unmerged(exported):
+    _, model, _ = exported
+    assert export_merged(None, model) is True  # a tiny base: merged
+    assert export_merged(False, model) is False and export_merged(True, model) is True
+    with pytest.raises(UserError, match="EXPORT_MERGED=false with MODEL_NAME=demo"):
+        settings_of(model_name="demo", adapter="lora", export_merged=False)
