@@ -18,8 +18,8 @@ from trainer.outputs.inference import load_task_model, predict_inputs
 from trainer.outputs.model_card import model_card, write_cards
 from trainer.outputs.peft_export import save_peft_task
 
-from .test_kinds import CLS, NER, batch
-from .tiny import save_tiny_pretrained, settings_of
+from .test_kinds import CLM, CLS, NER, batch
+from .tiny import save_tiny_llama, save_tiny_pretrained, settings_of
 
 LOADER = """
 import json, sys, torch, peft
@@ -118,3 +118,25 @@ def test_export_merged_decides_by_the_setting_else_the_base_size_and_refuses_the
     assert export_merged(False, model) is False and export_merged(True, model) is True
     with pytest.raises(UserError, match="EXPORT_MERGED=false with MODEL_NAME=demo"):
         settings_of(model_name="demo", adapter="lora", export_merged=False)
+
+
+def test_a_causal_lm_exported_unmerged_loads_with_auto_peft_model_for_causal_lm(tmp_path):
+    """A second architecture and kind: a tiny Llama (untied LM head, saved as `modules_to_save`) with one LoRA."""
+    base = save_tiny_llama(tmp_path / "base")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+    tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(0)
+    adapter = ADAPTERS["lora"](LoraOptions(dropout=0.0), [CLM.name])
+    model = MultitaskModel(transformers.AutoModel.from_pretrained(base), [CLM], "static", adapter=adapter).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(0, 0.5)
+    save_peft_task(model, tokenizer, CLM.name, tmp_path / CLM.name, str(base))
+    inputs = batch(CLM, tokenizer)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    torch.save({k: v for k, v in inputs.items() if k not in ("task", "labels")}, tmp_path / "in.pt")
+    subprocess.run([sys.executable, "-c", LOADER, str(tmp_path / CLM.name), "AutoPeftModelForCausalLM",
+                    str(tmp_path / "in.pt"), str(tmp_path / "out.pt")], check=True, cwd=tmp_path)
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=1e-5)
