@@ -215,6 +215,7 @@ class CLI:
         from trainer.files import check_writable_dir
         from trainer.layout import EXPORT_WHAT, RunDirs
         from trainer.outputs.export import check_export_target, export_tasks, run_outputs
+        from trainer.outputs.export_form import export_merged
         from trainer.outputs.inference import find_model_dir, load_trained
         from trainer.outputs.model_card import run_metrics_of, write_cards
 
@@ -226,7 +227,9 @@ class CLI:
         keep = run_outputs(settings.output_dir, settings.effective_log_dir, directory)
         check_export_target(target, what, settings.output_dir, keep)  # before the model is loaded
         model, tokenizer = load_trained(directory)
-        paths = export_tasks(model, tokenizer, str(target), what=what, output_dir=settings.output_dir, keep=keep)
+        merged = export_merged(settings.export_merged, model)
+        paths = export_tasks(model, tokenizer, str(target), what=what, output_dir=settings.output_dir, keep=keep,
+                             merged=merged)
         tasks = list(model.tasks.values())
         run_metrics, step = run_metrics_of(directory, tasks)
         write_cards(target, tasks, run_metrics, run_metrics.settings if run_metrics else None, step)

@@ -41,6 +41,7 @@ from trainer.model.modeling import MultitaskModel
 from trainer.model.quantize import check_quantize
 from trainer.model.sharding import check_fsdp, check_resume_format, unsharded
 from trainer.outputs.export import check_export_target, run_outputs
+from trainer.outputs.export_form import export_merged
 from trainer.outputs.model_card import write_cards
 from trainer.outputs.report import output_report, write_settings
 from trainer.outputs.selection import BestSelection
@@ -212,7 +213,8 @@ class TrainingRecipe:
         model = unsharded(trainer.accelerator.unwrap_model(trainer.model))  # FSDP: full weights on the main process
         if not self.args.should_save:
             return {}
-        self.selection.export(model, run.export, what=EXPORT_WHAT, output_dir=run.output_dir,
+        merged = export_merged(self.settings.export_merged, model)
+        self.selection.export(model, run.export, merged, what=EXPORT_WHAT, output_dir=run.output_dir,
                               keep=run_outputs(run.output_dir, run.log_dir))
         record = as_record(self.settings)
         run_metrics = write_metrics(run.metrics, metrics, tasks, trainer.state.global_step, self.selection, record)

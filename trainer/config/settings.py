@@ -30,6 +30,8 @@ Quantize = Literal["4bit", "8bit"]  # QLoRA's base, with bitsandbytes (CUDA only
 TRACKERS = ("tensorboard", "wandb", "mlflow", "none")  # REPORT_TO: what TrainingArguments(report_to=...) gets
 
 DEMO_MODEL = "demo"
+DEMO_UNMERGED = ("EXPORT_MERGED=false with MODEL_NAME=demo: the unmerged export names its base by MODEL_NAME, and "
+                 "the demo base is built in memory; set EXPORT_MERGED=true (or empty) for the demo")
 
 ResumeKind = Literal["never", "auto", "local", "bucket"]
 
@@ -408,6 +410,8 @@ def _validate(s: Settings) -> None:
     if s.quantize and s.export_merged:
         raise UserError(f"EXPORT_MERGED=true with QUANTIZE={s.quantize}: an adapter can't be merged into a quantized "
                         "base without loss; set EXPORT_MERGED=false (a peft adapter directory) or leave it empty")
+    if s.export_merged is False and s.adapter != "none" and s.model_name == DEMO_MODEL:
+        raise UserError(DEMO_UNMERGED)
     if s.fsdp and s.quantize:
         raise UserError(f"FSDP=true with QUANTIZE={s.quantize} is not supported (FSDP shards full fine-tuning; a "
                         "quantized base is frozen and its 4/8-bit weights stay unsharded); use QUANTIZE with DDP "

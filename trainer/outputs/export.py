@@ -17,10 +17,13 @@ from trainer.files import current_umask, follow_umask
 from trainer.layout import EXPORT_DIR, EXPORT_MARKER, TASK_FILE
 from trainer.model.modeling import MultitaskModel
 from trainer.outputs.inference import what_is_there
+from trainer.outputs.peft_export import save_peft_task
 
 
-def save_task(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, name: str, directory: Path) -> None:
-    """One task as a standalone Transformers directory, with its declaration for `predict`.
+def save_task(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, name: str, directory: Path,
+              merged: bool = True) -> None:
+    """One task as a standalone Transformers directory, with its declaration for `predict`; with `merged` false
+    (EXPORT_MERGED, `export_form`), a peft adapter directory plus the head (`peft_export`).
 
     Without the "Writing model shards" bar: during training it would nest under the Trainer's bar.
     """
@@ -29,13 +32,19 @@ def save_task(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, name: s
     bars = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
     try:
-        model.standalone_task_model(name).save_pretrained(directory)
+        if not merged:
+            base = model.base
+            if base is None:
+                raise UserError(f"cannot export {name} unmerged: the model has no record of its base")
+            save_peft_task(model, tokenizer, name, directory, base.path or base.model_name)
+        else:
+            model.standalone_task_model(name).save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
+            (directory / TASK_FILE).write_text(json.dumps(model.tasks[name].to_dict(), indent=2), encoding="utf-8")
     finally:
         if bars:
             transformers_logging.enable_progress_bar()
     follow_umask(directory)  # safetensors writes 0600
-    tokenizer.save_pretrained(directory)
-    (directory / TASK_FILE).write_text(json.dumps(model.tasks[name].to_dict(), indent=2), encoding="utf-8")
 
 
 def _export_entries(directory: Path) -> list[str] | None:
@@ -89,9 +98,11 @@ def check_export_target(target: Path, what: str, output_dir: str | os.PathLike[s
 
 def export_tasks(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, export_dir: str | os.PathLike[str],
                  write: Callable[[str, Path], None] | None = None, what: str = "--export_dir",
-                 output_dir: str | os.PathLike[str] | None = None, keep: list[Path] = ()) -> list[Path]:
+                 output_dir: str | os.PathLike[str] | None = None, keep: list[Path] = (),
+                 merged: bool = True) -> list[Path]:
     """Write one standalone directory per task, loadable with plain `AutoModelFor...`: the model's current
-    weights, or whatever `write(task, directory)` puts there (the selected copy, for SELECT_BEST).
+    weights, or whatever `write(task, directory)` puts there (the selected copy, for SELECT_BEST); `merged`
+    false: peft adapter directories instead (`save_task`).
 
     Everything is written to a new staging folder beside the target, with the marker that says this project
     wrote it, and moved into place at the end, so a failed export never leaves a half-written directory
@@ -105,7 +116,10 @@ def export_tasks(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, expo
     old = staging.with_name(staging.name + "-old")
     try:
         for name in model.tasks:
-            (write or (lambda task, directory: save_task(model, tokenizer, task, directory)))(name, staging / name)
+            if write is None:
+                save_task(model, tokenizer, name, staging / name, merged)
+            else:
+                write(name, staging / name)
         (staging / EXPORT_MARKER).write_text(json.dumps({"tasks": list(model.tasks)}), encoding="utf-8")
         if target.exists():
             check_export_target(target, what, output_dir, keep)  # again: only a previous export is ever moved away

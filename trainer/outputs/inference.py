@@ -21,6 +21,7 @@ from trainer.files import check_writable_file
 from trainer.layout import TASK_FILE, RunDirs
 from trainer.model.modeling import MULTITASK_FILE, MultitaskModel
 from trainer.model.positions import check_max_seq_length
+from trainer.outputs.peft_export import is_peft_export, load_peft_task
 from trainer.tasks.spec import TaskData, TaskSpec
 
 PREDICT_BATCH = 64  # rows per batch of predict-file
@@ -102,7 +103,10 @@ def load_task_model(output_dir: str, model_dir: str | None, task: str, max_seq_l
     """(task spec, its Transformers model, tokenizer) for predicting one task, found by `find_task`; refuses a
     `max_seq_length` above what the model takes."""
     spec, directory = find_task(output_dir, model_dir, task)
-    if (directory / TASK_FILE).is_file():
+    if (directory / TASK_FILE).is_file() and is_peft_export(directory):
+        model = load_peft_task(spec.kind.model_class(), directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    elif (directory / TASK_FILE).is_file():
         model = spec.kind.model_class().from_pretrained(directory).eval()
         tokenizer = AutoTokenizer.from_pretrained(directory)
     else:

@@ -18,6 +18,7 @@ import yaml
 from trainer.config.settings import DEMO_MODEL
 from trainer.files import write_text_atomically
 from trainer.layout import RunDirs, checkpoint_step
+from trainer.outputs.peft_export import PEFT_TASK_TYPES, is_peft_export
 from trainer.tasks.spec import TaskSpec
 from trainer.training.metrics import RunMetrics, read_run_metrics
 
@@ -107,13 +108,33 @@ def _settings_rows(settings: Mapping[str, Any], tasks: list[TaskSpec], run_metri
     return rows
 
 
-def _usage(task: TaskSpec) -> str:
+def _load_lines(task: TaskSpec, unmerged: bool) -> tuple[list[str], list[str]]:
+    """(imports, lines) that load the export: its `AutoModelFor...` class; unmerged, peft's `AutoPeftModelFor...`
+    class where peft has one for the kind, else `PeftModel` on the `AutoModelFor...` base. The export's own
+    config.json carries the head's labels, which the base's config lacks."""
     cls = task.kind.model_class().__name__
-    imports = ["import torch"] if not task.kind.pipeline else []
-    imports.append(f"from transformers import {cls}, AutoTokenizer" + (", pipeline" if task.kind.pipeline else ""))
+    if not unmerged:
+        return [f"from transformers import {cls}, AutoTokenizer"], [f"model = {cls}.from_pretrained(model_id)"]
+    peft_type = PEFT_TASK_TYPES.get(task.type)
+    if peft_type is not None:
+        auto = f"AutoPeftModelFor{cls.removeprefix('AutoModelFor')}"
+        return ([f"from peft import {auto}", "from transformers import AutoConfig, AutoTokenizer"],
+                ["config = AutoConfig.from_pretrained(model_id)  # the head's labels",
+                 f"model = {auto}.from_pretrained(model_id, id2label=config.id2label)"])
+    return (["from peft import PeftConfig, PeftModel", f"from transformers import {cls}, AutoConfig, AutoTokenizer"],
+            ["base_id = PeftConfig.from_pretrained(model_id).base_model_name_or_path",
+             f"base = {cls}.from_pretrained(base_id, config=AutoConfig.from_pretrained(model_id))",
+             "model = PeftModel.from_pretrained(base, model_id)"])
+
+
+def _usage(task: TaskSpec, unmerged: bool = False) -> str:
+    imports, load = _load_lines(task, unmerged)
+    imports = (["import torch"] if not task.kind.pipeline else []) + imports
+    if task.kind.pipeline:
+        imports.append("from transformers import pipeline")
     lines = ["```python", *imports, "",
              f'model_id = "ORG/NAME"  # the Hub repo of this card, or the local export/{task.name} folder',
-             f"model = {cls}.from_pretrained(model_id)", "tokenizer = AutoTokenizer.from_pretrained(model_id)"]
+             *load, "tokenizer = AutoTokenizer.from_pretrained(model_id)"]
     pair = len(task.options.get("text_columns") or ()) == 2
     if task.type in ("classification", "regression"):
         sample = f'{{"text": "{SAMPLE_TEXT}", "text_pair": "a film worth seeing"}}' if pair else f'"{SAMPLE_TEXT}"'
@@ -139,8 +160,8 @@ def _usage(task: TaskSpec) -> str:
 
 
 def model_card(task: TaskSpec, tasks: list[TaskSpec], run_metrics: RunMetrics | None,
-               settings: Mapping[str, Any] | None, step: int | None = None) -> str:
-    """The README.md of `export/<task>`.
+               settings: Mapping[str, Any] | None, step: int | None = None, unmerged: bool = False) -> str:
+    """The README.md of `export/<task>` (`unmerged`: a peft adapter directory, EXPORT_MERGED=false).
 
     `tasks` are every task of the run (the shared encoder's), `run_metrics` is metrics.json (None: a card without
     metrics), `settings` the run's settings as metrics.json stores them, `step` the step of the exported
@@ -155,7 +176,7 @@ def model_card(task: TaskSpec, tasks: list[TaskSpec], run_metrics: RunMetrics | 
     base = base_model(settings["model_name"]) if settings else None
     if base:
         meta["base_model"] = base
-    meta["library_name"] = "transformers"
+    meta["library_name"] = "peft" if unmerged else "transformers"
     if task.kind.pipeline:
         meta["pipeline_tag"] = task.kind.pipeline
     meta["tags"] = ["multitask", task.type]
@@ -174,8 +195,9 @@ def model_card(task: TaskSpec, tasks: list[TaskSpec], run_metrics: RunMetrics | 
              f"A **{task.type}** model ({task.kind.summary}), trained by multitask-trainer "
              + (f"on one shared encoder together with {len(others)} other task{'s' if len(others) != 1 else ''}. "
                 if others else "on its own (a run of this one task). ")
-             + "This folder is the "
-             "standalone Transformers model of this task: the shared encoder with this task's head.", ""]
+             + ("This folder is this task's LoRA adapter and head (peft `modules_to_save`): loading it fetches the "
+                "base model named in adapter_config.json." if unmerged else "This folder is the standalone "
+                "Transformers model of this task: the shared encoder with this task's head."), ""]
     if settings:
         lines.append(f"- Base model: `{base}`" if base else "- Base model: none; the offline demo encoder (a tiny "
                      "BERT built from scratch, MODEL_NAME=demo)")
@@ -209,7 +231,7 @@ def model_card(task: TaskSpec, tasks: list[TaskSpec], run_metrics: RunMetrics | 
         lines += ["## Training settings", "", "| setting | value |", "|---|---|"]
         lines += [f"| {name} | {value} |" for name, value in _settings_rows(settings, tasks, run_metrics)]
         lines.append("")
-    lines += ["## Usage", "", _usage(task), "",
+    lines += ["## Usage", "", _usage(task, unmerged), "",
               f"or with the project: `python -m trainer predict --task={task.name} --model_dir=<this folder> "
               "--text=...`", ""]
     header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
@@ -220,7 +242,9 @@ def write_cards(export_dir: Path, tasks: list[TaskSpec], run_metrics: RunMetrics
                 settings: Mapping[str, Any] | None, step: int | None = None) -> None:
     """Write `export_dir/<task>/README.md` for every task, each replaced atomically."""
     for task in tasks:
-        write_text_atomically(export_dir / task.name / CARD_FILE, model_card(task, tasks, run_metrics, settings, step))
+        unmerged = is_peft_export(export_dir / task.name)
+        write_text_atomically(export_dir / task.name / CARD_FILE,
+                              model_card(task, tasks, run_metrics, settings, step, unmerged))
 
 
 def run_metrics_of(model_dir: Path, tasks: list[TaskSpec]) -> tuple[RunMetrics | None, int | None]:

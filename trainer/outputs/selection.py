@@ -139,17 +139,19 @@ class BestSelection(TrainerCallback):
 
     # -- the end of the run -------------------------------------------------------------
 
-    def export(self, model: MultitaskModel, export_dir: str | os.PathLike[str], **where: Any) -> None:
-        """Write `export/<task>` for every task from its selected copy (the final weights with `last`); `where`:
-        `export_tasks`' checks of the folder it replaces."""
+    def export(self, model: MultitaskModel, export_dir: str | os.PathLike[str], merged: bool = True,
+               **where: Any) -> None:
+        """Write `export/<task>` for every task from its selected copy (the final weights with `last`), merged or
+        as a peft adapter directory (`merged`, from EXPORT_MERGED); `where`: `export_tasks`' checks of the folder
+        it replaces."""
 
         def write(task: str, directory: Path) -> None:
             chosen = self.selected.get(task)
             if self.mode == "last" or chosen is None:
-                save_task(model, self.tokenizer, task, directory)
+                save_task(model, self.tokenizer, task, directory, merged)
             elif (self.root / chosen["dir"] / TASK_STATE_FILE).is_file():
                 with _task_state_loaded(model, self.root / chosen["dir"] / TASK_STATE_FILE):
-                    save_task(model, self.tokenizer, task, directory)
+                    save_task(model, self.tokenizer, task, directory, merged)
             else:
                 shutil.copytree(self.root / chosen["dir"], directory)
 
