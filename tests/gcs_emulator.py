@@ -92,6 +92,9 @@ class GcsEmulator:
         meta = self.data_dir / ".cloudstorage" / ".meta"
         for _ in range(200):
             self._proc.send_signal(signal.SIGSTOP)
+            # SIGSTOP is delivered asynchronously: wait until the kernel reports the whole process stopped,
+            # or the server may still truncate the file after it was read whole.
+            os.waitpid(self._proc.pid, os.WUNTRACED)
             try:
                 json.loads(meta.read_bytes())
                 return
