@@ -261,17 +261,16 @@ class MultitaskModel(nn.Module):
 
     def standalone_task_model(self, name: str) -> PreTrainedModel:
         """A plain Transformers model for one task, with a copy of the encoder's weights (with an adapter: the
-        task's adapter merged into them)."""
+        task's adapter merged into them); the only copy is the returned model's."""
         task = self.tasks[name]
         shared = self.task_models[name]
         model = task.kind.model_class().from_config(shared.config)
         prefix = model.base_model_prefix
-        encoder = self.adapter.merged_encoder(self.encoder, name)
-        state = {f"{prefix}.{k}": v for k, v in encoder.state_dict().items()}
+        state = {f"{prefix}.{k}": v for k, v in self.adapter.encoder_weights(self.encoder, name).items()}
         state.update(shared.state_dict())
         wanted = model.state_dict().keys()
         missing = sorted(set(wanted) - set(state))
         if missing:
             raise ValueError(f"cannot export {name}: no weights for {', '.join(missing[:5])}")
-        model.load_state_dict({k: state[k].detach().clone() for k in wanted}, strict=True)
+        model.load_state_dict({k: state[k] for k in wanted}, strict=True)  # copies into the model's own tensors
         return model.eval()

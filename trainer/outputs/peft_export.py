@@ -8,7 +8,6 @@ task's adapter is called in the multitask model.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -31,13 +30,9 @@ def unmerged_task_model(model: MultitaskModel, name: str) -> PreTrainedModel:
     task = model.tasks[name]
     shared = model.task_models[name]
     plain = task.kind.model_class().from_config(shared.config)
-    encoder = copy.deepcopy(model.encoder)
-    for layer_name, layer in tuner_layers(encoder).items():
-        parent, _, child = layer_name.rpartition(".")
-        setattr(encoder.get_submodule(parent) if parent else encoder, child, layer.get_base_layer())
-    state = {f"{plain.base_model_prefix}.{k}": v for k, v in encoder.state_dict().items()}
+    state = {f"{plain.base_model_prefix}.{k}": v for k, v in model.adapter.encoder_weights(model.encoder, None).items()}
     state.update(shared.state_dict())
-    plain.load_state_dict({k: state[k].detach().clone() for k in plain.state_dict()}, strict=True)
+    plain.load_state_dict({k: state[k] for k in plain.state_dict()}, strict=True)  # copies: the only copy
     return plain
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from trainer.config.settings import Settings
@@ -59,9 +60,11 @@ class Adapter:
     def activate(self, task: str) -> None:
         """Make `task`'s adapter the one the encoder's forward runs through."""
 
-    def merged_encoder(self, encoder: nn.Module, task: str) -> nn.Module:
-        """The plain encoder `task`'s standalone model gets: its adapter merged into a copy of the base."""
-        return encoder
+    def encoder_weights(self, encoder: nn.Module, task: str | None) -> dict[str, torch.Tensor]:
+        """The weights of the plain encoder `task`'s standalone model gets, under the base's names: with an adapter,
+        `task`'s merged into the base (`None`: the base alone). Tensors the merge leaves alone are the encoder's own,
+        not copies, so exporting a large base costs one model's memory, not three."""
+        return encoder.state_dict()
 
     def describe(self, encoder: nn.Module) -> str:
         """The log line that says what trains; empty when there is nothing to say."""

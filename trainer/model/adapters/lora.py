@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import torch
 from peft import LoraConfig
 from peft.functional import inject_adapter_in_model, set_adapter, set_requires_grad
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -103,17 +104,19 @@ class SharedLora(Adapter):
         set_adapter(encoder, self.active)
         set_requires_grad(encoder, self.adapter_names(), requires_grad=True)
 
-    def merged_encoder(self, encoder: nn.Module, task: str) -> nn.Module:
-        """A copy of the encoder with `task`'s adapter merged into its base layers (peft's `merge`) and every tuner
-        layer replaced by its base layer: a plain Transformers encoder, whose state dict has the base's names."""
-        merged = copy.deepcopy(encoder)
-        for name, layer in tuner_layers(merged).items():
-            layer.merge(adapter_names=[self.adapter_of(task)])
-            parent, _, child = name.rpartition(".")
-            setattr(merged.get_submodule(parent), child, layer.get_base_layer())
-        if hasattr(merged, "peft_config"):
-            del merged.peft_config
-        return merged
+    def encoder_weights(self, encoder: nn.Module, task: str | None) -> dict[str, torch.Tensor]:
+        """The base's weights by the base's names (peft's `base_layer.` dropped, the LoRA weights left out), with
+        `task`'s adapter merged into the layers it wraps: W + peft's `get_delta_weight` (scale * B @ A, transposed
+        for GPT-2's Conv1D), which is what peft's `merge` writes, computed without copying the encoder."""
+        state = {key.replace(".base_layer.", "."): value for key, value in encoder.state_dict().items()
+                 if ".lora_" not in key}
+        if task is not None:
+            adapter = self.adapter_of(task)
+            with torch.no_grad():
+                for name, layer in tuner_layers(encoder).items():
+                    weight = layer.get_base_layer().weight
+                    state[f"{name}.weight"] = weight + layer.get_delta_weight(adapter).to(weight.dtype)
+        return state
 
     def describe(self, encoder: nn.Module) -> str:
         layers = tuner_layers(encoder)
