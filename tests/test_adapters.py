@@ -225,3 +225,12 @@ def test_a_lora_run_of_the_demo_logs_its_layers_and_predicts_from_its_merged_exp
                  ((), (f"--model_dir={tmp_path / 'out' / 'model'}",))]
     assert all(r.returncode == 0 for r in predicted), predicted[-1].stderr[-2000:]
     assert predicted[0].stdout == predicted[1].stdout
+
+
+def test_check_names_the_layers_lora_would_wrap_without_loading_weights(cli):
+    """`check` attaches ADAPTER to the base's skeleton on the meta device: the line the run would log."""
+    result = cli("check", env={"ADAPTER": "lora_per_task", "LORA_TARGET_MODULES": "query,key"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("ADAPTER="))
+    assert line.startswith("ADAPTER=lora_per_task: 3 LoRA adapter(s) (r=8")
+    assert "key, query (LORA_TARGET_MODULES)" in line

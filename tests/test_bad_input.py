@@ -95,6 +95,9 @@ TABLE: dict[str, Row] = {
     "LORA_TARGET_MODULES the model lacks": train(
         r"LORA_TARGET_MODULES=query,qkv_proj: the model \(bert\) has no layer named 'qkv_proj'; its layers LoRA can "
         r"wrap are dense, key, .*query, .*value", ADAPTER="lora_per_task", LORA_TARGET_MODULES="query,qkv_proj"),
+    "check: LORA_TARGET_MODULES the model lacks": command(
+        "check", r"LORA_TARGET_MODULES=qkv_proj: the model \(bert\) has no layer named 'qkv_proj'", ADAPTER="lora",
+        LORA_TARGET_MODULES="qkv_proj"),
     # ---- section 8: numbers and places ------------------------------------------------------------------
     "NUM_EPOCHS=inf": train(r"NUM_EPOCHS='inf' must be a finite number", NUM_EPOCHS="inf", MAX_STEPS=""),
     "NUM_EPOCHS=0": train(r"NUM_EPOCHS=0.0 must be > 0", NUM_EPOCHS="0", MAX_STEPS=""),

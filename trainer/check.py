@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from trainer.config.settings import Settings
 from trainer.data.arrow_split import UnlabelledSplit
 from trainer.data.read import read_all_splits, read_split
-from trainer.model.loading import load_tokenizer
+from trainer.model.adapters import ADAPTERS, LoraOptions
+from trainer.model.loading import encoder_skeleton, load_tokenizer
 from trainer.model.positions import check_max_seq_length
 from trainer.tasks.declare import describe_choice, resolve_tasks
 from trainer.tasks.spec import SPLITS, TaskData, TaskSpec
@@ -24,6 +27,8 @@ def check(settings: Settings) -> str:
     limit = settings.max_seq_length
     lines = [describe_choice(tasks, settings.tasks, settings.tasks_file),
              f"tokenizer of {settings.model_name}; MAX_SEQ_LENGTH={limit}"]
+    if settings.adapter != "none":
+        lines.append(describe_adapter(settings, tasks, encoder_skeleton(config, tokenizer)))
     tests = {t.name: declared_test(t, settings) for t in tasks}
     for task in tasks:
         lines.append(f"{task.name} ({task.type}, main metric {task.metric}):")
@@ -44,6 +49,16 @@ def check(settings: Settings) -> str:
                 lines.append(f"        labels: {summary}")
     lines.append("ok: every task reads and validates; nothing was written")
     return "\n".join(lines)
+
+
+def describe_adapter(settings: Settings, tasks: list[TaskSpec], encoder: nn.Module) -> str:
+    """ADAPTER attached as the run would, to the base's skeleton: the line the run logs, or the one-line refusal of a
+    LORA_TARGET_MODULES the model has no layer for."""
+    adapter = ADAPTERS[settings.adapter](LoraOptions.from_settings(settings), [t.name for t in tasks])
+    adapter.check(encoder)
+    with torch.device("meta"):
+        adapter.attach(encoder)
+    return adapter.describe(encoder)
 
 
 def declared_test(task: TaskSpec, settings: Settings) -> TaskData | str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
@@ -79,3 +80,10 @@ def load_encoder(
     if quantize:
         encoder = prepare_quantized(encoder, gradient_checkpointing)
     return tokenizer, encoder
+
+
+def encoder_skeleton(config: PreTrainedConfig | None, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The base's modules without weights (on the meta device), from `load_tokenizer`'s config (None: the demo):
+    what `check` inspects without reading or allocating any weight."""
+    with torch.device("meta"):
+        return demo.build_demo_encoder(len(tokenizer)) if config is None else AutoModel.from_config(config)
