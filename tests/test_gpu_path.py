@@ -192,3 +192,41 @@ def test_torch_compile_compiles_the_encoder_once_for_every_batch_shape():
         assert torch.allclose(out, eager(input_ids=ids, attention_mask=mask).last_hidden_state, atol=1e-4)
     assert counters["stats"]["unique_graphs"] == 1
     assert sum(counters["recompiles"].values()) <= 1  # at most the first change from static to dynamic
+
+
+@pytest.mark.slow
+def test_torch_compile_with_an_adapter_per_task_runs_each_tasks_adapter():
+    """TORCH_COMPILE with ADAPTER=lora_per_task: the compiled encoder follows the active adapter (each task's
+    output equals the eager encoder's with that adapter), and switching adapters recompiles at most once per
+    adapter, not at every step."""
+    from torch._dynamo.utils import counters
+
+    from trainer.model.adapters import ADAPTERS, LoraOptions
+
+    def with_adapters():
+        torch.manual_seed(0)
+        encoder = transformers.AutoModel.from_config(encoder_configs()["bert"]).eval()
+        adapter = ADAPTERS["lora_per_task"](LoraOptions(dropout=0.0), ["a", "b", "c"])
+        adapter.attach(encoder)
+        with torch.no_grad():
+            for name, param in encoder.named_parameters():
+                if ".lora_B." in name:
+                    param.normal_(0, 0.5)  # each adapter changes the output differently
+        return encoder, adapter
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled, compiled_adapter = with_adapters()
+    compile_encoder(compiled)
+    eager, eager_adapter = with_adapters()
+    ids = torch.randint(5, 400, (3, 11))
+    outputs = {}
+    for step in range(9):
+        task = "abc"[step % 3]
+        compiled_adapter.activate(task)
+        eager_adapter.activate(task)
+        got = compiled(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(got, eager(input_ids=ids).last_hidden_state, atol=1e-4, rtol=1e-4)
+        outputs.setdefault(task, got.detach())
+    assert not torch.allclose(outputs["a"], outputs["b"], atol=1e-3)  # the adapters differ, and so do the outputs
+    assert sum(counters["recompiles"].values()) <= 3
