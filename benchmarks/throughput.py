@@ -286,7 +286,8 @@ def project_run(settings: Settings, steps: int, tasks: list[TaskSpec], train: di
         model=MultitaskModel(encoder, tasks, settings.task_weighting, settings.task_weights), args=args,
         train_dataset=MultitaskDataset(train), processing_class=tokenizer, data_collator=collator, callbacks=[clock],
         tasks=tasks, sampling=settings.sampling, sampling_temperature=settings.sampling_temperature,
-        group_by_length=settings.group_by_length, weighting_learning_rate=settings.task_weighting_lr)
+        sampling_cap=settings.sampling_cap, group_by_length=settings.group_by_length,
+        weighting_learning_rate=settings.task_weighting_lr)
     trainer.train()
     record.add(collator, clock)
 

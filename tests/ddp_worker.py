@@ -8,6 +8,7 @@ records, after every step, a digest of each owner's parameters (each task's adap
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -93,6 +94,7 @@ class SigtermAt(TrainerCallback):
 
 
 def main(out_dir: str) -> None:
+    logging.basicConfig(level=logging.INFO)  # as `python -m trainer` does: the epoch's steps per task are a log line
     keep = KeepEncoder()
     settings, _ = load_settings(dotenv_path=None)
     callbacks = [keep]

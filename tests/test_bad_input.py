@@ -80,6 +80,11 @@ TABLE: dict[str, Row] = {
     "WEIGHT_DECAY<0": train(r"WEIGHT_DECAY=-0.1 must be >= 0", WEIGHT_DECAY="-0.1"),
     "WARMUP_RATIO=1.5": train(r"WARMUP_RATIO=1.5 must be in \[0, 1\)", WARMUP_RATIO="1.5"),
     "SAMPLING_TEMPERATURE=0": train(r"SAMPLING_TEMPERATURE=0.0 must be > 0", SAMPLING_TEMPERATURE="0"),
+    "SAMPLING_CAP=0": train(r"SAMPLING_CAP=0 must be a positive integer", SAMPLING_CAP="0"),
+    "SAMPLING_CAP=2.5": train(r"SAMPLING_CAP='2.5' is not an integer; it must be a positive integer or empty",
+                              SAMPLING_CAP="2.5"),
+    "SAMPLING_CAP with round_robin": train(r"SAMPLING_CAP=100 applies to SAMPLING=proportional or temperature, not "
+                                           r"SAMPLING=round_robin", SAMPLING_CAP="100", SAMPLING="round_robin"),
     "TASK_WEIGHTING_LR<0": train(r"TASK_WEIGHTING_LR=-1.0 must be > 0", TASK_WEIGHTING_LR="-1"),
     "TASK_WEIGHTS<0": train(r"TASK_WEIGHTS weight for 'demo_sentiment'=-2.0 must be >= 0",
                             TASK_WEIGHTS="demo_sentiment=-2"),

@@ -18,7 +18,8 @@ def test_settings_precedence_default_dotenv_env_flag(tmp_path, cli):
     assert rows["NUM_EPOCHS"].split()[1:] == ["3.0", "[default]"]
     assert set(rows) >= {"MODEL_NAME", "TASKS", "DATA_DIR", "TASKS_FILE", "OUTPUT_DIR", "MAX_STEPS", "EVAL_STEPS",
                          "SAVE_STEPS", "SAVE_TOTAL_LIMIT", "RESUME", "MAX_TRAIN_SAMPLES", "MAX_EVAL_SAMPLES",
-                         "LOG_DIR", "TASK_WEIGHTS", "SAMPLING_TEMPERATURE", "MAX_SEQ_LENGTH"}
+                         "LOG_DIR", "TASK_WEIGHTS", "SAMPLING_TEMPERATURE", "SAMPLING_CAP",
+                         "MAX_SEQ_LENGTH"}
 
 
 def _tasks_file(tmp_path, rows: str, extra: str = "") -> str:

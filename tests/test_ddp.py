@@ -25,6 +25,7 @@ def run_torchrun(tmp_path, worker_env: dict[str, str] | None = None, **settings:
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    (tmp_path / "torchrun.stderr").write_text(result.stderr)  # both ranks' log lines
 
 
 def torchrun_worker(tmp_path, worker_env: dict[str, str] | None = None,
@@ -47,6 +48,11 @@ def test_torchrun_two_ranks_train_the_same_task_each_step(tmp_path):
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert (tmp_path / "out" / "metrics.json").is_file()
     assert (tmp_path / "out" / "checkpoint-16" / "checkpoint_complete.json").is_file()
+    # the epoch's steps per task: logged once (rank 0), and what the ranks trained (16 of the 18 steps of epoch 1)
+    lines = re.findall(r"epoch 1 \(16 of 18 steps\): steps per task: (.*)", (tmp_path / "torchrun.stderr").read_text())
+    assert len(lines) == 1, lines
+    logged = dict(re.findall(r"(\w+) ([\d.]+) % \(expected [\d.]+ %\)", lines[0]))
+    assert logged == {t: f"{100 * tasks[0].count(t) / 16:.1f}" for t in set(tasks[0])}
 
 
 @pytest.mark.slow

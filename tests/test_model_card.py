@@ -122,3 +122,5 @@ def test_base_model_and_dataset_of_hub_local_and_file_tasks(tmp_path):
     text = model_card(rte, [rte], None, settings)
     assert "| SAMPLING | temperature, T=2 |" in text and "| TASK_WEIGHTING | static (rte=2) |" in text
     assert "| steps | NUM_EPOCHS=3.0 |" in text
+    assert "| SAMPLING | temperature, T=2, cap K=20000 |" in model_card(rte, [rte], None,
+                                                                    {**settings, "sampling_cap": 20000})

@@ -167,6 +167,7 @@ class TrainingRecipe:
             tasks=tasks,
             sampling=s.sampling,
             sampling_temperature=s.sampling_temperature,
+            sampling_cap=s.sampling_cap,
             group_by_length=s.group_by_length,
             weighting_learning_rate=s.task_weighting_lr,
             log_dir=self.run.log_dir,

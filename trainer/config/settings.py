@@ -150,6 +150,11 @@ class Settings:
     sampling_temperature: float = field(
         default=2.0, metadata={"help": "T for SAMPLING=temperature: p(task) ~ batches^(1/T).", "range": POSITIVE}
     )
+    sampling_cap: int | None = field(
+        default=None, metadata={"help": "K for SAMPLING=proportional or temperature: a task weighs at most K examples, "
+                                "min(examples, K), before the 1/T exponent (T5's cap); empty = no cap.",
+                                "range": COUNT}
+    )
     task_weights: dict[str, float] = field(
         default_factory=dict,
         metadata={"help": "Loss weight per task, e.g. 'rte=2,stsb=0.5' (default 1).", "range": NON_NEGATIVE},
@@ -349,7 +354,14 @@ def _parse(name: str, raw: Any, hint: Any) -> Any:
     if hint is bool:
         return parse_bool(env, raw)
     if hint is int:
-        return parse_int(env, raw)
+        allowed: Range | None = FIELDS[name].metadata.get("range")
+        try:
+            return parse_int(env, raw)
+        except UserError as err:  # say what is allowed: the range, and empty where that is the default
+            if allowed is None:
+                raise
+            empty = " or empty" if FIELDS[name].default is None else ""
+            raise UserError(f"{err}; it must be {allowed.describe(True)}{empty}") from None
     if hint is float:
         return parse_float(env, raw)
     return str(raw).strip()
@@ -424,6 +436,9 @@ def _validate(s: Settings) -> None:
         raise UserError("GRADIENT_CHECKPOINTING=true with ADAPTER=lora_per_task and SAMPLING=all_tasks is not "
                         "supported (the backward recomputes every task's blocks through the adapter active last); "
                         "use another SAMPLING, or GRADIENT_CHECKPOINTING=false")
+    if s.sampling_cap is not None and not STRATEGIES[s.sampling].takes_cap:
+        raise UserError(f"SAMPLING_CAP={s.sampling_cap} applies to SAMPLING=proportional or temperature, not "
+                        f"SAMPLING={s.sampling}; unset SAMPLING_CAP or choose one of those")
     if s.job_dir:
         storage.parse_uri(s.job_dir)  # gs://bucket/prefix, or one line saying what is wrong
     _ = s.effective_resume  # RESUME parsed here, once: a local checkpoint that is not there is one line now

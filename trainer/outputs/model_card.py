@@ -95,6 +95,8 @@ def _settings_rows(settings: Mapping[str, Any], tasks: list[TaskSpec], run_metri
         steps += f" ({run_metrics.global_step} optimizer steps)"
     sampling = settings["sampling"] + (f", T={settings['sampling_temperature']:g}"
                                        if settings["sampling"] == "temperature" else "")
+    if settings.get("sampling_cap") is not None:  # metrics.json from before SAMPLING_CAP has none
+        sampling += f", cap K={settings['sampling_cap']}"
     weights = ", ".join(f"{k}={v:g}" for k, v in settings["task_weights"].items())
     weighting = settings["task_weighting"] + (f" ({weights})" if weights else "")
     rows = [("MODEL_NAME", base_model(settings["model_name"]) or settings["model_name"]),

@@ -101,6 +101,8 @@ def defining_settings(settings: Settings, tasks: list[TaskSpec], rows: dict[str,
                        lora_target_modules=list(settings.lora_target_modules or []))
     if settings.sampling == "temperature":
         defines["sampling_temperature"] = settings.sampling_temperature
+    if settings.sampling_cap is not None:  # recorded only when set: a run from before SAMPLING_CAP had none
+        defines["sampling_cap"] = settings.sampling_cap
     if settings.task_weighting == "uncertainty":
         defines["task_weighting_lr"] = settings.task_weighting_lr
     return defines

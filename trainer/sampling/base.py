@@ -1,6 +1,6 @@
 """What a sampling strategy is: the plan of one epoch, as (task, global batch) pairs per step.
 
-A strategy sees the sampler only through `batches_per_task()` and `task_pass(task, rng)` (one
+A strategy sees the sampler only through `task_sizes`, `batches_per_task()` and `task_pass(task, rng)` (one
 shuffled pass over a task, cut into global batches). It draws everything from the `rng` it is given,
 which the sampler seeds with (seed, epoch), so a plan is the same on every rank and on resume.
 """
@@ -20,13 +20,29 @@ Step = list[tuple[int, np.ndarray]]  # the (task, global batch) pairs one optimi
 class Strategy:
     name = ""
     one_task_per_step = True  # False: a step holds a batch of every task (the losses are summed)
+    takes_cap = False  # True: SAMPLING_CAP applies (a task weighs min(examples, K), T5's capped mixing)
 
-    def __init__(self, temperature: float = 2.0) -> None:
+    def __init__(self, temperature: float = 2.0, cap: int | None = None) -> None:
+        if cap is not None and not self.takes_cap:
+            raise ValueError(f"a sampling cap applies to proportional and temperature sampling, not to {self.name}")
         self.temperature = temperature
+        self.cap = cap
 
     def steps(self, batches_per_task: list[int]) -> int:
         """Steps per epoch."""
         return sum(batches_per_task)
+
+    def weights(self, sampler: MultitaskBatchSampler) -> np.ndarray:
+        """Each task's weight in the mix: its batches, or with a cap K its examples held to K, min(examples, K)
+        (T5, JMLR 21:140, §3.5.2: K counts examples)."""
+        if self.cap is None:
+            return np.array(sampler.batches_per_task(), dtype=float)
+        return np.minimum(np.array(sampler.task_sizes, dtype=float), self.cap)
+
+    def shares(self, sampler: MultitaskBatchSampler) -> np.ndarray:
+        """The share of an epoch's steps each task is meant to get (the realised shares are logged against it)."""
+        weights = self.weights(sampler)
+        return weights / weights.sum()
 
     def plan(self, sampler: MultitaskBatchSampler, rng: np.random.Generator) -> list[Step]:
         raise NotImplementedError
@@ -48,3 +64,23 @@ def interleave(order: np.ndarray | list[int], per_task: list[list[np.ndarray]]) 
         plan.append([(int(task), per_task[task][cursors[task]])])
         cursors[task] += 1
     return plan
+
+
+def step_counts(shares: np.ndarray, total: int) -> list[int]:
+    """Steps per task: largest-remainder rounding of share * total (exact counts, so an epoch's realised shares are
+    the formula's to within one step)."""
+    counts = np.floor(shares * total).astype(int)
+    remainders = shares * total - counts
+    for i in np.argsort(-remainders, kind="stable")[: total - counts.sum()]:
+        counts[i] += 1
+    return counts.tolist()
+
+
+def mixture(sampler: MultitaskBatchSampler, shares: np.ndarray, rng: np.random.Generator,
+            total: int) -> list[Step]:
+    """`total` steps split across tasks by `shares`, in random order: a task with more steps than batches cycles
+    through reshuffled passes, one with fewer is cut short."""
+    counts = step_counts(shares, total)
+    per_task = [cycled(sampler, t, count, rng) for t, count in enumerate(counts)]
+    order = rng.permutation(np.repeat(np.arange(sampler.num_tasks), counts))
+    return interleave(order, per_task)

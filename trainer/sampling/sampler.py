@@ -42,6 +42,7 @@ class MultitaskBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         lengths: Sequence[Sequence[int]] | None = None,
+        cap: int | None = None,
     ):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown sampling strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -49,10 +50,12 @@ class MultitaskBatchSampler(Sampler[list[int]]):
             raise ValueError("batch_size must be positive and 0 <= rank < num_replicas")
         if not task_sizes or min(task_sizes) <= 0:
             raise ValueError("every task needs at least one example")
+        if cap is not None and cap <= 0:
+            raise ValueError("a sampling cap must be a positive number of examples")
         self.task_sizes = list(task_sizes)
         self.offsets = np.cumsum([0, *self.task_sizes[:-1]])
         self.batch_size = batch_size
-        self.strategy = STRATEGIES[strategy](temperature)
+        self.strategy = STRATEGIES[strategy](temperature, cap)
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
@@ -98,6 +101,19 @@ class MultitaskBatchSampler(Sampler[list[int]]):
     def global_schedule(self) -> list[Step]:
         """(task, global batch) pairs for every step of the current epoch; identical on all ranks."""
         return self.strategy.plan(self, np.random.default_rng([self.seed, self.epoch]))
+
+    def realised_shares(self, steps: int) -> list[float]:
+        """Each task's share of the batches of the current epoch's first `steps` steps.
+
+        The schedule is a pure function of (seed, epoch) and the Trainer trains it in order (a resumed epoch
+        skips the steps trained before the resume, then goes on), so this counts what the epoch trained, the
+        steps before a resume included, on every rank alike.
+        """
+        counts = np.zeros(self.num_tasks)
+        for step in self.global_schedule()[:steps]:
+            for task, _ in step:
+                counts[task] += 1
+        return (counts / max(counts.sum(), 1)).tolist()
 
     def rank_slice(self, batch: np.ndarray) -> list[int]:
         """This rank's contiguous share of a global batch (sizes differ by at most one)."""

@@ -1,6 +1,7 @@
-"""The epoch keeps the proportional number of steps, split across tasks with p(task) ~ batches^(1/T).
+"""The epoch keeps the proportional number of steps, split across tasks with p(task) ~ weight^(1/T).
 
-Small tasks are cycled through reshuffled passes; large tasks are cut short. `uniform` is T = inf.
+A task's weight is its number of batches, or with SAMPLING_CAP=K min(examples, K): the cap applies before the 1/T
+exponent. Small tasks are cycled through reshuffled passes; large tasks are cut short. `uniform` is T = inf.
 """
 
 from __future__ import annotations
@@ -9,33 +10,25 @@ import math
 
 import numpy as np
 
-from trainer.sampling.base import Step, Strategy, cycled, interleave
+from trainer.sampling.base import Step, Strategy, mixture
 
 
 class Temperature(Strategy):
     name = "temperature"
+    takes_cap = True
 
-    def counts(self, batches_per_task: list[int]) -> list[int]:
-        """Steps per task: largest-remainder rounding of p(task) * steps."""
-        total = self.steps(batches_per_task)
-        weights = np.array(batches_per_task, dtype=float)
+    def shares(self, sampler) -> np.ndarray:
+        weights = self.weights(sampler)
         probs = np.ones_like(weights) if math.isinf(self.temperature) else weights ** (1.0 / self.temperature)
-        probs /= probs.sum()
-        counts = np.floor(probs * total).astype(int)
-        remainders = probs * total - counts
-        for i in np.argsort(-remainders, kind="stable")[: total - counts.sum()]:
-            counts[i] += 1
-        return counts.tolist()
+        return probs / probs.sum()
 
     def plan(self, sampler, rng: np.random.Generator) -> list[Step]:
-        counts = self.counts(sampler.batches_per_task())
-        per_task = [cycled(sampler, t, count, rng) for t, count in enumerate(counts)]
-        order = rng.permutation(np.repeat(np.arange(sampler.num_tasks), counts))
-        return interleave(order, per_task)
+        return mixture(sampler, self.shares(sampler), rng, self.steps(sampler.batches_per_task()))
 
 
 class Uniform(Temperature):
     name = "uniform"
+    takes_cap = False  # every task weighs the same: a cap changes nothing
 
-    def __init__(self, temperature: float = 2.0) -> None:
-        super().__init__(math.inf)
+    def __init__(self, temperature: float = 2.0, cap: int | None = None) -> None:
+        super().__init__(math.inf, cap)

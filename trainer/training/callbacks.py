@@ -1,9 +1,11 @@
 """The Trainer callbacks of a run that are not a concern of their own: the progress bar, TensorBoard on resume,
-the last evaluation, and the final save."""
+the last evaluation, each epoch's steps per task, and the final save."""
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -12,7 +14,10 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import has_length
 
+from trainer.sampling.sampler import MultitaskBatchSampler
 from trainer.training.metrics import AGGREGATE_METRIC
+
+logger = logging.getLogger(__name__)
 
 
 class TaskProgressCallback(ProgressCallback):
@@ -73,6 +78,42 @@ class LastEvaluation(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if metrics and any(k.endswith(f"_{AGGREGATE_METRIC}") for k in metrics):
             self.step, self.metrics = state.global_step, dict(metrics)
+
+
+class StepShares(TrainerCallback):
+    """At the end of each epoch, each task's realised share of the epoch's steps beside the share its strategy means
+    it to get (SAMPLING, SAMPLING_TEMPERATURE, SAMPLING_CAP): one line on the main process, e.g.
+    `epoch 1: steps per task: stsb 40.1 % (expected 40.0 %), ...`, and `<task>_share` (0 to 1) in the logged
+    metrics (TensorBoard's `train/<task>_share`), so a mix can be checked against the formula that chose it.
+
+    The shares count the batches of the steps the epoch trained, read back from the sampler's schedule: the steps
+    before a resume count, and an epoch cut short (MAX_STEPS, a stop) counts the steps it trained. Every rank
+    draws the same tasks, so every rank computes the same shares. Not logged for SAMPLING=all_tasks, whose every
+    step trains every task.
+    """
+
+    def __init__(self, task_names: list[str], log: Callable[[dict[str, float]], None]) -> None:
+        self.task_names = task_names
+        self.log = log
+
+    def on_epoch_end(self, args, state, control, train_dataloader=None, **kwargs):
+        sampler = getattr(train_dataloader, "batch_sampler", None)
+        if not isinstance(sampler, MultitaskBatchSampler) or not sampler.strategy.one_task_per_step:
+            return
+        total = len(sampler)
+        # the Trainer sets state.epoch to epoch + batches trained / batches per epoch, counting batches it skipped on
+        # resume; the sampler holds the epoch it is in
+        steps = min(total, round((state.epoch - sampler.epoch) * total))
+        if steps <= 0:
+            return
+        realised = sampler.realised_shares(steps)
+        expected = sampler.strategy.shares(sampler).tolist()
+        if state.is_world_process_zero:
+            part = "" if steps == total else f" ({steps} of {total} steps)"
+            shares = ", ".join(f"{name} {100 * r:.1f} % (expected {100 * e:.1f} %)"
+                               for name, r, e in zip(self.task_names, realised, expected, strict=True))
+            logger.info("epoch %d%s: steps per task: %s", sampler.epoch + 1, part, shares)
+        self.log({f"{name}_share": round(r, 4) for name, r in zip(self.task_names, realised, strict=True)})
 
 
 class FinalSaveCallback(TrainerCallback):

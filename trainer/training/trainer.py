@@ -27,7 +27,7 @@ from trainer.model.sharding import keep_fsdp_on_cpu
 from trainer.sampling.eval_order import OrderedSampler, length_order, restore
 from trainer.sampling.sampler import MultitaskBatchSampler
 from trainer.tasks.spec import TaskSpec
-from trainer.training.callbacks import LastEvaluation, ResumableTensorBoard, TaskProgressCallback
+from trainer.training.callbacks import LastEvaluation, ResumableTensorBoard, StepShares, TaskProgressCallback
 from trainer.training.divergence import NO_STEP, DiskFull, FiniteLossGuard, TrainingDiverged, out_of_space
 from trainer.training.metrics import AGGREGATE_METRIC, aggregate_score, metrics_by_task
 
@@ -50,6 +50,7 @@ class MultitaskTrainer(Trainer):
         tasks: list[TaskSpec],
         sampling: str = "proportional",
         sampling_temperature: float = 2.0,
+        sampling_cap: int | None = None,
         group_by_length: bool = False,
         weighting_learning_rate: float | None = None,
         log_dir: str | None = None,
@@ -77,6 +78,8 @@ class MultitaskTrainer(Trainer):
         self.add_callback(FiniteLossGuard(self))
         self.sampling = sampling
         self.sampling_temperature = sampling_temperature
+        self.sampling_cap = sampling_cap
+        self.add_callback(StepShares([t.name for t in tasks], self.log))
         self.weighting_learning_rate = weighting_learning_rate
         self.group_by_length = group_by_length
         self._eval_task: TaskSpec | None = None
@@ -99,6 +102,7 @@ class MultitaskTrainer(Trainer):
             batch_size=self._train_batch_size,
             strategy=self.sampling,
             temperature=self.sampling_temperature,
+            cap=self.sampling_cap,
             seed=self.args.seed,
             num_replicas=self.args.world_size,
             rank=self.args.process_index,
