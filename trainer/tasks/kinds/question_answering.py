@@ -232,6 +232,11 @@ class QuestionAnswering(TaskKind):
                             f"{task.name!r} for SQuAD v2-style unanswerable questions")
         return {"question": question, "context": context, "answer_text": texts, "answer_start": starts}
 
+    def check_lengths(self, task: TaskSpec, rows: Any, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        questions = [q.lstrip() for q in rows.question]
+        for start in range(0, len(questions), 10_000):
+            check_windows(task, tokenizer, questions[start:start + 10_000], max_length)
+
     # -- tokenisation: windows ----------------------------------------------------------
 
     def tokenize(
