@@ -3,10 +3,14 @@ runs on a tiny BERT (training, predict, export, resume). No SQuAD-format data is
 
 import json
 import random
+import subprocess
+import sys
 
 import datasets
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from trainer.errors import UserError
 from trainer.tasks.demo import build_demo_tokenizer
@@ -230,3 +234,172 @@ def test_a_declared_source_in_the_datasets_layout(tmp_path, monkeypatch):
     (task,) = [resolve_source(t) for t in load_tasks_file(str(tmp_path / "tasks.yaml")).values()]
     dev = read_split(task, "dev", None).columns
     assert dev["answer_text"] == [r["answers"]["text"] for r in qa_rows(6, seed=2)]
+
+
+# ---- the model: loss, save and reload, export ------------------------------------------------------------------
+
+
+def _model_and_batch(tokenizer, task=QA, max_length=32):
+    from trainer.data.dataset import TaskBatchCollator
+    from trainer.model.modeling import MultitaskModel
+
+    from .tiny import encoder_configs
+
+    torch.manual_seed(0)
+    model = MultitaskModel(transformers.AutoModel.from_config(encoder_configs(len(tokenizer))["bert"]), [task])
+    rows = qa_rows(8, words=20)
+    columns = {"question": [r["question"] for r in rows], "context": [r["context"] for r in rows],
+               "answer_text": [r["answers"]["text"] for r in rows],
+               "answer_start": [r["answers"]["answer_start"] for r in rows]}
+    encoded = task.kind.tokenize(columns, task, tokenizer, max_length)
+    features = [{"task": task.name, **{k: v[i] for k, v in encoded.items()}} for i in range(len(encoded["input_ids"]))]
+    return model, TaskBatchCollator(tokenizer, [task])(features), rows
+
+
+def test_the_training_loss_falls():
+    model, batch, _ = _model_and_batch(build_demo_tokenizer())
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    curve = []
+    for _ in range(60):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        curve.append(loss.item())
+    assert sum(curve[-5:]) / 5 < 0.5 * sum(curve[:5]) / 5, f"{curve[:5]} -> {curve[-5:]}"
+
+
+def test_save_and_reload_is_bit_identical_and_the_export_answers_as_predict(tmp_path):
+    """Trainer.save_model -> from_checkpoint gives the same logits bit for bit; the export loads with
+    AutoModelForQuestionAnswering and `predict` on it answers every question as on the multitask model."""
+    from trainer.data.dataset import TaskBatchCollator
+    from trainer.model.modeling import MultitaskModel
+    from trainer.outputs.export import export_tasks
+    from trainer.outputs.inference import predict_inputs
+    from trainer.training.trainer import MultitaskTrainer
+
+    tokenizer = build_demo_tokenizer()
+    model, batch, rows = _model_and_batch(tokenizer)
+    model.eval()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    trainer = MultitaskTrainer(model=model, args=args, tasks=[QA], processing_class=tokenizer,
+                               data_collator=TaskBatchCollator(tokenizer, [QA]))
+    trainer.save_model(str(tmp_path / "saved"))
+    reloaded = MultitaskModel.from_checkpoint(tmp_path / "saved").eval()
+    with torch.no_grad():
+        expected = model(**batch)
+        again = reloaded(**batch)
+    assert torch.equal(expected.start_logits, again.start_logits) and torch.equal(expected.end_logits,
+                                                                                  again.end_logits)
+    (path,) = export_tasks(model, tokenizer, str(tmp_path / "export"))
+    standalone = transformers.AutoModelForQuestionAnswering.from_pretrained(path).eval()
+    assert type(standalone).__name__ == "BertForQuestionAnswering"
+    inputs = [{"text": r["question"], "context": r["context"]} for r in rows]
+    ours = predict_inputs(QA, model.task_models["qa"].eval(), tokenizer, inputs, 32)
+    theirs = predict_inputs(QA, standalone, transformers.AutoTokenizer.from_pretrained(path), inputs, 32)
+    assert [(o["answer"], o["start"], o["end"]) for o in ours] == [(t["answer"], t["start"], t["end"]) for t in theirs]
+    assert all(r["context"][o["start"]:o["end"]] == o["answer"] for r, o in zip(rows, ours, strict=True))
+
+
+def test_packing_pads_question_answering_with_one_line(caplog):
+    from trainer.data.packing import packer_for
+
+    from .tiny import encoder_configs
+
+    encoder = transformers.AutoModel.from_config(encoder_configs()["bert"])
+    with caplog.at_level("WARNING"):
+        packer_for(encoder, [QA])
+    if any("can't" in r.message or "cannot" in r.message for r in caplog.records):
+        pytest.skip("this encoder can't pack at all")
+    assert [r.message for r in caplog.records if "qa" in r.message] == [
+        "PACKING=1: task 'qa' (question_answering) is padded: its labels are token positions inside each window"]
+
+
+# ---- runs: in a mix with a demo task ---------------------------------------------------------------------------
+
+
+def write_qa_task(root, train=300, dev=40, unanswerable=0.0):
+    """A fruit_qa task: SQuAD JSON for train, JSONL for dev, both read through the TASKS_FILE."""
+    write_squad(root / "train.json", qa_rows(train, seed=1, words=30, unanswerable=unanswerable))
+    write_jsonl(root / "dev.jsonl", qa_rows(dev, seed=2, words=30, unanswerable=unanswerable))
+    extra = ", allow_unanswerable: true" if unanswerable else ""
+    (root / "tasks.yaml").write_text("tasks:\n  - {name: fruit_qa, type: question_answering, doc_stride: 16, "
+                                     f"train_file: train.json, dev_file: dev.jsonl{extra}}}\n")
+    return root / "tasks.yaml"
+
+
+def test_resume_with_question_answering_in_a_mix_matches_an_uninterrupted_run(tmp_path):
+    from safetensors.torch import load_file
+
+    from trainer.train import train
+
+    from .test_training import StopAt
+    from .tiny import save_tiny_pretrained, settings_of
+
+    model_dir = save_tiny_pretrained(tmp_path / "tiny")
+    common = {"model_name": str(model_dir), "tasks_file": str(write_qa_task(tmp_path, train=60, dev=8)),
+              "tasks": "fruit_qa,demo_sentiment", "max_seq_length": 48, "max_steps": 12, "batch_size": 8,
+              "max_train_samples": 60, "max_eval_samples": 8, "save_steps": 4, "eval_steps": 100, "seed": 3}
+    train(settings_of(**common, output_dir=str(tmp_path / "a")))
+    interrupted = settings_of(**common, output_dir=str(tmp_path / "b"), resume="auto")
+    train(interrupted, callbacks=[StopAt(6)])
+    train(interrupted)
+    a = load_file(tmp_path / "a" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("task_models.fruit_qa.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
+
+
+@pytest.fixture(scope="module")
+def qa_run(tmp_path_factory):
+    from .tiny import run_cli, save_tiny_pretrained
+
+    root = tmp_path_factory.mktemp("qa")
+    env = {"MODEL_NAME": str(save_tiny_pretrained(root / "tiny")), "TASKS_FILE": str(write_qa_task(root)),
+           "TASKS": "fruit_qa,demo_sentiment", "OUTPUT_DIR": str(root / "out"), "MAX_SEQ_LENGTH": "48",
+           "MAX_STEPS": "120", "BATCH_SIZE": "16", "LEARNING_RATE": "3e-3", "LOGGING_STEPS": "10",
+           "EVAL_STEPS": "60", "SAVE_STEPS": "60"}
+    result = run_cli("train", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, env
+
+
+def test_question_answering_trains_in_a_mix_predicts_and_exports(qa_run, tmp_path):
+    from .tiny import ROOT, cli_environ, run_cli
+
+    root, env = qa_run
+    out = root / "out"
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["main_metric"]["fruit_qa"] == "f1"
+    assert report["tasks"]["fruit_qa"]["f1"] > 0.8 and "exact_match" in report["tasks"]["fruit_qa"]
+    history = json.loads((out / "checkpoint-120" / "trainer_state.json").read_text())["log_history"]
+    losses = [h["fruit_qa_loss"] for h in history if "fruit_qa_loss" in h]
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
+
+    context = "we saw a red bus in town today and the fruit is cherry and the movie was good"
+    answers = []
+    for where in ([], ["--model_dir=" + str(out / "export" / "fruit_qa")]):
+        result = run_cli("predict", "--task=fruit_qa", "--text=which fruit ?", f"--context={context}", *where,
+                         env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        answers.append(json.loads(result.stdout))
+    assert answers[0] == answers[1]  # predict reads export/<task> by default: the same model either way
+    assert (answers[0]["answer"], answers[0]["start"]) == ("cherry", context.index("cherry"))
+    assert 0 < answers[0]["score"] <= 1 and answers[0]["end"] == answers[0]["start"] + len("cherry")
+
+    stdin = json.dumps({"text": "which fruit ?", "context": context}) + "\n"
+    result = subprocess.run([sys.executable, "-m", "trainer", "predict", "--task=fruit_qa", "--text=-"], input=stdin,
+                            env=cli_environ(env), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and json.loads(result.stdout)["answer"] == "cherry", result.stderr[-2000:]
+
+    result = run_cli("predict-file", "--task=fruit_qa", f"--input={root / 'dev.jsonl'}",
+                     f"--output={tmp_path / 'answers.tsv'}", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = (tmp_path / "answers.tsv").read_text().splitlines()
+    assert lines[0] == "index\tanswer\tstart\tend\tscore" and len(lines) == 41
+    gold = [r["answers"]["text"][0] for r in qa_rows(40, seed=2, words=30)]
+    assert np.mean([line.split("\t")[1] == g for line, g in zip(lines[1:], gold, strict=True)]) > 0.8
+
+    model = transformers.AutoModelForQuestionAnswering.from_pretrained(out / "export" / "fruit_qa")
+    assert type(model).__name__ == "BertForQuestionAnswering"
