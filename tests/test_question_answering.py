@@ -403,3 +403,18 @@ def test_question_answering_trains_in_a_mix_predicts_and_exports(qa_run, tmp_pat
 
     model = transformers.AutoModelForQuestionAnswering.from_pretrained(out / "export" / "fruit_qa")
     assert type(model).__name__ == "BertForQuestionAnswering"
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "all_tasks"])
+def test_torchrun_two_ranks_with_question_answering_in_a_mix(tmp_path, sampling):
+    """Two gloo ranks: the same task (or, all_tasks, every task) in every step, equal weights at the end, and
+    the dev windows gathered from both ranks put back together per question."""
+    from .test_ddp import torchrun_worker
+
+    write_qa_task(tmp_path, train=96, dev=16)
+    tasks, _ = torchrun_worker(tmp_path, SAMPLING=sampling, TASKS="demo_sentiment,fruit_qa",
+                               TASKS_FILE=str(tmp_path / "tasks.yaml"), MAX_SEQ_LENGTH="48")
+    expected = {"demo_sentiment+fruit_qa"} if sampling == "all_tasks" else {"demo_sentiment", "fruit_qa"}
+    assert set(tasks[0]) == expected
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert {"f1", "exact_match"} <= set(report["tasks"]["fruit_qa"])
