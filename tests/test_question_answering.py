@@ -418,3 +418,34 @@ def test_torchrun_two_ranks_with_question_answering_in_a_mix(tmp_path, sampling)
     assert set(tasks[0]) == expected
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert {"f1", "exact_match"} <= set(report["tasks"]["fruit_qa"])
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "electra", "deberta-v2", "modernbert", "gpt2",
+                                  "llama"])
+def test_question_answering_runs_on_every_architecture(arch):
+    """The QA model shares the encoder and gives a finite loss on every family, byte-level BPE included (GPT-2 and
+    Llama pad with EOS, on the right whatever their side)."""
+    from trainer.data.dataset import TaskBatchCollator
+    from trainer.model.modeling import MultitaskModel
+
+    from .tiny import decoder_configs, encoder_configs
+
+    decoder = arch in ("gpt2", "llama")
+    tokenizer = gpt2_tokenizer() if decoder else roberta_tokenizer()
+    if decoder:
+        tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+    config = (decoder_configs(len(tokenizer), tokenizer.pad_token_id) if decoder else encoder_configs())[arch]
+    torch.manual_seed(0)
+    model = MultitaskModel(transformers.AutoModel.from_config(config), [QA])
+    task_model = model.task_models["qa"]
+    assert getattr(task_model, task_model.base_model_prefix) is model.encoder
+    rows = qa_rows(4, words=12)
+    columns = {"question": [r["question"] for r in rows], "context": [r["context"] for r in rows],
+               "answer_text": [r["answers"]["text"] for r in rows],
+               "answer_start": [r["answers"]["answer_start"] for r in rows]}
+    encoded = QA.kind.tokenize(columns, QA, tokenizer, 40)
+    features = [{"task": "qa", **{k: v[i] for k, v in encoded.items()}} for i in range(len(encoded["input_ids"]))]
+    batch = TaskBatchCollator(tokenizer, [QA])(features)
+    assert (batch["input_ids"][:, 0] != tokenizer.pad_token_id).all()  # padded on the right
+    assert torch.isfinite(model(**batch).loss)
