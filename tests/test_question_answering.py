@@ -449,3 +449,15 @@ def test_question_answering_runs_on_every_architecture(arch):
     batch = TaskBatchCollator(tokenizer, [QA])(features)
     assert (batch["input_ids"][:, 0] != tokenizer.pad_token_id).all()  # padded on the right
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_check_reports_windows_and_refuses_what_training_refuses(tmp_path):
+    from trainer.check import check
+
+    from .tiny import settings_of
+
+    tasks_file = write_qa_task(tmp_path, train=20, dev=5, unanswerable=0.3)
+    report = check(settings_of(tasks="fruit_qa", tasks_file=str(tasks_file), max_seq_length=48))
+    assert "split into windows (doc_stride 16) at 48" in report and "unanswerable" in report
+    with pytest.raises(UserError, match=r"doc_stride 16 must be below MAX_SEQ_LENGTH=16"):
+        check(settings_of(tasks="fruit_qa", tasks_file=str(tasks_file), max_seq_length=16))
