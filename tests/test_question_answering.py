@@ -408,16 +408,18 @@ def test_question_answering_trains_in_a_mix_predicts_and_exports(qa_run, tmp_pat
 @pytest.mark.parametrize("sampling", ["uniform", "all_tasks"])
 def test_torchrun_two_ranks_with_question_answering_in_a_mix(tmp_path, sampling):
     """Two gloo ranks: the same task (or, all_tasks, every task) in every step, equal weights at the end, and
-    the dev windows gathered from both ranks put back together per question."""
+    the dev windows gathered from both ranks put back together per question (all_tasks: with unanswerable ones)."""
     from .test_ddp import torchrun_worker
 
-    write_qa_task(tmp_path, train=96, dev=16)
+    write_qa_task(tmp_path, train=96, dev=16, unanswerable=0.3 if sampling == "all_tasks" else 0.0)
     tasks, _ = torchrun_worker(tmp_path, SAMPLING=sampling, TASKS="demo_sentiment,fruit_qa",
                                TASKS_FILE=str(tmp_path / "tasks.yaml"), MAX_SEQ_LENGTH="48")
     expected = {"demo_sentiment+fruit_qa"} if sampling == "all_tasks" else {"demo_sentiment", "fruit_qa"}
     assert set(tasks[0]) == expected
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert {"f1", "exact_match"} <= set(report["tasks"]["fruit_qa"])
+    if sampling == "all_tasks":  # SQuAD v2-style questions without an answer: their metrics too
+        assert {"has_answer_f1", "no_answer_accuracy", "best_f1_threshold"} <= set(report["tasks"]["fruit_qa"])
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "electra", "deberta-v2", "modernbert", "gpt2",
