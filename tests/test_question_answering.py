@@ -463,3 +463,31 @@ def test_check_reports_windows_and_refuses_what_training_refuses(tmp_path):
     assert "split into windows (doc_stride 16) at 48" in report and "unanswerable" in report
     with pytest.raises(UserError, match=r"doc_stride 16 must be below MAX_SEQ_LENGTH=16"):
         check(settings_of(tasks="fruit_qa", tasks_file=str(tasks_file), max_seq_length=16))
+
+
+def test_predict_needs_a_context_and_answers_null_only_where_allowed(monkeypatch):
+    from trainer.outputs.inference import predict_inputs
+
+    tokenizer = build_demo_tokenizer()
+    model, _, _ = _model_and_batch(tokenizer)
+    qa_model = model.task_models["qa"].eval()
+    with pytest.raises(UserError, match=r"task 'qa' answers questions about a text: pass --context"):
+        predict_inputs(QA, qa_model, tokenizer, [{"text": "which fruit ?"}], 32)
+    inputs = [{"text": "which fruit ?", "context": "the fruit is plum and we saw a bus"}]
+    (answered,) = predict_inputs(QA, qa_model, tokenizer, inputs, 32)
+    assert answered["answer"] and inputs[0]["context"][answered["start"]:answered["end"]] == answered["answer"]
+
+    original = QA.kind.reduce_logits
+
+    def cls_wins(logits, labels):  # the CLS position's start and end logits far above every other
+        stacked = original(logits, labels)
+        stacked[:, 0] = 100.0
+        return stacked
+
+    monkeypatch.setattr(QA.kind, "reduce_logits", cls_wins)
+    v2 = TaskSpec.from_dict({"name": "qa", "type": "question_answering", "allow_unanswerable": True,
+                             "doc_stride": 4})
+    (null,) = predict_inputs(v2, qa_model, tokenizer, inputs, 32)
+    (span,) = predict_inputs(QA, qa_model, tokenizer, inputs, 32)
+    assert (null["answer"], null["start"], null["end"]) == ("", 0, 0) and null["score"] > 0.9
+    assert span["answer"] != ""  # without allow_unanswerable the best span is the answer
