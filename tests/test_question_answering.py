@@ -403,6 +403,11 @@ def test_question_answering_trains_in_a_mix_predicts_and_exports(qa_run, tmp_pat
 
     model = transformers.AutoModelForQuestionAnswering.from_pretrained(out / "export" / "fruit_qa")
     assert type(model).__name__ == "BertForQuestionAnswering"
+    card = (out / "export" / "fruit_qa" / "README.md").read_text()
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0].replace("ORG/NAME", str(out / "export" / "fruit_qa"))
+    result = subprocess.run([sys.executable, "-c", snippet], env=cli_environ(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "plum", result.stderr[-2000:]  # the card's usage
 
 
 @pytest.mark.parametrize("sampling", ["uniform", "all_tasks"])
