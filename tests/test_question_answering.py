@@ -146,8 +146,8 @@ def test_windows_overlap_by_doc_stride_and_every_one_names_its_row():
     assert sorted(set(out["example"])) == [7, 8, 9] and len(out["example"]) > 3
     assert max(out["length"]) <= 24
     same = [i for i, e in enumerate(out["example"]) if e == 7]
-    tail = [o for o in out["offsets"][same[0]] if o != [-1, -1]][-4:]
-    head = [o for o in out["offsets"][same[1]] if o != [-1, -1]][:4]
+    tail = [o for o in out["offsets"][same[0]].tolist() if o != [-1, -1]][-4:]
+    head = [o for o in out["offsets"][same[1]].tolist() if o != [-1, -1]][:4]
     assert tail == head  # doc_stride 4: the next window starts with the last 4 context tokens of this one
     for i, (s, e) in enumerate(out["labels"]):  # every window holding the whole answer is labelled with it
         context, gold = columns["context"][out["example"][i] - 7], columns["answer_text"][out["example"][i] - 7][0]

@@ -96,19 +96,21 @@ def best_answers(
     candidates: dict[int, list[tuple[float, int, int]]] = collections.defaultdict(list)
     null: dict[int, float] = {}
     for f, example in enumerate(examples.tolist()):
-        window = offsets[f]
+        window = np.asarray(offsets[f])
+        inside = window[:, 0] >= 0  # the context's tokens (NO_OFFSET elsewhere)
         start_logits, end_logits = logits[f, : len(window), 0], logits[f, : len(window), 1]
         cls = cls_index[f]
         null[example] = min(null.get(example, np.inf), float(start_logits[cls] + end_logits[cls]))
         starts = np.argsort(start_logits, kind="stable")[::-1][:n_best]
         ends = np.argsort(end_logits, kind="stable")[::-1][:n_best]
         for s in starts.tolist():
-            if window[s] == NO_OFFSET:
+            if not inside[s]:
                 continue
             for e in ends.tolist():
-                if window[e] == NO_OFFSET or e < s or e - s + 1 > max_answer_length:
+                if not inside[e] or e < s or e - s + 1 > max_answer_length:
                     continue
-                candidates[example].append((float(start_logits[s] + end_logits[e]), window[s][0], window[e][1]))
+                candidates[example].append((float(start_logits[s] + end_logits[e]), int(window[s, 0]),
+                                            int(window[e, 1])))
     answers = {}
     for example, null_score in null.items():
         ranked = sorted(candidates[example], key=lambda c: -c[0])[:n_best]
@@ -272,7 +274,7 @@ class QuestionAnswering(TaskKind):
             out["labels"].append(answer_tokens(offsets, batch["answer_text"][row], batch["answer_start"][row], cls))
             out["length"].append(len(ids))
             out["example"].append(indices[row])
-            out["offsets"].append(offsets)
+            out["offsets"].append(np.asarray(offsets, dtype=np.int32))  # half of int64's bytes in the cache
             out["cls_index"].append(cls)
             out["context"].append(batch["context"][row])
             out["answer_text"].append(batch["answer_text"][row])
