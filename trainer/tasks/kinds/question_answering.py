@@ -151,6 +151,8 @@ class QuestionAnswering(TaskKind):
         Field("max_answer_length", "the longest answer predicted, in tokens", default=30),
         Field("n_best", "start and end positions tried per window", default=20),
     )
+    # on a 0..1 scale like every kind's (eval_average mixes them); best_f1_threshold is a null-score margin that
+    # the card and metrics.json report beside best_f1, not a quality (its "higher is better" means nothing)
     metrics = {"f1": True, "exact_match": True, "has_answer_f1": True, "has_answer_exact_match": True,
                "no_answer_accuracy": True, "best_f1": True, "best_f1_threshold": True}
     file_formats = ("json", "jsonl")
