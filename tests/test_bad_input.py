@@ -68,6 +68,10 @@ TREC_LINES = {"train.label": "DESC how so ?\nNUM how many ?\n", "dev.label": "DE
 SPLIT = ("{{name: one, type: classification, labels: [yes, no], train_file: train.tsv, text_columns: [text], "
          "label_column: label, split: {}}}")
 SPLIT_USAGE = r"split takes \{dev: fraction, test: fraction, seed: integer\} \(fractions above 0 whose sum is below 1"
+QA = "{{name: qa, type: question_answering, train_file: qa.jsonl, dev_file: qa.jsonl{}}}"
+QA_ROW = ('{"question": "which fruit ?", "context": "the fruit is plum", '
+          '"answers": {"text": ["plum"], "answer_start": [13]}}')
+QA_DATA = {"qa.jsonl": f"{QA_ROW}\n{QA_ROW.replace('[13]', '[12]')}\n"}  # line 2: "plum" is not at 12
 JOB = {"JOB_DIR": "gs://{bucket}/{row}"}
 CLOUD = {"PROJECT_ID": "my-project", "BUCKET_NAME": "my-bucket"}
 
@@ -172,6 +176,14 @@ TABLE: dict[str, Row] = {
         "predict --task=demo_sentiment --text=hi --choices=[a,b]",
         r"--choices is for multiple-choice tasks; task 'demo_sentiment' is classification"),
     # ---- data files with bad rows ----------------------------------------------------------------------------
+    "QA answer_start off its text": mine(r"qa\.jsonl:2: answer 'plum' is not at answer_start 12 of its context",
+                                         task=QA, data=QA_DATA),
+    "QA doc_stride >= MAX_SEQ_LENGTH": mine(r"task 'qa': doc_stride 128 must be below MAX_SEQ_LENGTH=64",
+                                            task=QA, data={"qa.jsonl": QA_ROW + "\n"}, MAX_SEQ_LENGTH="64"),
+    "QA question longer than MAX_SEQ_LENGTH": mine(
+        r"task 'qa': the question 'which fruit which fruit.*' has \d+ tokens, which leaves no room for its context "
+        r"in MAX_SEQ_LENGTH=32", ", doc_stride: 8", task=QA,
+        data={"qa.jsonl": QA_ROW.replace("which fruit ?", "which fruit " * 20) + "\n"}, MAX_SEQ_LENGTH="32"),
     "wrong column count": mine(r"train.tsv:3: expected 2 columns \(text, label\), found 3",
                                data={"train.tsv": "text\tlabel\na\tyes\nb\tno\textra\n"}),
     "label outside the list": mine(r"label 'maybe' of task 'mine' is not in its label list \(yes, no\)",

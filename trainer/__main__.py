@@ -140,21 +140,23 @@ class CLI:
 
         print(check(_settings(flags)[0]))
 
-    @fire.decorators.SetParseFns(text=_text_flag, text_pair=_text_flag, choices=_flag_value)
+    @fire.decorators.SetParseFns(text=_text_flag, text_pair=_text_flag, choices=_flag_value, context=_text_flag)
     def predict(
         self,
         task: str,
         text: Any = None,
         text_pair: Any = None,
         choices: Any = None,
+        context: Any = None,
         model_dir: str | None = None,
         **flags: Any,
     ) -> None:
         """Predict TASK for --text and print one JSON line per input, echoing it.
 
         --text is a string (taken as it is), a list ('["a", "b"]'), or '-' to read stdin: one text per line, or
-        JSON lines with "text", "text_pair" and "choices" (long texts: use stdin). --choices is for multiple
-        choice. --model_dir takes an OUTPUT_DIR, a model or checkpoint, or export/<task>.
+        JSON lines with "text", "text_pair", "choices" and "context" (long texts: use stdin). --choices is for
+        multiple choice; --context is the passage a question answering task's --text asks about. --model_dir
+        takes an OUTPUT_DIR, a model or checkpoint, or export/<task>.
         """
         from trainer.outputs.inference import load_task_model, predict_inputs
 
@@ -163,7 +165,7 @@ class CLI:
         settings, _ = _settings(flags)
         _quiet_model_loading()
         spec, model, tokenizer = load_task_model(settings.output_dir, model_dir, task, settings.max_seq_length)
-        for chunk in _chunks(_predict_inputs(text, text_pair, choices), 64):  # stdin streams: flat memory
+        for chunk in _chunks(_predict_inputs(text, text_pair, choices, context), 64):  # stdin streams: flat memory
             for result in predict_inputs(spec, model, tokenizer, chunk, settings.max_seq_length):
                 print(json.dumps(result, ensure_ascii=False), flush=True)
 
@@ -258,15 +260,16 @@ def _as_list(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _predict_inputs(text: Any, text_pair: Any, choices: Any) -> Iterator[dict[str, Any]]:
-    """`{"text", "text_pair", "choices"}` per input, from the flags or (for --text=-) from stdin."""
+def _predict_inputs(text: Any, text_pair: Any, choices: Any, context: Any = None) -> Iterator[dict[str, Any]]:
+    """`{"text", "text_pair", "choices", "context"}` per input, from the flags or (for --text=-) from stdin."""
     shared_choices = _as_list(choices) if choices is not None else None
     if text == "-":
         for lineno, line in _stdin_lines():
             if not line.strip():
                 continue
             if not line.lstrip().startswith("{"):
-                yield {"text": line.rstrip("\r\n"), "text_pair": None, "choices": shared_choices}
+                yield {"text": line.rstrip("\r\n"), "text_pair": None, "choices": shared_choices,
+                       "context": context}
                 continue
             try:
                 row = json.loads(line)
@@ -274,18 +277,18 @@ def _predict_inputs(text: Any, text_pair: Any, choices: Any) -> Iterator[dict[st
                 raise UserError(f"stdin line {lineno}: not valid JSON ({err.msg})") from None
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise UserError(f"stdin line {lineno}: a JSON line needs a \"text\" string (and optionally "
-                                "\"text_pair\", \"choices\")")
-            if any("\0" in str(row.get(key) or "") for key in ("text", "text_pair")):
+                                "\"text_pair\", \"choices\", \"context\")")
+            if any("\0" in str(row.get(key) or "") for key in ("text", "text_pair", "context")):
                 raise UserError(f"stdin line {lineno}: a text contains a NUL character; remove it")
             yield {"text": row["text"], "text_pair": row.get("text_pair"),
-                   "choices": row.get("choices", shared_choices)}
+                   "choices": row.get("choices", shared_choices), "context": row.get("context", context)}
         return
     texts = _as_list(text)
     pairs = _as_list(text_pair) if text_pair is not None else None
     if pairs is not None and len(pairs) != len(texts):
         raise UserError(f"--text has {len(texts)} item(s) but --text_pair has {len(pairs)}; give one per text")
     for i, item in enumerate(texts):
-        yield {"text": item, "text_pair": pairs[i] if pairs else None, "choices": shared_choices}
+        yield {"text": item, "text_pair": pairs[i] if pairs else None, "choices": shared_choices, "context": context}
 
 
 def _stdin_lines() -> Iterator[tuple[int, str]]:
@@ -321,6 +324,7 @@ _OWN_FLAGS = {
                 "text": "a text, a list of texts ('[\"a\", \"b\"]'), or - for stdin (one text or JSON line per line; "
                         "use it for long texts)",
                 "text_pair": "the second text of a pair task", "choices": "candidate answers (multiple choice only)",
+                "context": "the passage --text asks about (question answering only)",
                 "model_dir": "an OUTPUT_DIR, a model or checkpoint directory, or export/<task>"},
     "predict-file": {"task": "the task to predict (required)",
                      "input": "a file in the task's format: csv/tsv/jsonl/conll/... as its kind reads (required)",

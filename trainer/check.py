@@ -38,6 +38,7 @@ def check(settings: Settings) -> str:
                     lines.append(f"  test  {tests[task.name]}")
                     continue
                 rows[task.name]["test"] = tests[task.name]
+            task.kind.check_lengths(task, rows[task.name][split], tokenizer, limit)  # as training refuses it
             columns = rows[task.name][split].columns
             lengths = task.kind.token_lengths(task, columns, tokenizer)
             p50, p90, p99 = np.percentile(lengths, [50, 90, 99]).astype(int)

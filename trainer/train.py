@@ -115,6 +115,9 @@ class TrainingRecipe:
         self.base = record_base(s.model_name, self.encoder, s.seed)  # before it trains: what run.json records
         self.adapter = ADAPTERS[s.adapter](LoraOptions.from_settings(s), [t.name for t in self.tasks])
         self.adapter.check(self.encoder)  # a LoRA target the model lacks stops here, before anything is written
+        for task in self.tasks:  # so does a row MAX_SEQ_LENGTH can't hold (a question leaving no room for a context)
+            for split in SPLITS:
+                task.kind.check_lengths(task, self.rows[task.name][split], self.tokenizer, s.max_seq_length)
         logger.info(describe_choice(self.tasks, s.tasks, s.tasks_file))
         self.packer = packer_for(self.encoder, self.tasks) if s.packing else None
         if s.torch_compile:

@@ -45,8 +45,9 @@ def tokenize_split(
     ).hexdigest()[:20]
     os.makedirs(cache_dir(), exist_ok=True)
     return raw.map(
-        task.kind.tokenize,
+        task.kind.tokenize_rows,
         batched=True,
+        with_indices=True,
         batch_size=task.kind.map_batch_rows,
         fn_kwargs={"task": task, "tokenizer": tokenizer, "max_length": max_length},
         remove_columns=raw.column_names,

@@ -181,7 +181,7 @@ class MultitaskModel(nn.Module):
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         self.adapter.activate(task)
-        return self.task_models[task](**inputs)
+        return self.task_models[task](**self.tasks[task].kind.model_inputs(inputs))
 
     # -- memory -------------------------------------------------------------------------
 

@@ -141,6 +141,9 @@ def predict_inputs(
     if not task.kind.takes_choices and any(item.get("choices") is not None for item in inputs):
         raise UserError(f"--choices is for multiple-choice tasks; task {task.name!r} is {task.type}: leave "
                         "--choices (and \"choices\" in stdin lines) out")
+    if not task.kind.takes_context and any(item.get("context") is not None for item in inputs):
+        raise UserError(f"--context is for question answering tasks; task {task.name!r} is {task.type}: leave "
+                        "--context (and \"context\" in stdin lines) out")
     if not task.kind.takes_text_pair(task) and any(item.get("text_pair") is not None for item in inputs):
         raise UserError(f"--text_pair is for sentence-pair tasks; task {task.name!r} takes one text: leave "
                         "--text_pair (and \"text_pair\" in stdin lines) out")

@@ -68,6 +68,8 @@ def _describe_outputs(task: TaskSpec) -> str:
         return f"one of N candidate answers{' (answer keys ' + ', '.join(labels) + ')' if labels else ''}"
     if task.type == "regression":
         return "one number per input"
+    if task.type == "question_answering":
+        return "the answer's start and end in the context (a span of it)"
     return "no labels: the objective is the text itself"
 
 
@@ -152,6 +154,17 @@ def _usage(task: TaskSpec, unmerged: bool = False) -> str:
     elif task.type == "causal_lm":
         lines += ['generate = pipeline("text-generation", model=model, tokenizer=tokenizer)',
                   'print(generate("once upon a time", max_new_tokens=20))']
+    elif task.type == "question_answering":  # no pipeline in Transformers 5: the best span of one window
+        lines += ['question, context = "which fruit ?", "we saw a red bus and the fruit is plum"',
+                  "batch = tokenizer(question, context, return_tensors=\"pt\", return_offsets_mapping=True)",
+                  'offsets = batch.pop("offset_mapping")[0]',
+                  "with torch.no_grad():",
+                  "    out = model(**batch)",
+                  "outside = torch.tensor([s != 1 for s in batch.sequence_ids(0)])  # not the context's tokens",
+                  "start = out.start_logits[0].masked_fill(outside, -1e9).argmax().item()",
+                  "ends = out.end_logits[0, start:start + 30].masked_fill(outside[start:start + 30], -1e9)",
+                  "end = start + ends.argmax().item()",
+                  "print(context[offsets[start][0]:offsets[end][1]])"]
     else:  # multiple choice: no pipeline in Transformers
         lines += ['question, choices = "pick the fruit .", ["saw", "plum", "bus", "red"]',
                   "batch = tokenizer([question] * len(choices), choices, return_tensors=\"pt\", padding=True)",

@@ -290,11 +290,13 @@ class MultitaskTrainer(Trainer):
         return self._eval_task.kind.reduce_logits(logits, labels)
 
     def _task_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
-        """The kind's metrics, on predictions and labels put back in the dev split's order."""
+        """The kind's metrics, on predictions and labels put back in the dev split's order (one row per feature of
+        the tokenised split, which the kind may read: question answering's windows)."""
         predictions, labels = prediction.predictions, prediction.label_ids
         if self._eval_order is not None:
             predictions, labels = restore(predictions, self._eval_order), restore(labels, self._eval_order)
-        return self._eval_task.kind.compute_metrics(self._eval_task, predictions, labels)
+        task = self._eval_task
+        return task.kind.split_metrics(task, predictions, labels, self.eval_dataset[task.name].splits[task.name])
 
     def evaluate(
         self,

@@ -111,6 +111,7 @@ class TaskKind:
     prediction_columns: tuple[str, ...] = ("prediction",)  # what predict-file writes after `index`
     no_packing: str = ""  # why PACKING=1 can't pack this kind's batches (empty: it can, see trainer.data.packing)
     takes_choices: bool = False  # `predict --choices`: candidate answers per input (multiple choice)
+    takes_context: bool = False  # `predict --context`: the passage a question is asked about (question answering)
     map_batch_rows: int = 1000  # rows per `datasets.map` batch when tokenising (datasets' default)
 
     def takes_text_pair(self, task: TaskSpec) -> bool:
@@ -176,12 +177,27 @@ class TaskKind:
     def check_split(self, task: TaskSpec, columns: dict[str, list[Any]], where: str) -> None:
         """Refuse what no single row shows (a kind may need rows to agree); errors name `where`."""
 
+    def check_lengths(self, task: TaskSpec, rows: Any, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        """Refuse rows that MAX_SEQ_LENGTH can't hold at all (truncating is not refusing), once the tokenizer is
+        loaded and before anything is written; `rows` is a split's `TaskData`. The default: every row can be
+        truncated to fit."""
+
     def tokenize(
         self, batch: dict[str, list[Any]], task: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int
     ) -> dict[str, list[Any]]:
         """Tokenise a batch of normalised rows, without padding; adds `length` and (unless `collate` derives
         them) `labels`."""
         raise NotImplementedError
+
+    def tokenize_rows(
+        self, batch: dict[str, list[Any]], indices: list[int], task: TaskSpec, tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+    ) -> dict[str, list[Any]]:
+        """`tokenize` as a split's `datasets.map` calls it, with the rows' positions in the split: a kind may return
+        any number of features per row (question answering: one per window of a long context), and a feature can
+        name its row by that position, so `split_metrics` can put a row's features back together. The default:
+        `tokenize`, one feature per row."""
+        return self.tokenize(batch, task, tokenizer, max_length)
 
     def collate(
         self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None
@@ -208,6 +224,12 @@ class TaskKind:
         return batch
 
     # -- model --------------------------------------------------------------------------
+
+    def model_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A collated batch's `labels` as the stock task model takes them (the default: as they are). The batch keeps
+        one `labels` entry, which the Trainer gathers for `split_metrics`; a model that names its targets otherwise
+        (question answering: `start_positions`, `end_positions`) gets them here."""
+        return inputs
 
     def model_class(self) -> type:
         """The `AutoModelFor...` class of the task's model."""
@@ -236,6 +258,13 @@ class TaskKind:
 
     def compute_metrics(self, task: TaskSpec, predictions: Any, labels: np.ndarray) -> dict[str, float]:
         raise NotImplementedError
+
+    def split_metrics(self, task: TaskSpec, predictions: Any, labels: np.ndarray, features: datasets.Dataset
+                      ) -> dict[str, float]:
+        """The metrics of a whole dev split: `predictions` and `labels` are one row per feature, in the order of
+        `features` (the tokenised split). A kind whose rows became several features (`tokenize_rows`) reads them
+        there to score each row once. The default: `compute_metrics`, one feature per row."""
+        return self.compute_metrics(task, predictions, labels)
 
     def token_lengths(self, task: TaskSpec, columns: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase
                       ) -> np.ndarray:
