@@ -179,7 +179,8 @@ TABLE: dict[str, Row] = {
     "QA answer_start off its text": mine(r"qa\.jsonl:2: answer 'plum' is not at answer_start 12 of its context",
                                          task=QA, data=QA_DATA),
     "QA doc_stride >= MAX_SEQ_LENGTH": mine(r"task 'qa': doc_stride 128 must be below MAX_SEQ_LENGTH=64",
-                                            task=QA, data={"qa.jsonl": QA_ROW + "\n"}, MAX_SEQ_LENGTH="64"),
+                                            ", doc_stride: 128", task=QA, data={"qa.jsonl": QA_ROW + "\n"},
+                                            MAX_SEQ_LENGTH="64"),
     "QA question longer than MAX_SEQ_LENGTH": mine(
         r"task 'qa': the question 'which fruit which fruit.*' has \d+ tokens, which leaves no room for its context "
         r"in MAX_SEQ_LENGTH=32", ", doc_stride: 8", task=QA,

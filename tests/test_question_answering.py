@@ -496,3 +496,16 @@ def test_predict_needs_a_context_and_answers_null_only_where_allowed(monkeypatch
     (span,) = predict_inputs(QA, qa_model, tokenizer, inputs, 32)
     assert (null["answer"], null["start"], null["end"]) == ("", 0, 0) and null["score"] > 0.9
     assert span["answer"] != ""  # without allow_unanswerable the best span is the answer
+
+
+def test_the_default_doc_stride_fits_the_default_max_seq_length():
+    """Without `doc_stride`, windows overlap by 128 tokens, or a third of MAX_SEQ_LENGTH when that is less: a QA
+    task runs at the default MAX_SEQ_LENGTH of 128; a doc_stride set at or above MAX_SEQ_LENGTH is refused."""
+    from trainer.tasks.kinds.question_answering import check_windows, doc_stride
+
+    task = TaskSpec.from_dict({"name": "qa", "type": "question_answering"})
+    assert (doc_stride(task, 128), doc_stride(task, 384), doc_stride(task, 1024)) == (42, 128, 128)
+    check_windows(task, build_demo_tokenizer(), ["which fruit is red ?"], 128)
+    wide = TaskSpec.from_dict({"name": "qa", "type": "question_answering", "doc_stride": 128})
+    with pytest.raises(UserError, match=r"doc_stride 128 must be below MAX_SEQ_LENGTH=128"):
+        check_windows(wide, build_demo_tokenizer(), ["which fruit is red ?"], 128)

@@ -53,6 +53,8 @@ class Field:
     def parse(self, value: Any, where: str = "") -> Any:
         """The value as the task holds it; a value of another type is an error naming `where` and the field."""
         prefix = f"{where}: " if where else ""
+        if value is None and self.default is None and not self.required:
+            return None  # unset, as a saved task (`to_dict`) or an empty YAML value writes it: the field's default
         kind = self.value_kind
         if kind is bool:
             try:

@@ -147,7 +147,8 @@ class QuestionAnswering(TaskKind):
         Field("answers_column", "the column holding {text: [...], answer_start: [...]} (SQuAD/datasets layout)",
               default="answers"),
         Field("allow_unanswerable", "questions without an answer are allowed (SQuAD v2)", default=False),
-        Field("doc_stride", "tokens two windows of a long context share", default=128),
+        Field("doc_stride", "tokens two windows of a long context share (default: 128, or a third of "
+              "MAX_SEQ_LENGTH when that is less)", value_type=int),
         Field("max_answer_length", "the longest answer predicted, in tokens", default=30),
         Field("n_best", "start and end positions tried per window", default=20),
     )
@@ -164,7 +165,7 @@ class QuestionAnswering(TaskKind):
 
     def validate(self, task: TaskSpec, where: str) -> None:
         for field in ("doc_stride", "max_answer_length", "n_best"):
-            if getattr(task, field) < 1:
+            if getattr(task, field) is not None and getattr(task, field) < 1:
                 raise UserError(f"{where}: '{field}' must be a positive number of tokens, not {getattr(task, field)}")
 
     def metrics_for(self, task: TaskSpec) -> list[str]:
@@ -258,8 +259,8 @@ class QuestionAnswering(TaskKind):
         questions = [q.lstrip() for q in batch["question"]]
         check_windows(task, tokenizer, questions, max_length)
         encoded = tokenizer(questions, batch["context"], truncation="only_second", max_length=max_length,
-                            stride=task.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                            return_attention_mask=False)
+                            stride=doc_stride(task, max_length), return_overflowing_tokens=True,
+                            return_offsets_mapping=True, return_attention_mask=False)
         out: dict[str, list[Any]] = {k: [] for k in ("input_ids", "labels", "length", "example", "offsets",
                                                      "cls_index", "context", "answer_text")}
         types = "token_type_ids" in tokenizer.model_input_names
@@ -299,7 +300,8 @@ class QuestionAnswering(TaskKind):
         return np.asarray([len(ids) for ids in encoded["input_ids"]])
 
     def length_note(self, task: TaskSpec, lengths: np.ndarray, max_length: int) -> str:
-        return f"split into windows (doc_stride {task.doc_stride}) at {max_length}: {np.mean(lengths > max_length):.1%}"
+        share = np.mean(lengths > max_length)
+        return f"split into windows (doc_stride {doc_stride(task, max_length)}) at {max_length}: {share:.1%}"
 
     def label_summary(self, task: TaskSpec, columns: dict[str, list[Any]]) -> str:
         unanswerable = sum(not a for a in columns["answer_text"])
@@ -407,11 +409,21 @@ def _null(task: TaskSpec, found: dict[str, Any]) -> bool:
     return bool(task.allow_unanswerable) and found["null_score"] > found["span_score"]
 
 
+DOC_STRIDE = 128  # SQuAD's usual overlap, at its usual MAX_SEQ_LENGTH of 384
+
+
+def doc_stride(task: TaskSpec, max_length: int) -> int:
+    """The task's `doc_stride`, else 128 or a third of MAX_SEQ_LENGTH when that is less (SQuAD's 128 of 384), so a
+    QA task runs at the default MAX_SEQ_LENGTH of 128 too, with windows that overlap by 42 tokens."""
+    return task.doc_stride if task.doc_stride is not None else min(DOC_STRIDE, max_length // 3)
+
+
 def check_windows(task: TaskSpec, tokenizer: PreTrainedTokenizerBase, questions: list[str], max_length: int) -> None:
     """Refuse what can't be cut into windows: a doc_stride of MAX_SEQ_LENGTH or more, a question that leaves no room
     for its context, or one that leaves no more context per window than doc_stride (no window would move on)."""
-    if task.doc_stride >= max_length:
-        raise UserError(f"task {task.name!r}: doc_stride {task.doc_stride} must be below MAX_SEQ_LENGTH={max_length} "
+    stride = doc_stride(task, max_length)
+    if stride >= max_length:
+        raise UserError(f"task {task.name!r}: doc_stride {stride} must be below MAX_SEQ_LENGTH={max_length} "
                         "(windows overlap by doc_stride tokens); lower it, or raise MAX_SEQ_LENGTH (SQuAD: 384 "
                         "with the default doc_stride 128)")
     specials = tokenizer.num_special_tokens_to_add(pair=True)
@@ -421,9 +433,9 @@ def check_windows(task: TaskSpec, tokenizer: PreTrainedTokenizerBase, questions:
         if room < 1:
             raise UserError(f"task {task.name!r}: the question {question[:60]!r} has {length} tokens, which leaves no "
                             f"room for its context in MAX_SEQ_LENGTH={max_length}; shorten it or raise MAX_SEQ_LENGTH")
-        if task.doc_stride >= room:
+        if stride >= room:
             raise UserError(f"task {task.name!r}: the question {question[:60]!r} leaves {room} context tokens per "
-                            f"window at MAX_SEQ_LENGTH={max_length}, not more than doc_stride {task.doc_stride}; "
+                            f"window at MAX_SEQ_LENGTH={max_length}, not more than doc_stride {stride}; "
                             "lower doc_stride or raise MAX_SEQ_LENGTH")
 
 
