@@ -183,6 +183,11 @@ class MultitaskModel(nn.Module):
         self.adapter.activate(task)
         return self.task_models[task](**inputs)
 
+    def active_task_model(self, task: str) -> PreTrainedModel:
+        """Task `task`'s model with its adapter switched on, for calls other than `forward` (`generate`)."""
+        self.adapter.activate(task)
+        return self.task_models[task]
+
     # -- memory -------------------------------------------------------------------------
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
