@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from trainer.tasks.kinds import causal_lm, classification, masked_lm, multiple_choice, regression, token_classification
+from trainer.tasks.kinds import (
+    causal_lm,
+    classification,
+    masked_lm,
+    multiple_choice,
+    regression,
+    seq2seq,
+    token_classification,
+)
 from trainer.tasks.kinds.base import TaskKind
 
 KINDS: dict[str, TaskKind] = {
@@ -12,6 +20,7 @@ KINDS: dict[str, TaskKind] = {
     "token_classification": token_classification.KIND,
     "masked_lm": masked_lm.KIND,
     "causal_lm": causal_lm.KIND,
+    "seq2seq": seq2seq.KIND,
 }
 
 __all__ = ["KINDS", "TaskKind"]
