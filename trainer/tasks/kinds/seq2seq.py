@@ -8,6 +8,7 @@ generated text is mapped back to a label for `accuracy`.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import datasets
@@ -38,6 +39,12 @@ if TYPE_CHECKING:
 
 ROUGE = ("rouge1", "rouge2", "rougeL")
 SHORT_TARGET = 16  # max_target_length up to this many tokens: short answers, scored by exact match by default
+
+
+@functools.cache
+def _rouge() -> rouge_scorer.RougeScorer:
+    """One scorer for the process (making one logs a line)."""
+    return rouge_scorer.RougeScorer(list(ROUGE), use_stemmer=True)
 
 
 class Seq2Seq(TaskKind):
@@ -153,6 +160,14 @@ class Seq2Seq(TaskKind):
         out["labels"] = encode_texts(tokenizer, batch["target"], None, task.max_target_length)["input_ids"]
         return out
 
+    def check_label_lengths(self, task: TaskSpec, tokenizer: PreTrainedTokenizerBase) -> None:
+        """A label's text cut by max_target_length could never be generated whole, nor mapped back to its label."""
+        texts = self.label_targets(task)
+        for text, ids in zip(texts, encode_texts(tokenizer, texts)["input_ids"], strict=True):
+            if len(ids) > task.max_target_length:
+                raise UserError(f"task {task.name!r}: the target of label {text!r} is {len(ids)} tokens, more than "
+                                f"max_target_length ({task.max_target_length}); raise max_target_length")
+
     def collate(
         self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None
     ) -> dict[str, Any]:
@@ -179,6 +194,8 @@ class Seq2Seq(TaskKind):
                             f"{'an encoder-only' if encoder_only else 'a decoder-only'} model; seq2seq needs an "
                             "encoder-decoder (T5, FLAN-T5, mT5, BART, ...)")
         super().check_model(task, config, tokenizer)
+        if task.target_template and self.words(task):
+            self.check_label_lengths(task, tokenizer)
 
     # -- evaluation ---------------------------------------------------------------------
 
@@ -208,7 +225,7 @@ class Seq2Seq(TaskKind):
         predicted, targets = list(predictions), list(labels)
         if not targets:
             return dict.fromkeys(self.metrics_for(task), 0.0)
-        scorer = rouge_scorer.RougeScorer(list(ROUGE), use_stemmer=True)
+        scorer = _rouge()
         scores = [scorer.score(t, p) for p, t in zip(predicted, targets, strict=True)]
         metrics = {"exact_match": float(np.mean([p == t for p, t in zip(predicted, targets, strict=True)]))}
         metrics.update({name: float(np.mean([s[name].fmeasure for s in scores])) for name in ROUGE})
