@@ -240,3 +240,17 @@ def test_torchrun_seq2seq_and_classification_on_one_t5_end_equal_on_both_ranks(t
     assert set(tasks[0]) == {"start", "sent_cls"}
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert "rougeL" in report["tasks"]["start"]  # generated on both ranks, padded and gathered
+
+
+def test_packing_pads_seq2seq_with_one_logged_line(caplog):
+    import logging
+
+    from trainer.data.packing import packer_for
+
+    base = transformers.T5Model(transformers.T5Config(vocab_size=120, d_model=16, d_kv=8, d_ff=24, num_layers=1,
+                                                      num_heads=2))
+    with caplog.at_level(logging.WARNING, logger="trainer.data.packing"):
+        assert packer_for(base, [s2s_task()]) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "PACKING=1: t5 is not a bidirectional encoder; every batch is padded instead"]
+    assert SEQ2SEQ.no_packing  # on any encoder that could pack, seq2seq batches are still padded (its own line)
