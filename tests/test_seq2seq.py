@@ -254,3 +254,18 @@ def test_packing_pads_seq2seq_with_one_logged_line(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "PACKING=1: t5 is not a bidirectional encoder; every batch is padded instead"]
     assert SEQ2SEQ.no_packing  # on any encoder that could pack, seq2seq batches are still padded (its own line)
+
+
+@pytest.mark.parametrize("options", [{}, {"prefix": "stsb ", "source_column": ("sentence", "start")},
+                                     {**SENTIMENT, "target_column": "label", "prefix": "sst2 sentence: "}])
+def test_column_wise_normalising_matches_row_by_row(options):
+    import pyarrow as pa
+
+    task = s2s_task(**options)
+    rows = [{"sentence": "what a film", "start": "what a", "label": 1},
+            {"sentence": "dull", "start": "dull", "label": 0}]
+    table = pa.Table.from_pylist(rows)
+    assert SEQ2SEQ.normalise_arrow(task, table).to_pylist() == [SEQ2SEQ.normalise(task, r, "x") for r in rows]
+    empty = pa.Table.from_pylist([{**rows[0], "start": " "}])
+    if not task.target_template:
+        assert SEQ2SEQ.normalise_arrow(task, empty) is None  # row by row names the empty target's line

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import sacrebleu
 import torch
 from rouge_score import rouge_scorer
@@ -20,6 +22,7 @@ from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
 from trainer.errors import UserError
 from trainer.tasks.encode import encode_texts
+from trainer.tasks.kinds import columns
 from trainer.tasks.kinds.base import (
     IGNORE_INDEX,
     Field,
@@ -128,6 +131,30 @@ class Seq2Seq(TaskKind):
         source = self.source(task, [str(lookup(row, c, where)) for c in task.source_column])
         return {"source": source, "target": self.target(task, lookup(row, task.target_column, where), where)
                 if labelled else ""}
+
+    def normalise_arrow(self, task: TaskSpec, table: pa.Table) -> pa.Table | None:
+        texts = [columns.text(columns.find(table, c)) for c in task.source_column]
+        raw = columns.find(table, task.target_column)
+        if any(t is None for t in texts):
+            return None
+        if task.target_template:
+            index = columns.label_indices(raw, task.labels or tuple(str(i) for i in range(len(task.label_names))))
+            target = None if index is None else pc.take(pa.array(self.label_targets(task)), index)
+        else:
+            target = columns.text(raw)  # numbers other than integers go row by row (`target` writes them)
+            if target is not None and not pc.all(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(target)), 0)
+                                                  ).as_py():
+                target = None  # an empty target: row by row names its line
+        if target is None:
+            return None
+        if len(texts) == 1:
+            parts: list[Any] = [pa.scalar(task.prefix), texts[0]]
+        else:  # as `source` writes them: "prefix" "c1: " t1 " c2: " t2 ...
+            parts = []
+            for i, (column, text) in enumerate(zip(task.source_column, texts, strict=True)):
+                label = f"{column.rsplit('.', 1)[-1]}: "
+                parts += [pa.scalar((task.prefix if i == 0 else " ") + label), text]
+        return pa.table({"source": pc.binary_join_element_wise(*parts, ""), "target": target})
 
     def target(self, task: TaskSpec, raw: Any, where: str) -> str:
         if task.target_template:
