@@ -57,6 +57,8 @@ def mine(error: str, *extras: str, task: str = TASK, data: dict[str, str | bytes
 MC = ("{{name: quiz, type: multiple_choice, text_columns: [q], choice_columns: [a, b], label_column: answer, "
       "train_file: train.tsv, dev_file: dev.tsv{}}}")
 NER = "{{name: ner, type: token_classification, labels: [O, B-PER], train_file: t.conll, dev_file: t.conll{}}}"
+S2S = ("{{name: s2s, type: seq2seq, source_column: text, target_column: label, train_file: train.tsv, "
+       "dev_file: dev.tsv{}}}")
 STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
 PARALLEL = ("{{name: tw, type: classification, labels: [neg, pos], train_file: tr.txt, train_labels_file: trl.txt, "
             "dev_file: d.txt, dev_labels_file: dl.txt{}}}")
@@ -148,6 +150,12 @@ TABLE: dict[str, Row] = {
                                     task=MC),
     "duplicate tags": mine(r"task #1 \(ner\): 'labels' lists a value twice \(O\)",
                            task=NER.replace("[O, B-PER]", "[O, B-PER, O]")),
+    "seq2seq on an encoder-only model": mine(r"task 's2s' is seq2seq, but bert is an encoder-only model; seq2seq "
+                                             r"needs an encoder-decoder \(T5", task=S2S, MODEL_NAME="{tiny}"),
+    "seq2seq empty target": mine(r"train.tsv:3: the target \('label'\) of task 's2s' is empty; every row needs a "
+                                 r"target text", task=S2S, data={"train.tsv": "text\tlabel\ngood\tyes\nbad\t\n"}),
+    "target_template without {label}": mine(r"task #1 \(s2s\): 'target_template' \('it is x'\) must contain "
+                                            r"\{label\}", ", target_template: 'it is x', labels: [yes, no]", task=S2S),
     "header: ture": mine(r"tasks.yaml, task #1 \(mine\): header='ture' is not a boolean", ", header: ture"),
     "in_average: 3": mine(r"in_average=3 is not a boolean", ", in_average: 3"),
     "conll_columns of words": mine(r"task #1 \(ner\): conll_columns='a' is not an integer",

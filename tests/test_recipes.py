@@ -19,7 +19,7 @@ import yaml
 from trainer.config.env import CLOUD_ENV_NAMES, read_dotenv
 from trainer.config.settings import load_settings
 
-from .tiny import ROOT, SHARED_DATA, save_tiny_gpt2, save_tiny_llama, save_tiny_pretrained
+from .tiny import ROOT, SHARED_DATA, save_tiny_gpt2, save_tiny_llama, save_tiny_pretrained, save_tiny_t5
 
 pytestmark = pytest.mark.slow
 EXAMPLES = ROOT / "examples"
@@ -33,6 +33,9 @@ STAND_INS = {
     ("cardiffnlp/tweet_eval", "emotion"): ("classification", ["anger", "joy", "optimism", "sadness"]),
     ("cardiffnlp/tweet_eval", "sentiment"): ("classification", ["negative", "neutral", "positive"]),
     ("Salesforce/wikitext", "wikitext-2-raw-v1"): ("text", None),
+    ("nyu-mll/glue", "sst2"): ("sentence", ["negative", "positive"]),
+    ("nyu-mll/glue", "stsb"): ("pair", None),
+    ("tau/commonsense_qa", "default"): ("commonsense", None),
 }
 
 
@@ -43,10 +46,22 @@ def stand_in(directory: Path, dataset: str, config: str, splits: dict[str, str])
     for split in splits.values():
         if kind == "text":
             ds = datasets.Dataset.from_dict({"text": [f" {t} .\n" for t in TWEETS * 10] + [""]})
+        elif kind == "pair":  # GLUE's STS-B: two sentences and a float32 score
+            features = datasets.Features({"sentence1": datasets.Value("string"),
+                                          "sentence2": datasets.Value("string"), "label": datasets.Value("float32")})
+            rows = {"sentence1": TWEETS * 8, "sentence2": TWEETS[::-1] * 8,
+                    "label": [i % 26 / 5 for i in range(len(TWEETS) * 8)]}
+            ds = datasets.Dataset.from_dict(rows, features=features)
+        elif kind == "commonsense":  # tau/commonsense_qa: choices {label: [A..E], text: [...]}, answerKey
+            rows = {"question": TWEETS * 8,
+                    "choices": [{"label": list("ABCDE"), "text": TWEETS[:5]} for _ in range(len(TWEETS) * 8)],
+                    "answerKey": ["ABCDE"[i % 5] for i in range(len(TWEETS) * 8)]}
+            ds = datasets.Dataset.from_dict(rows)
         else:
-            features = datasets.Features({"text": datasets.Value("string"),
+            column = "text" if kind == "classification" else kind  # GLUE's SST-2 names it sentence
+            features = datasets.Features({column: datasets.Value("string"),
                                           "label": datasets.ClassLabel(names=names)})
-            rows = {"text": TWEETS * 8, "label": [i % len(names) for i in range(len(TWEETS) * 8)]}
+            rows = {column: TWEETS * 8, "label": [i % len(names) for i in range(len(TWEETS) * 8)]}
             ds = datasets.Dataset.from_dict(rows, features=features)
         ds.to_parquet(str(target / f"{split}.parquet"))
     return target
@@ -71,7 +86,7 @@ def offline_tasks_file(recipe_env: dict[str, str], tmp_path: Path) -> Path | Non
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     return {"encoder": save_tiny_pretrained(root / "bert"), "gpt2": save_tiny_gpt2(root / "gpt2"),
-            "llama": save_tiny_llama(root / "llama")}
+            "llama": save_tiny_llama(root / "llama"), "t5": save_tiny_t5(root / "t5")}
 
 
 def test_every_recipe_is_listed_in_the_readme():
@@ -87,7 +102,8 @@ def test_recipe_runs_offline(name, tmp_path, tiny_models, cli):
     recipe = EXAMPLES / f"{name}.env"
     settings = read_dotenv(recipe)
     family = settings["MODEL_NAME"].lower()
-    model = tiny_models["gpt2" if family.startswith("gpt2") else "llama" if "llama" in family else "encoder"]
+    model = tiny_models["gpt2" if family.startswith("gpt2") else "llama" if "llama" in family
+                        else "t5" if "t5" in family else "encoder"]
     env = {"ENV_FILE": str(recipe), "MODEL_NAME": str(model), "DATA_DIR": str(SHARED_DATA),
            "OUTPUT_DIR": str(tmp_path / "out"), "MAX_STEPS": "6", "BATCH_SIZE": "8", "MAX_TRAIN_SAMPLES": "48",
            "MAX_EVAL_SAMPLES": "16", "MAX_SEQ_LENGTH": "32", "EVAL_STEPS": "3", "LOGGING_STEPS": "3"}

@@ -228,3 +228,34 @@ def write_ner_and_text_tasks(directory: Path, text_kind: str = "masked_lm", sent
         f"  - {{name: ner, type: token_classification, labels: [{', '.join(NER_LABELS)}], train_file: ner.conll,"
         " dev_file: ner.conll}\n"
         f"  - {{name: text, type: {text_kind}, train_file: text.txt, dev_file: text.txt}}\n")
+
+
+def t5_tokenizer() -> transformers.PreTrainedTokenizerBase:
+    """T5 style: a Unigram (SentencePiece) vocabulary trained on the demo corpus, <pad>=0 </s>=1 <unk>=2, every
+    text ending in </s>; no sentinel tokens."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from trainer.tasks.demo import _corpus
+
+    unigram = Tokenizer(models.Unigram())
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+                                      show_progress=False)
+    unigram.train_from_iterator(sorted(set(_corpus())), trainer)
+    vocab = [tuple(piece) for piece in json.loads(unigram.to_str())["model"]["vocab"]]
+    return transformers.T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=128)
+
+
+def save_tiny_t5(directory: Path, seed: int = 0) -> Path:
+    """A tiny random T5 (encoder-decoder, tied LM head as t5-small) plus its Unigram tokenizer, saved like a hub
+    model: AutoModel gives its T5Model."""
+    torch.manual_seed(seed)
+    tokenizer = t5_tokenizer()
+    config = transformers.T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=48, num_layers=2,
+                                   num_decoder_layers=2, num_heads=2, relative_attention_num_buckets=8,
+                                   pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    transformers.T5Model(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -39,15 +39,44 @@ MULTITASK_FILE = "multitask.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def _attach_encoder(task_model: PreTrainedModel, encoder: nn.Module) -> None:
-    """Point the task model's base model at the shared encoder without registering it as a child."""
+def encoder_parts(task_model: PreTrainedModel, encoder: nn.Module) -> list[tuple[str, str]]:
+    """Where the shared encoder sits in a task model: (path in the task model, path in the encoder) pairs.
+
+    Most task models hold the whole base model under `base_model_prefix` (one pair, the encoder's path ""). T5's
+    family has no single base-model attribute in its seq2seq model: `T5ForConditionalGeneration` holds the base's
+    parts (`shared`, `encoder`, `decoder`) itself, and `T5ForTokenClassification` holds an encoder-only base
+    (`T5EncoderModel`: `shared`, `encoder`); each such part is the base's part of the same name and type.
+    """
     prefix = task_model.base_model_prefix
-    own = task_model._modules.pop(prefix, None)
-    if own is None:
-        raise ValueError(f"{type(task_model).__name__} has no submodule {prefix!r} to share")
-    if type(own) is not type(encoder):
-        raise ValueError(f"{type(task_model).__name__} expects a {type(own).__name__}, got {type(encoder).__name__}")
-    object.__setattr__(task_model, prefix, encoder)
+    own = task_model._modules.get(prefix)
+    if own is not None and type(own) is type(encoder):
+        return [(prefix, "")]
+    holder, at = (task_model, "") if own is None else (own, f"{prefix}.")
+    parts = [(at + name, name) for name, part in encoder.named_children()
+             if type(holder._modules.get(name)) is type(part)]
+    if not parts:
+        raise ValueError(f"{type(task_model).__name__} has no {type(encoder).__name__} (or its parts) to share")
+    return parts
+
+
+def encoder_weights_in(task_model: PreTrainedModel, encoder: nn.Module, weights: dict[str, torch.Tensor]
+                       ) -> dict[str, torch.Tensor]:
+    """The encoder's `weights` (by the encoder's names) under their names in a standalone `task_model`."""
+    state = {}
+    for path, part in encoder_parts(task_model, encoder):
+        inner = f"{part}." if part else ""
+        state.update({f"{path}.{k[len(inner):]}": v for k, v in weights.items() if k.startswith(inner)})
+    return state
+
+
+def _attach_encoder(task_model: PreTrainedModel, encoder: nn.Module) -> None:
+    """Point the task model's base model (or each of its parts, `encoder_parts`) at the shared encoder's without
+    registering it as a child."""
+    for path, part in encoder_parts(task_model, encoder):
+        owner, _, name = path.rpartition(".")
+        holder = task_model.get_submodule(owner)
+        holder._modules.pop(name)
+        object.__setattr__(holder, name, encoder.get_submodule(part))
     # A head tied to the input embeddings (masked/causal LM) must follow them to the shared encoder.
     output = task_model.get_output_embeddings()
     if output is not None and getattr(task_model.config, "tie_word_embeddings", False):
@@ -95,7 +124,13 @@ class MultitaskModel(nn.Module):
     @classmethod
     def from_task_model(cls, task: TaskSpec, model: PreTrainedModel) -> MultitaskModel:
         """A one-task model around a standalone task model (an export), sharing nothing: its own encoder."""
-        return cls(getattr(model, model.base_model_prefix), [task], task_models={task.name: model})
+        base, mapping = model._modules.get(model.base_model_prefix), AutoModel._model_mapping
+        if base is not None and (type(model.config) not in mapping or type(base) is mapping[type(model.config)]):
+            return cls(base, [task], task_models={task.name: model})
+        encoder = AutoModel.from_config(model.config)
+        for path, part in encoder_parts(model, encoder):  # T5's family: the model's parts make up the encoder
+            encoder._modules[part] = model.get_submodule(path)
+        return cls(encoder, [task], task_models={task.name: model})
 
     def _tied_aliases(self) -> dict[str, str]:
         """Parameter names that are another name's tensor (LM heads tied to the shared embeddings)."""
@@ -183,6 +218,11 @@ class MultitaskModel(nn.Module):
         self.adapter.activate(task)
         return self.task_models[task](**self.tasks[task].kind.model_inputs(inputs))
 
+    def active_task_model(self, task: str) -> PreTrainedModel:
+        """Task `task`'s model with its adapter switched on, for calls other than `forward` (`generate`)."""
+        self.adapter.activate(task)
+        return self.task_models[task]
+
     # -- memory -------------------------------------------------------------------------
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
@@ -265,8 +305,7 @@ class MultitaskModel(nn.Module):
         task = self.tasks[name]
         shared = self.task_models[name]
         model = task.kind.model_class().from_config(shared.config)
-        prefix = model.base_model_prefix
-        state = {f"{prefix}.{k}": v for k, v in self.adapter.encoder_weights(self.encoder, name).items()}
+        state = encoder_weights_in(model, self.encoder, self.adapter.encoder_weights(self.encoder, name))
         state.update(shared.state_dict())
         wanted = model.state_dict().keys()
         missing = sorted(set(wanted) - set(state))

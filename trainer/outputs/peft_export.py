@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trainer.errors import UserError
 from trainer.layout import TASK_FILE
 from trainer.model.adapters.lora import tuner_layers
-from trainer.model.modeling import MultitaskModel
+from trainer.model.modeling import MultitaskModel, encoder_weights_in
 
 ADAPTER_CONFIG = "adapter_config.json"  # peft's CONFIG_NAME: what marks an adapter directory
 EXPORTED_ADAPTER = "default"  # peft's default adapter name: what `from_pretrained(dir)` loads without arguments
@@ -30,7 +30,7 @@ def unmerged_task_model(model: MultitaskModel, name: str) -> PreTrainedModel:
     task = model.tasks[name]
     shared = model.task_models[name]
     plain = task.kind.model_class().from_config(shared.config)
-    state = {f"{plain.base_model_prefix}.{k}": v for k, v in model.adapter.encoder_weights(model.encoder, None).items()}
+    state = encoder_weights_in(plain, model.encoder, model.adapter.encoder_weights(model.encoder, None))
     state.update(shared.state_dict())
     plain.load_state_dict({k: state[k] for k in plain.state_dict()}, strict=True)  # copies: the only copy
     return plain

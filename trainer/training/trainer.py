@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ class MultitaskTrainer(Trainer):
         self.group_by_length = group_by_length
         self._eval_task: TaskSpec | None = None
         self._eval_batches = 0
+        self._eval_predict_seconds = 0.0  # time the current task's kind spent on `eval_predictions` (generation)
         self._eval_order: np.ndarray | None = None  # the order the current dev split is evaluated in
 
     def create_accelerator_and_postprocess(self) -> None:
@@ -179,8 +181,20 @@ class MultitaskTrainer(Trainer):
 
     def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: list[str] | None = None):
-        return super().prediction_step(model, self._kind_inputs(inputs, training=False), prediction_loss_only,
-                                       ignore_keys)
+        """The stock step (loss, logits); a kind that predicts some other way (seq2seq generates) replaces the
+        logits with its `eval_predictions`, as `Seq2SeqTrainer` does with generated tokens."""
+        inputs = self._kind_inputs(inputs, training=False)
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        task = self._eval_task
+        if prediction_loss_only or task is None:
+            return loss, logits, labels
+        started = time.perf_counter()
+        predictions = task.kind.eval_predictions(task, self._unwrapped_model.active_task_model(task.name), inputs,
+                                                 self.processing_class)
+        if predictions is None:
+            return loss, logits, labels
+        self._eval_predict_seconds += time.perf_counter() - started
+        return loss, predictions, labels
 
     def compute_loss(
         self,
@@ -296,6 +310,7 @@ class MultitaskTrainer(Trainer):
         if self._eval_order is not None:
             predictions, labels = restore(predictions, self._eval_order), restore(labels, self._eval_order)
         task = self._eval_task
+        predictions, labels = task.kind.decode_predictions(task, predictions, labels, self.processing_class)
         return task.kind.split_metrics(task, predictions, labels, self.eval_dataset[task.name].splits[task.name])
 
     def evaluate(
@@ -315,9 +330,13 @@ class MultitaskTrainer(Trainer):
         for task in self.tasks:
             self._eval_task = task
             self._eval_batches = 0
+            self._eval_predict_seconds = 0.0
             self.progress.task_name = task.name
             prefix = f"{metric_key_prefix}_{task.name}"
             metrics.update(super().evaluate(self.eval_dataset[task.name], ignore_keys, prefix))
+            if self._eval_predict_seconds:
+                logger.info("%s: %s predicting its dev split took %.1f s", task.name, task.kind.name,
+                            self._eval_predict_seconds)
         self._eval_task = None
         aggregate_key = f"{metric_key_prefix}_{AGGREGATE_METRIC}"
         metrics[aggregate_key] = aggregate_score(metrics_by_task(metrics, self.tasks, metric_key_prefix), self.tasks)

@@ -9,6 +9,7 @@ from trainer.tasks.kinds import (
     multiple_choice,
     question_answering,
     regression,
+    seq2seq,
     token_classification,
 )
 from trainer.tasks.kinds.base import TaskKind
@@ -21,6 +22,7 @@ KINDS: dict[str, TaskKind] = {
     "masked_lm": masked_lm.KIND,
     "causal_lm": causal_lm.KIND,
     "question_answering": question_answering.KIND,
+    "seq2seq": seq2seq.KIND,
 }
 
 __all__ = ["KINDS", "TaskKind"]

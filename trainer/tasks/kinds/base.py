@@ -258,6 +258,19 @@ class TaskKind:
         """Shrink a batch's logits before the Trainer gathers them (token-level kinds keep no vocab logits)."""
         return logits[0] if isinstance(logits, tuple) else logits
 
+    def eval_predictions(self, task: TaskSpec, model: PreTrainedModel, inputs: dict[str, Any],
+                         tokenizer: PreTrainedTokenizerBase) -> torch.Tensor | None:
+        """What evaluation keeps of a dev batch where one forward's logits are not the prediction (seq2seq
+        generates): a (batch, ...) tensor, which the Trainer pads with -100 across batches and ranks like logits.
+        None (the default): the forward's logits, shrunk by `reduce_logits`."""
+        return None
+
+    def decode_predictions(self, task: TaskSpec, predictions: Any, labels: np.ndarray,
+                           tokenizer: PreTrainedTokenizerBase) -> tuple[Any, Any]:
+        """The gathered predictions and labels as `compute_metrics` scores them (seq2seq: token ids -> texts);
+        the default: as they are."""
+        return predictions, labels
+
     def compute_metrics(self, task: TaskSpec, predictions: Any, labels: np.ndarray) -> dict[str, float]:
         raise NotImplementedError
 
