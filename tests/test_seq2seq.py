@@ -269,3 +269,21 @@ def test_column_wise_normalising_matches_row_by_row(options):
     empty = pa.Table.from_pylist([{**rows[0], "start": " "}])
     if not task.target_template:
         assert SEQ2SEQ.normalise_arrow(task, empty) is None  # row by row names the empty target's line
+
+
+def test_target_choices_column_makes_the_chosen_answers_text_the_target():
+    """CommonsenseQA as text to text: answerKey picks the item of choices.text, which becomes the target; a key that
+    picks no item, or the field without `labels`, is one line."""
+    kind = KINDS["seq2seq"]
+    task = TaskSpec.from_dict({"name": "csqa", "type": "seq2seq", "source_column": ["question"],
+                               "target_column": "answerKey", "target_choices_column": "choices.text",
+                               "labels": ["A", "B", "C"]})
+    row = {"question": "where do you keep milk ?", "answerKey": "B",
+           "choices": {"label": ["A", "B", "C"], "text": ["oven", "fridge", "shelf"]}}
+    assert kind.normalise(task, row, "csqa.jsonl:1") == {"source": "where do you keep milk ?", "target": "fridge"}
+    short = {**row, "choices": {"label": ["A", "B"], "text": ["oven"]}}
+    with pytest.raises(UserError, match=r"csqa.jsonl:2: answerKey='B' picks choice 2 of 'choices.text', which has 1"):
+        kind.normalise(task, short, "csqa.jsonl:2")
+    with pytest.raises(UserError, match="'target_choices_column' needs 'labels'"):
+        kind.validate(TaskSpec.from_dict({"name": "c", "type": "seq2seq", "source_column": ["q"],
+                                          "target_column": "a", "target_choices_column": "choices.text"}), "t.yaml")

@@ -61,7 +61,9 @@ class Seq2Seq(TaskKind):
         Field("prefix", "text put before every source (T5's 'summarize: ', 'sst2 sentence: ')", default=""),
         Field("target_template", "writes a classification label as the target, e.g. '{label}'; needs 'labels' "
               "or 'label_names'", default=""),
-        Field("labels", "with target_template: the label values as the files hold them, in order",
+        Field("target_choices_column", "a list column (e.g. choices.text): the target is its item at the position "
+              "of target_column's value among 'labels' (CommonsenseQA's answer text)", default=""),
+        Field("labels", "with target_template or target_choices_column: the label values as the files hold them",
               list_of_str=True, unique=True, default=()),
         Field("label_names", "with target_template: the words for labels 0..n-1 (as a datasets ClassLabel)",
               list_of_str=True, unique=True, default=()),
@@ -81,8 +83,13 @@ class Seq2Seq(TaskKind):
                             "the label's name goes")
         if task.target_template and not (task.labels or task.label_names or task.declared_source):
             raise UserError(f"{where}: 'target_template' needs 'labels' or 'label_names' (the labels' words)")
-        if (task.labels or task.label_names) and not task.target_template:
-            raise UserError(f"{where}: 'labels' and 'label_names' go with 'target_template' (targets as label words)")
+        if task.target_choices_column and (task.target_template or not task.labels):
+            raise UserError(f"{where}: 'target_choices_column' needs 'labels' (the values target_column holds, in the "
+                            "order of the choices) and no 'target_template'")
+        if task.label_names and not task.target_template or task.labels and not (task.target_template
+                                                                                 or task.target_choices_column):
+            raise UserError(f"{where}: 'labels' and 'label_names' go with 'target_template' (targets as label words) "
+                            "or 'target_choices_column' (the chosen item's text)")
         if task.labels and task.label_names and len(task.labels) != len(task.label_names):
             raise UserError(f"{where}: 'label_names' needs one name per label ({len(task.labels)})")
         for field in ("max_target_length", "num_beams"):
@@ -129,10 +136,22 @@ class Seq2Seq(TaskKind):
 
     def normalise(self, task: TaskSpec, row: dict[str, Any], where: str, labelled: bool = True) -> dict[str, Any]:
         source = self.source(task, [str(lookup(row, c, where)) for c in task.source_column])
-        return {"source": source, "target": self.target(task, lookup(row, task.target_column, where), where)
-                if labelled else ""}
+        if not labelled:
+            return {"source": source, "target": ""}
+        raw = lookup(row, task.target_column, where)
+        if task.target_choices_column:
+            choices = lookup(row, task.target_choices_column, where)
+            index = label_index(task, raw, where, values=task.labels)
+            count = len(choices) if isinstance(choices, list) else 0
+            if index >= count:
+                raise UserError(f"{where}: {task.target_column}={raw!r} picks choice {index + 1} of "
+                                f"{task.target_choices_column!r}, which has {count or 'no'} items")
+            raw = choices[index]
+        return {"source": source, "target": self.target(task, raw, where)}
 
     def normalise_arrow(self, task: TaskSpec, table: pa.Table) -> pa.Table | None:
+        if task.target_choices_column:
+            return None  # a per-row lookup into each row's choices: row by row
         texts = [columns.text(columns.find(table, c)) for c in task.source_column]
         raw = columns.find(table, task.target_column)
         if any(t is None for t in texts):
