@@ -287,3 +287,40 @@ def test_target_choices_column_makes_the_chosen_answers_text_the_target():
     with pytest.raises(UserError, match="'target_choices_column' needs 'labels'"):
         kind.validate(TaskSpec.from_dict({"name": "c", "type": "seq2seq", "source_column": ["q"],
                                           "target_column": "a", "target_choices_column": "choices.text"}), "t.yaml")
+
+
+def test_lora_per_task_on_t5_exports_merged_and_unmerged_that_generate_as_the_multitask_model(tmp_path):
+    """ADAPTER=lora_per_task with a seq2seq task beside a classifier on one T5: each task's adapter drives its
+    generation, and both export forms (the adapter merged into a copy of the base; a peft adapter directory)
+    generate what the multitask model generates."""
+    from trainer.model.adapters import ADAPTERS, LoraOptions
+    from trainer.outputs.peft_export import load_peft_task, save_peft_task
+
+    base_dir = save_tiny_t5(tmp_path / "t5")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base_dir)
+    tasks = [s2s_task(), CLS]
+    torch.manual_seed(0)
+    adapter = ADAPTERS["lora_per_task"](LoraOptions(dropout=0.0), [t.name for t in tasks])
+    model = MultitaskModel(transformers.AutoModel.from_pretrained(base_dir), tasks, adapter=adapter).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(0, 0.5)  # the adapters change the output
+    inputs = tokenizer(["the film was good", "a dull plot"], return_tensors="pt", padding=True)
+    inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    generated = model.active_task_model("s2s").generate(**inputs, max_new_tokens=6, do_sample=False)
+    with torch.no_grad():
+        plain = transformers.AutoModelForSeq2SeqLM.from_pretrained(base_dir).eval()
+        assert not torch.equal(plain.generate(**inputs, max_new_tokens=6, do_sample=False), generated)
+
+    export_tasks(model, tokenizer, tmp_path / "merged")
+    merged = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged" / "s2s").eval()
+    assert torch.equal(merged.generate(**inputs, max_new_tokens=6, do_sample=False), generated)
+
+    save_peft_task(model, tokenizer, "s2s", tmp_path / "unmerged", str(base_dir))
+    unmerged = load_peft_task(transformers.AutoModelForSeq2SeqLM, tmp_path / "unmerged")
+    assert torch.equal(unmerged.generate(**inputs, max_new_tokens=6, do_sample=False), generated)
+    import peft
+
+    auto = peft.AutoPeftModelForSeq2SeqLM.from_pretrained(tmp_path / "unmerged").eval()  # peft alone
+    assert torch.equal(auto.generate(**inputs, max_new_tokens=6, do_sample=False), generated)

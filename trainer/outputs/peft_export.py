@@ -12,17 +12,19 @@ import json
 from pathlib import Path
 
 from peft import LoraConfig, get_peft_model
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer.errors import UserError
 from trainer.layout import TASK_FILE
 from trainer.model.adapters.lora import tuner_layers
-from trainer.model.modeling import MultitaskModel, encoder_weights_in
+from trainer.model.modeling import MultitaskModel, encoder_parts, encoder_weights_in
 
 ADAPTER_CONFIG = "adapter_config.json"  # peft's CONFIG_NAME: what marks an adapter directory
 EXPORTED_ADAPTER = "default"  # peft's default adapter name: what `from_pretrained(dir)` loads without arguments
-PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "token_classification": "TOKEN_CLS",
-                   "causal_lm": "CAUSAL_LM"}  # kinds peft has an AutoPeftModelFor... class for
+PEFT_TASK_TYPES = {  # kinds peft has an AutoPeftModelFor... class for
+    "classification": "SEQ_CLS", "regression": "SEQ_CLS", "token_classification": "TOKEN_CLS",
+    "causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "question_answering": "QUESTION_ANS"}
 
 
 def unmerged_task_model(model: MultitaskModel, name: str) -> PreTrainedModel:
@@ -45,19 +47,17 @@ def save_peft_task(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, na
         raise UserError("EXPORT_MERGED=false needs ADAPTER=lora or lora_per_task (there is no adapter to export)")
     adapter = model.adapter.adapter_of(name)
     plain = unmerged_task_model(model, name)
-    prefix = plain.base_model_prefix
     source = model.encoder.peft_config[adapter]
-    heads = [child for child, module in plain.named_children()
-             if child != prefix and any(True for _ in module.parameters())]
     config = LoraConfig(r=source.r, lora_alpha=source.lora_alpha, lora_dropout=source.lora_dropout, bias="none",
-                        target_modules=[f"{prefix}.{layer}" for layer in tuner_layers(model.encoder)],
-                        fan_in_fan_out=source.fan_in_fan_out, modules_to_save=heads,
+                        target_modules=list(encoder_weights_in(plain, model.encoder,
+                                                               dict.fromkeys(tuner_layers(model.encoder)))),
+                        fan_in_fan_out=source.fan_in_fan_out, modules_to_save=task_heads(plain, model.encoder),
                         task_type=PEFT_TASK_TYPES.get(model.tasks[name].type))
     peft_model = get_peft_model(plain, config, adapter_name=EXPORTED_ADAPTER)
-    lora = {k: v for k, v in model.encoder.state_dict().items() if f".lora_A.{adapter}." in k
-            or f".lora_B.{adapter}." in k}
-    target = peft_model.base_model.model.get_submodule(prefix)
-    renamed = {k.replace(f".{adapter}.", f".{EXPORTED_ADAPTER}."): v for k, v in lora.items()}
+    lora = {k.replace(f".{adapter}.", f".{EXPORTED_ADAPTER}."): v for k, v in model.encoder.state_dict().items()
+            if f".lora_A.{adapter}." in k or f".lora_B.{adapter}." in k}
+    renamed = encoder_weights_in(plain, model.encoder, lora)  # the layers' names in the task model
+    target = peft_model.base_model.model
     missing = set(renamed) - set(target.state_dict())
     if missing:
         raise ValueError(f"cannot export {name}: no place for {', '.join(sorted(missing)[:5])}")
@@ -67,6 +67,16 @@ def save_peft_task(model: MultitaskModel, tokenizer: PreTrainedTokenizerBase, na
     plain.config.save_pretrained(directory)  # the labels (id2label) and head size the base's config lacks
     tokenizer.save_pretrained(directory)
     (directory / TASK_FILE).write_text(json.dumps(model.tasks[name].to_dict(), indent=2), encoding="utf-8")
+
+
+def task_heads(plain: PreTrainedModel, encoder: nn.Module) -> list[str]:
+    """The task model's own top-level modules with weights of their own (its head: `classifier`, BERT's `cls`), as
+    peft's `modules_to_save`; not the base's parts, nor a head that only holds the base's tied embeddings (T5's
+    `lm_head`)."""
+    parts = {path.split(".")[0] for path, _ in encoder_parts(plain, encoder)}
+    base = {id(p) for part in parts for p in plain.get_submodule(part).parameters()}
+    return [child for child, module in plain.named_children()
+            if child not in parts and any(id(p) not in base for p in module.parameters())]
 
 
 def is_peft_export(directory: Path) -> bool:
