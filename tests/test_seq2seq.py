@@ -324,3 +324,20 @@ def test_lora_per_task_on_t5_exports_merged_and_unmerged_that_generate_as_the_mu
 
     auto = peft.AutoPeftModelForSeq2SeqLM.from_pretrained(tmp_path / "unmerged").eval()  # peft alone
     assert torch.equal(auto.generate(**inputs, max_new_tokens=6, do_sample=False), generated)
+
+
+def test_all_tasks_steps_with_an_adapter_per_task_train_seq2seq_beside_a_classifier(tmp_path):
+    """SAMPLING=all_tasks (every step sums both tasks' losses) with ADAPTER=lora_per_task on one T5: both tasks
+    train and are scored (seq2seq by generation), and the model keeps each task's adapter and no base weight."""
+    write_tasks(tmp_path)
+    base = save_tiny_t5(tmp_path / "t5")
+    out = tmp_path / "out"
+    train(settings_of(model_name=str(base), max_steps=4, batch_size=8, max_train_samples=32, max_eval_samples=8,
+                      eval_steps=4, save_steps=4, max_seq_length=24, tasks="start,sent_cls",
+                      tasks_file=str(tmp_path / "tasks.yaml"), sampling="all_tasks", adapter="lora_per_task",
+                      output_dir=str(out), logging_steps=2))
+    report = json.loads((out / "metrics.json").read_text())
+    assert {"rougeL", "exact_match"} <= set(report["tasks"]["start"]) and "accuracy" in report["tasks"]["sent_cls"]
+    saved = load_file(out / "model" / "model.safetensors")
+    assert saved and not any(k.startswith("encoder.") and ".lora_" not in k for k in saved)  # no base weight saved
+    assert any(".lora_A.start." in k for k in saved) and any(".lora_A.sent_cls." in k for k in saved)
