@@ -10,10 +10,9 @@ from safetensors.torch import load_file
 from trainer.data.read import read_split
 from trainer.model.modeling import MultitaskModel
 from trainer.tasks.catalog import BUILTIN_TASKS
-from trainer.train import train
 
-from .test_training import StopAt
-from .tiny import ROOT, SHARED_DATA, cli_environ, save_tiny_gpt2, save_tiny_pretrained, settings_of, write_text
+from .test_training import straight_and_resumed
+from .tiny import ROOT, SHARED_DATA, cli_environ, save_tiny_gpt2, save_tiny_pretrained, write_text
 
 
 def tasks_file(root, *entries: str):
@@ -96,13 +95,7 @@ def test_resume_is_bit_identical_with_a_masked_lm_task(tmp_path):
     common = {"model_name": str(model_dir), "max_steps": 12, "batch_size": 8, "max_train_samples": 64,
               "max_eval_samples": 16, "save_steps": 5, "eval_steps": 100, "seed": 3, "max_seq_length": 32,
               "tasks": "demo_sentiment,text", "tasks_file": str(tasks_file(tmp_path, MLM_ENTRY))}
-    straight = settings_of(**common, output_dir=str(tmp_path / "a"))
-    train(straight)
-    interrupted = settings_of(**common, output_dir=str(tmp_path / "b"), resume="auto")
-    train(interrupted, callbacks=[StopAt(7)])
-    train(interrupted)
-    a = load_file(tmp_path / "a" / "model" / "model.safetensors")
-    b = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    a, b = straight_and_resumed(tmp_path, 7, **common)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
 
 

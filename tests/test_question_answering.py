@@ -330,23 +330,16 @@ def write_qa_task(root, train=300, dev=40, unanswerable=0.0):
 
 
 def test_resume_with_question_answering_in_a_mix_matches_an_uninterrupted_run(tmp_path):
-    from safetensors.torch import load_file
 
-    from trainer.train import train
 
-    from .test_training import StopAt
-    from .tiny import save_tiny_pretrained, settings_of
+    from .test_training import straight_and_resumed
+    from .tiny import save_tiny_pretrained
 
     model_dir = save_tiny_pretrained(tmp_path / "tiny")
     common = {"model_name": str(model_dir), "tasks_file": str(write_qa_task(tmp_path, train=60, dev=8)),
               "tasks": "fruit_qa,demo_sentiment", "max_seq_length": 48, "max_steps": 12, "batch_size": 8,
               "max_train_samples": 60, "max_eval_samples": 8, "save_steps": 4, "eval_steps": 100, "seed": 3}
-    train(settings_of(**common, output_dir=str(tmp_path / "a")))
-    interrupted = settings_of(**common, output_dir=str(tmp_path / "b"), resume="auto")
-    train(interrupted, callbacks=[StopAt(6)])
-    train(interrupted)
-    a = load_file(tmp_path / "a" / "model" / "model.safetensors")
-    b = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    a, b = straight_and_resumed(tmp_path, 6, **common)
     assert a.keys() == b.keys() and any(k.startswith("task_models.fruit_qa.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
 

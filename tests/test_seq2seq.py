@@ -16,7 +16,7 @@ from trainer.tasks.kinds import KINDS
 from trainer.tasks.spec import TaskSpec
 from trainer.train import train
 
-from .test_training import StopAt
+from .test_training import straight_and_resumed
 from .tiny import ROOT, cli_environ, decoder_configs, encoder_configs, save_tiny_t5, settings_of, t5_tokenizer
 
 SEQ2SEQ = KINDS["seq2seq"]
@@ -221,12 +221,7 @@ def test_resume_is_bit_identical_with_seq2seq_in_a_mix(tmp_path):
               "max_train_samples": 48, "max_eval_samples": 8, "save_steps": 5, "eval_steps": 100, "seed": 3,
               "max_seq_length": 24, "tasks": "start,sent_cls", "tasks_file": str(tmp_path / "tasks.yaml"),
               "logging_steps": 5}
-    train(settings_of(**common, output_dir=str(tmp_path / "a")))
-    interrupted = settings_of(**common, output_dir=str(tmp_path / "b"), resume="auto")
-    train(interrupted, callbacks=[StopAt(6)])
-    train(interrupted)
-    a = load_file(tmp_path / "a" / "model" / "model.safetensors")
-    b = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    a, b = straight_and_resumed(tmp_path, 6, **common)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged"
 
 

@@ -77,6 +77,17 @@ class StopAt(TrainerCallback):
         return control
 
 
+def straight_and_resumed(root, stop: int, **common) -> tuple[dict, dict]:
+    """The final weights of a run straight through (root/a) and of the same run stopped after `stop` steps and
+    resumed (root/b), for the bit-exact resume checks of each kind."""
+    train(settings_of(**common, output_dir=str(root / "a")))
+    interrupted = settings_of(**common, output_dir=str(root / "b"), resume="auto")
+    train(interrupted, callbacks=[StopAt(stop)])
+    train(interrupted)
+    return (load_file(root / "a" / "model" / "model.safetensors"),
+            load_file(root / "b" / "model" / "model.safetensors"))
+
+
 def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path):
     model_dir = save_tiny_pretrained(tmp_path / "tiny")  # dropout 0.1: the RNG state must be restored too
     common = {"model_name": str(model_dir), "max_steps": 16, "batch_size": 8, "max_train_samples": 80,
