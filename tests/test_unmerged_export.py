@@ -225,3 +225,40 @@ def test_a_run_exported_unmerged_predicts_evaluates_and_pushes_as_the_merged_for
                  if not p.name.startswith(".")}
         assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(local)
         assert hub.repos["my-org/category"]["files"] == local
+
+
+def test_a_question_answering_task_exported_unmerged_loads_as_its_card_says(tmp_path):
+    """The QA head (`qa_outputs`) travels as modules_to_save; PeftModel on AutoModelForQuestionAnswering, as the
+    card says, gives the multitask model's start and end logits (peft's AutoPeftModelForQuestionAnswering would
+    drop token_type_ids: the card must not name it)."""
+    from trainer.tasks.spec import TaskSpec
+
+    qa = TaskSpec.from_dict({"name": "qa", "type": "question_answering"})
+    base = save_tiny_pretrained(tmp_path / "base")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+    torch.manual_seed(0)
+    adapter = ADAPTERS["lora"](LoraOptions(dropout=0.0), [qa.name])
+    model = MultitaskModel(transformers.AutoModel.from_pretrained(base), [qa], "static", adapter=adapter).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(0, 0.5)
+    save_peft_task(model, tokenizer, qa.name, tmp_path / "qa", str(base))
+    card = model_card(qa, [qa], None, SETTINGS, unmerged=True)
+    assert "PeftModel.from_pretrained(base, model_id)" in card and "AutoPeftModel" not in card
+    inputs = dict(tokenizer(["which fruit is red ?"], ["the plum is red and the pear is green"], return_tensors="pt"))
+    with torch.no_grad():
+        expected = model(task=qa.name, **inputs)
+    code = ("import sys, torch, peft, transformers\n"
+            "base_id = peft.PeftConfig.from_pretrained(sys.argv[1]).base_model_name_or_path\n"
+            "base = transformers.AutoModelForQuestionAnswering.from_pretrained(base_id)\n"
+            "m = peft.PeftModel.from_pretrained(base, sys.argv[1]).eval()\n"
+            "with torch.no_grad():\n"
+            "    out = m(**torch.load(sys.argv[2]))\n"
+            "torch.save((out.start_logits, out.end_logits), sys.argv[3])\n")
+    torch.save(inputs, tmp_path / "in.pt")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "qa"), str(tmp_path / "in.pt"),
+                    str(tmp_path / "out.pt")], check=True, cwd=tmp_path)
+    start, end = torch.load(tmp_path / "out.pt")
+    torch.testing.assert_close(start, expected.start_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(end, expected.end_logits, rtol=0, atol=1e-5)

@@ -22,9 +22,11 @@ from trainer.model.modeling import MultitaskModel, encoder_parts, encoder_weight
 
 ADAPTER_CONFIG = "adapter_config.json"  # peft's CONFIG_NAME: what marks an adapter directory
 EXPORTED_ADAPTER = "default"  # peft's default adapter name: what `from_pretrained(dir)` loads without arguments
-PEFT_TASK_TYPES = {  # kinds peft has an AutoPeftModelFor... class for
-    "classification": "SEQ_CLS", "regression": "SEQ_CLS", "token_classification": "TOKEN_CLS",
-    "causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "question_answering": "QUESTION_ANS"}
+# Kinds whose export loads with an AutoPeftModelFor... class. Not question answering: peft 0.21's
+# PeftModelForQuestionAnswering.forward drops `token_type_ids` (BERT's segment ids) and gives other logits, so a QA
+# export loads as PeftModel on AutoModelForQuestionAnswering, like the kinds peft has no class for.
+PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "token_classification": "TOKEN_CLS",
+                   "causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
 
 
 def unmerged_task_model(model: MultitaskModel, name: str) -> PreTrainedModel:
