@@ -60,7 +60,7 @@ from trainer.training.console import EvalTableCallback, already_finished, output
 from trainer.training.divergence import diverged_error
 from trainer.training.metrics import write_metrics
 from trainer.training.preemption import PREEMPTION_UPLOAD_TIMEOUT, Preempted, PreemptionCallback
-from trainer.training.trainer import MultitaskTrainer
+from trainer.training.trainer import MultitaskTrainer, leave_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,14 @@ def train(settings: Settings, callbacks: list[Any] | None = None) -> dict[str, A
     recipe = TrainingRecipe(settings)
     recipe.check()
     recipe.load()
-    with recipe.claim():
-        if not recipe.setup(callbacks or []):
-            return already_finished(settings, recipe.resume, recipe.args)
-        recipe.train()
-        return recipe.cleanup()
+    try:
+        with recipe.claim():
+            if not recipe.setup(callbacks or []):
+                return already_finished(settings, recipe.resume, recipe.args)
+            recipe.train()
+            return recipe.cleanup()
+    finally:
+        leave_process_group()
 
 
 class TrainingRecipe:

@@ -35,6 +35,14 @@ from trainer.training.metrics import AGGREGATE_METRIC, aggregate_score, metrics_
 logger = logging.getLogger(__name__)
 
 
+def leave_process_group() -> None:
+    """Destroy this process's torch.distributed group at the end of a run, as torch asks. Left to the interpreter's
+    exit, a process that ends before the main one (which still exports and uploads) can abort there: "terminate
+    called without an active exception", seen on a torchrun rank with gloo. No collective runs after cleanup."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 class EpochDataLoader(DataLoader):
     """A DataLoader whose `set_epoch` reaches its batch sampler (the Trainer calls it every epoch)."""
 
