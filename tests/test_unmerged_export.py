@@ -34,6 +34,14 @@ assert "trainer" not in sys.modules
 """
 
 
+def adapters_that_matter(model: MultitaskModel) -> None:
+    """Random lora_B weights (peft starts them at zero), so that every adapter changes the model's output."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(0, 0.5)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny pretrained BERT base with a trained-looking LoRA per task (random lora_B, so the adapter matters),
@@ -45,10 +53,7 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     adapter = ADAPTERS["lora_per_task"](LoraOptions(dropout=0.0), [t.name for t in tasks])
     model = MultitaskModel(transformers.AutoModel.from_pretrained(base), tasks, "static", adapter=adapter).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".lora_B." in name:
-                param.normal_(0, 0.5)
+    adapters_that_matter(model)
     for task in tasks:
         save_peft_task(model, tokenizer, task.name, root / task.name, str(base))
     return root, model, tokenizer
@@ -129,10 +134,7 @@ def test_a_causal_lm_exported_unmerged_loads_with_auto_peft_model_for_causal_lm(
     torch.manual_seed(0)
     adapter = ADAPTERS["lora"](LoraOptions(dropout=0.0), [CLM.name])
     model = MultitaskModel(transformers.AutoModel.from_pretrained(base), [CLM], "static", adapter=adapter).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".lora_B." in name:
-                param.normal_(0, 0.5)
+    adapters_that_matter(model)
     save_peft_task(model, tokenizer, CLM.name, tmp_path / CLM.name, str(base))
     inputs = batch(CLM, tokenizer)
     with torch.no_grad():
@@ -239,10 +241,7 @@ def test_a_question_answering_task_exported_unmerged_loads_as_its_card_says(tmp_
     torch.manual_seed(0)
     adapter = ADAPTERS["lora"](LoraOptions(dropout=0.0), [qa.name])
     model = MultitaskModel(transformers.AutoModel.from_pretrained(base), [qa], "static", adapter=adapter).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".lora_B." in name:
-                param.normal_(0, 0.5)
+    adapters_that_matter(model)
     save_peft_task(model, tokenizer, qa.name, tmp_path / "qa", str(base))
     card = model_card(qa, [qa], None, SETTINGS, unmerged=True)
     assert "PeftModel.from_pretrained(base, model_id)" in card and "AutoPeftModel" not in card
