@@ -152,6 +152,8 @@ TABLE: dict[str, Row] = {
                            task=NER.replace("[O, B-PER]", "[O, B-PER, O]")),
     "seq2seq on an encoder-only model": mine(r"task 's2s' is seq2seq, but bert is an encoder-only model; seq2seq "
                                              r"needs an encoder-decoder \(T5", task=S2S, MODEL_NAME="{tiny}"),
+    "seq2seq on a decoder-only model": mine(r"task 's2s' is seq2seq, but gpt2 is a decoder-only model; seq2seq "
+                                            r"needs an encoder-decoder", task=S2S, MODEL_NAME="{tiny_decoder}"),
     "seq2seq empty target": mine(r"train.tsv:3: the target \('label'\) of task 's2s' is empty; every row needs a "
                                  r"target text", task=S2S, data={"train.tsv": "text\tlabel\ngood\tyes\nbad\t\n"}),
     "target_template without {label}": mine(r"task #1 \(s2s\): 'target_template' \('it is x'\) must contain "
@@ -434,6 +436,16 @@ def tiny_model(tmp_path_factory):
     return save_tiny_pretrained(tmp_path_factory.mktemp("tiny-model") / "tiny")
 
 
+@pytest.fixture(scope="module")
+def tiny_decoder_model(tmp_path_factory):
+    from tests.tiny import save_tiny_gpt2
+
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-decoder") / "gpt2")
+
+
+MODELS = {"tiny": "tiny_model", "tiny_decoder": "tiny_decoder_model"}  # a row's MODEL_NAME placeholder: its fixture
+
+
 def read_only_place(tmp_path: Path) -> str:
     """A directory nobody may write in: chmod 0555 for a normal user; for root (whom chmod doesn't stop), a
     read-only file system such as /sys."""
@@ -461,10 +473,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-def prepare(name: str, row: Row, tmp_path: Path, run: Path, tiny: Path | None, bucket_name: str) -> Row:
+def prepare(name: str, row: Row, tmp_path: Path, run: Path, models: dict[str, Path], bucket_name: str) -> Row:
     """The row with its placeholders filled in and its files written."""
     values = {"tmp": str(tmp_path), "run": str(run), "bucket": bucket_name, "row": re.sub(r"\W+", "-", name),
-              "tiny": str(tiny)}
+              **{key: str(path) for key, path in models.items()}}
     text = " ".join([*row.args, *row.env.values()])
     if "{readonly}" in text:
         values["readonly"] = read_only_place(tmp_path)
@@ -496,9 +508,9 @@ def assert_one_error_line(result, error: str) -> None:
 def test_bad_input(name, tmp_path, forked_cli, exported_run, bucket, request):
     row = TABLE[name]
     run_dir = exported_run[0]
-    tiny = request.getfixturevalue("tiny_model") if "{tiny}" in str(row.env) else None
+    models = {key: request.getfixturevalue(fixture) for key, fixture in MODELS.items() if f"{{{key}}}" in str(row.env)}
     host, gcs_bucket = bucket
-    row = prepare(name, row, tmp_path, run_dir, tiny, gcs_bucket.name)
+    row = prepare(name, row, tmp_path, run_dir, models, gcs_bucket.name)
     env = {**row.env, "STORAGE_EMULATOR_HOST": host} if "JOB_DIR" in row.env else row.env
     before, run_before = snapshot(tmp_path), snapshot(run_dir)
 
@@ -519,7 +531,7 @@ def test_bad_input(name, tmp_path, forked_cli, exported_run, bucket, request):
                                   "predict --choices on classification"])
 def test_the_forked_runner_is_faithful(name, tmp_path, forked_cli, exported_run, bucket):
     """The same rows as true `python -m trainer` subprocesses: the same exit code, stdout and stderr."""
-    row = prepare(name, TABLE[name], tmp_path, exported_run[0], None, bucket[1].name)
+    row = prepare(name, TABLE[name], tmp_path, exported_run[0], {}, bucket[1].name)
     forked = forked_cli.run(*row.args, env=cli_environ(row.env), cwd=tmp_path, stdin=row.stdin)
     real = run_cli(*row.args, env=row.env, cwd=tmp_path)
     assert_one_error_line(real, row.error)
