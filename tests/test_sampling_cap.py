@@ -185,3 +185,18 @@ def test_a_resumed_epoch_counts_the_steps_before_the_resume(mix_run, cli, tmp_pa
     resumed = cli("train", env={**env, "MAX_STEPS": "14", "RESUME": "auto"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _share_lines(resumed.stderr) == {"2": _share_lines(straight.stderr)["2"]}  # all 7 steps, 3 before
+
+
+@pytest.mark.parametrize("strategy", ["proportional", "temperature"])
+def test_a_cap_above_every_task_changes_nothing(strategy):
+    """A cap that holds no task below its size gives the uncapped epoch: a 10-example task beside a 1,000-example
+    one still gets its batch (weighing examples instead of batches would round it away)."""
+    sizes = [10, 1000]
+    for epoch in range(3):
+        plans = []
+        for cap in (None, 10**6):
+            sampler = MultitaskBatchSampler(sizes, 32, seed=5, strategy=strategy, cap=cap)
+            sampler.set_epoch(epoch)
+            plans.append([list(b) for b in sampler])
+        assert plans[0] == plans[1]
+        assert any(task_of(b[0], sizes) == 0 for b in plans[1])

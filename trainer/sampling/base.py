@@ -33,11 +33,17 @@ class Strategy:
         return sum(batches_per_task)
 
     def weights(self, sampler: MultitaskBatchSampler) -> np.ndarray:
-        """Each task's weight in the mix: its batches, or with a cap K its examples held to K, min(examples, K)
-        (T5, JMLR 21:140, §3.5.2: K counts examples)."""
+        """Each task's weight in the mix: its batches, held with a cap K to the batches of K examples, the
+        min(examples, K) of T5 (JMLR 21:140, §3.5.2) counted in global batches as every weight here is, so that a
+        cap above every task's size changes nothing."""
+        batches = np.array(sampler.batches_per_task(), dtype=float)
         if self.cap is None:
-            return np.array(sampler.batches_per_task(), dtype=float)
-        return np.minimum(np.array(sampler.task_sizes, dtype=float), self.cap)
+            return batches
+        return np.minimum(batches, -(-self.cap // sampler.global_batch_size))
+
+    def caps_something(self, sampler: MultitaskBatchSampler) -> bool:
+        """Whether SAMPLING_CAP holds any task below its size (else the plan is the uncapped one)."""
+        return self.cap is not None and max(sampler.batches_per_task()) > -(-self.cap // sampler.global_batch_size)
 
     def shares(self, sampler: MultitaskBatchSampler) -> np.ndarray:
         """The share of an epoch's steps each task is meant to get (the realised shares are logged against it)."""

@@ -17,7 +17,7 @@ class Proportional(Strategy):
     takes_cap = True
 
     def plan(self, sampler, rng: np.random.Generator) -> list[Step]:
-        if self.cap is not None:
+        if self.caps_something(sampler):
             return mixture(sampler, self.shares(sampler), rng, self.steps(sampler.batches_per_task()))
         per_task = [sampler.task_pass(t, rng) for t in range(sampler.num_tasks)]
         order = rng.permutation(np.repeat(np.arange(sampler.num_tasks), [len(b) for b in per_task]))
