@@ -112,6 +112,11 @@ class Seq2Seq(TaskKind):
         """The labels' names as the targets write them: `label_names`, else `labels`."""
         return task.label_names or task.labels
 
+    @staticmethod
+    def label_values(task: TaskSpec) -> tuple[str, ...]:
+        """The labels as the files hold them: `labels`, else 0..n-1 for `label_names` (a ClassLabel's integers)."""
+        return task.labels or tuple(str(i) for i in range(len(task.label_names)))
+
     def label_targets(self, task: TaskSpec) -> list[str]:
         """Each label's target text (`target_template` filled with its name)."""
         return [task.target_template.replace("{label}", word) for word in self.words(task)]
@@ -157,7 +162,7 @@ class Seq2Seq(TaskKind):
         if any(t is None for t in texts):
             return None
         if task.target_template:
-            index = columns.label_indices(raw, task.labels or tuple(str(i) for i in range(len(task.label_names))))
+            index = columns.label_indices(raw, self.label_values(task))
             target = None if index is None else pc.take(pa.array(self.label_targets(task)), index)
         else:
             target = columns.text(raw)  # numbers other than integers go row by row (`target` writes them)
@@ -177,8 +182,7 @@ class Seq2Seq(TaskKind):
 
     def target(self, task: TaskSpec, raw: Any, where: str) -> str:
         if task.target_template:
-            values = task.labels or tuple(str(i) for i in range(len(task.label_names)))
-            return self.label_targets(task)[label_index(task, raw, where, values=values)]
+            return self.label_targets(task)[label_index(task, raw, where, values=self.label_values(task))]
         text = f"{raw:g}" if isinstance(raw, float) else str(raw)  # STS-B's 3.8, not 3.799999952316284
         if not text.strip():
             raise UserError(f"{where}: the target ({task.target_column!r}) of task {task.name!r} is empty; every "
@@ -258,11 +262,7 @@ class Seq2Seq(TaskKind):
     def decode_predictions(self, task: TaskSpec, predictions: Any, labels: np.ndarray,
                            tokenizer: PreTrainedTokenizerBase) -> tuple[list[str], list[str]]:
         """Generated and target ids (padded with -100 across batches and ranks) -> texts."""
-        def texts(ids: Any) -> list[str]:
-            ids = np.where(np.asarray(ids) == IGNORE_INDEX, tokenizer.pad_token_id, np.asarray(ids))
-            return [t.strip() for t in tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
-
-        return texts(predictions), texts(labels)
+        return decode(tokenizer, predictions), decode(tokenizer, labels)
 
     def compute_metrics(self, task: TaskSpec, predictions: Any, labels: Any) -> dict[str, float]:
         """Scores of generated texts against targets: exact match (after stripping), ROUGE F1 (`rouge-score`,
@@ -298,7 +298,7 @@ class Seq2Seq(TaskKind):
         """The generated text of each source, as evaluation generates it."""
         batch = self.encode(task, {"source": sources, "target": ["-"] * len(sources)}, tokenizer, max_length)
         ids = self.generate(task, model, batch, task.generation_max_length or task.max_target_length)
-        return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return decode(tokenizer, ids)
 
     def predict(
         self, task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -309,20 +309,24 @@ class Seq2Seq(TaskKind):
             raise UserError(f"task {task.name!r} reads {len(task.source_column)} source columns: give --text and "
                             "--text_pair (two columns; more can only be predicted from a file with predict-file)")
         sources = [self.source(task, [i["text"], i.get("text_pair") or ""][:len(task.source_column)]) for i in inputs]
-        results = []
-        for text in self.generated(task, model, tokenizer, sources, max_length):
-            result: dict[str, Any] = {"generated_text": text}
-            if task.target_template:
-                label = int(self.label_ids(task, [text])[0])
-                result["label"] = self.words(task)[label] if label >= 0 else None
-            results.append(result)
-        return results
+        texts = self.generated(task, model, tokenizer, sources, max_length)
+        if not task.target_template:
+            return [{"generated_text": text} for text in texts]
+        return [{"generated_text": text, "label": self.words(task)[label] if label >= 0 else None}
+                for text, label in zip(texts, self.label_ids(task, texts).tolist(), strict=True)]
 
     def predict_rows(
         self, task: TaskSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         columns: dict[str, list[Any]], max_length: int,
     ) -> list[tuple[str, ...]]:
         return [(text,) for text in self.generated(task, model, tokenizer, columns["source"], max_length)]
+
+
+def decode(tokenizer: PreTrainedTokenizerBase, ids: Any) -> list[str]:
+    """Token ids (a batch; -100 where the Trainer padded across batches and ranks) -> stripped texts."""
+    ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids)
+    ids = np.where(ids == IGNORE_INDEX, tokenizer.pad_token_id, ids)
+    return [t.strip() for t in tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
 
 
 KIND = Seq2Seq()
