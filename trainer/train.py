@@ -38,6 +38,7 @@ from trainer.model.base_record import record_base
 from trainer.model.gpu import compile_encoder
 from trainer.model.loading import load_encoder
 from trainer.model.modeling import MultitaskModel
+from trainer.model.precision import base_dtype, compute_precision, train_in_fp32
 from trainer.model.quantize import check_quantize
 from trainer.model.sharding import check_fsdp, check_resume_format, unsharded
 from trainer.outputs.export import check_export_target, run_outputs
@@ -114,7 +115,8 @@ class TrainingRecipe:
         self.tasks, self.rows = read_all_splits(tasks, s)  # bad input stops here or in load_encoder, with one line
         set_seed(s.seed)
         self.tokenizer, self.encoder = load_encoder(s.model_name, self.tasks, s.max_seq_length, s.quantize,
-                                                    s.gradient_checkpointing)
+                                                    s.gradient_checkpointing,
+                                                    dtype=base_dtype(s.adapter, compute_precision(s.precision)))
         self.base = record_base(s.model_name, self.encoder, s.seed)  # before it trains: what run.json records
         self.adapter = ADAPTERS[s.adapter](LoraOptions.from_settings(s), [t.name for t in self.tasks])
         self.adapter.check(self.encoder)  # a LoRA target the model lacks stops here, before anything is written
@@ -158,6 +160,9 @@ class TrainingRecipe:
         saves = SaveSequence(CompleteMarker(also=(RUN_FILE,)), link_selection=self.selection.link_into, upload=sync)
         model = MultitaskModel(self.encoder, tasks, s.task_weighting, s.task_weights, adapter=self.adapter)
         model.base = self.base  # an adapter checkpoint's multitask.json names the base to load again
+        if upcast := train_in_fp32(model):  # heads (and adapters) built in a half-precision base's dtype
+            logger.info("%d trained parameters made fp32 (the optimizer's master weights): %s", len(upcast),
+                        ", ".join(upcast[:3]) + (", ..." if len(upcast) > 3 else ""))
         if description := self.adapter.describe(self.encoder):
             logger.info(description)
         self.trainer = MultitaskTrainer(

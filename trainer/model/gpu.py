@@ -1,6 +1,6 @@
 """The GPU fast path: what the Trainer gets on CUDA by default, and TORCH_COMPILE for the shared encoder.
 
-On a CUDA device: bf16 (PRECISION=auto, see `train.precision_flags`) with TF32 matmuls allowed, fused AdamW,
+On a CUDA device: bf16 (PRECISION=auto, see `precision.py`) with TF32 matmuls allowed, fused AdamW,
 pinned host memory and two dataloader workers. SDPA attention is Transformers' own default when a model
 supports it (`PreTrainedModel.get_correct_attn_implementation`), so nothing here asks for it; `attention`
 reports what the encoder got. On CPU the Trainer keeps its defaults and batches are collated in the training

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from safetensors import SafetensorError
 from transformers import (
@@ -16,9 +18,12 @@ from transformers import (
 from trainer.config.settings import DEMO_MODEL
 from trainer.errors import UserError, first_line
 from trainer.model.positions import check_max_seq_length
+from trainer.model.precision import BaseDtype
 from trainer.model.quantize import prepare_quantized, quantization_config
 from trainer.tasks import demo
 from trainer.tasks.spec import TaskSpec
+
+logger = logging.getLogger(__name__)
 
 
 def _unloadable(model_name: str, err: Exception) -> UserError:
@@ -51,13 +56,14 @@ def load_tokenizer(
 
 def load_encoder(
     model_name: str, tasks: list[TaskSpec] = (), max_seq_length: int | None = None, quantize: str | None = None,
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: bool = False, dtype: BaseDtype | None = None,
 ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """The tokenizer and base encoder: the offline demo, a local directory or a hub id.
 
     Each task's kind checks the config and tokenizer, and MAX_SEQ_LENGTH is checked against the model's
     positions, before any weights are loaded. QUANTIZE loads the weights quantized and frozen (`quantize.py`;
-    checked by `check_quantize` before this runs).
+    checked by `check_quantize` before this runs). `dtype`: what the weights load in (`precision.base_dtype`);
+    None loads them in the checkpoint's own dtype.
     """
     tokenizer, config = load_tokenizer(model_name, tasks)
     if max_seq_length is not None:
@@ -66,17 +72,22 @@ def load_encoder(
         raise UserError(f"QUANTIZE={quantize} quantizes the weights MODEL_NAME loads, and the demo model is built "
                         "without any; set MODEL_NAME to a model directory or hub id")
     if config is None:  # the demo
-        encoder = demo.build_demo_encoder(len(tokenizer))
+        encoder = demo.build_demo_encoder(len(tokenizer))  # tiny: fp32 always
         for task in tasks:
             task.kind.check_model(task, encoder.config, tokenizer)
         return tokenizer, encoder
     try:
         quantized = {"quantization_config": quantization_config(quantize)} if quantize else {}
-        encoder = AutoModel.from_pretrained(model_name, config=config, **quantized)
+        encoder = AutoModel.from_pretrained(model_name, config=config, dtype=dtype.dtype if dtype else "auto",
+                                            **quantized)
     except (OSError, ValueError, EOFError, SafetensorError) as err:  # SafetensorError: truncated or damaged weights
         raise _unloadable(model_name, err) from None
     if tokenizer.pad_token_id is not None:
         encoder.config.pad_token_id = tokenizer.pad_token_id  # every task config copies it
+    stored = getattr(config, "dtype", None)
+    if dtype and stored is not None and not quantize and stored != dtype.dtype:
+        logger.info("MODEL_NAME holds %s weights; the base is loaded in %s: %s", str(stored).removeprefix("torch."),
+                    str(dtype.dtype).removeprefix("torch."), dtype.why)
     if quantize:
         encoder = prepare_quantized(encoder, gradient_checkpointing)
     return tokenizer, encoder

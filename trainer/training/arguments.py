@@ -13,18 +13,15 @@ from trainer.checkpoints.local import trained_steps
 from trainer.config.settings import Settings
 from trainer.errors import UserError
 from trainer.model.gpu import gpu_arguments
+from trainer.model.precision import compute_precision
 from trainer.model.sharding import fsdp_arguments
 from trainer.sampling import STRATEGIES
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
-    """bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU (PRECISION=auto)."""
-    cuda = torch.cuda.is_available()
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    if precision in ("bf16", "fp16") and not cuda:
-        raise UserError(f"PRECISION={precision} needs a CUDA GPU; use auto or fp32 on this machine")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
+    """The Trainer's autocast: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU (PRECISION=auto)."""
+    precision = compute_precision(precision)
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not torch.cuda.is_available()}
 
 
 def check_trackers(trackers: tuple[str, ...]) -> None:

@@ -197,8 +197,9 @@ class MultitaskTrainer(Trainer):
         if prediction_loss_only or task is None:
             return loss, logits, labels
         started = time.perf_counter()
-        predictions = task.kind.eval_predictions(task, self._unwrapped_model.active_task_model(task.name), inputs,
-                                                 self.processing_class)
+        with self.accelerator.autocast():  # PRECISION's autocast, which the prepared model's forward has
+            predictions = task.kind.eval_predictions(task, self._unwrapped_model.active_task_model(task.name),
+                                                     inputs, self.processing_class)
         if predictions is None:
             return loss, logits, labels
         self._eval_predict_seconds += time.perf_counter() - started
