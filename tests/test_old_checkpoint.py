@@ -3,7 +3,8 @@
 tests/data/old_run/ holds checkpoint-4 (with its completion marker), run.json and settings.json of an 8-step offline
 demo run written by commit cf7c7f6, the flat `trainer/` layout before issue 19; tests/data/make_old_run.sh rebuilds
 it. Today's code resumes it (RESUME=auto) to step 8, and its final weights must equal, bit for bit, those of an
-uninterrupted run of today's code with the same settings. Both train on one thread, as the old run did: with
+uninterrupted run of today's code with the same settings (on another CPU family, whose kernels round differently,
+within 1e-5: see the test). Both train on one thread, as the old run did: with
 another count, float sums add up in another order and no two runs agree to the bit.
 """
 
@@ -69,7 +70,15 @@ def test_a_checkpoint_written_before_issue_19_resumes_bit_equal(tmp_path: Path) 
         train(settings_of(**OLD_RUN_SETTINGS, output_dir=str(straight_dir), resume="never"))
     assert steps.steps == [5, 6, 7, 8]  # from the old checkpoint-4, not a fresh start
 
-    # Today's first four steps are the old run's, to the bit (else the comparison below could not hold; on other
-    # CPU kernels, rebuild the data with tests/data/make_old_run.sh).
-    assert differing(weights(straight_dir / "checkpoint-4"), weights(OLD_RUN / "checkpoint-4")) == []
-    assert differing(weights(resumed_dir / "model"), weights(straight_dir / "model")) == []
+    today, old = weights(straight_dir / "checkpoint-4"), weights(OLD_RUN / "checkpoint-4")
+    resumed, straight = weights(resumed_dir / "model"), weights(straight_dir / "model")
+    if not differing(today, old):  # the CPU family the old run was written on: bit for bit
+        assert differing(resumed, straight) == []
+        return
+    # Another CPU family's kernels round differently, so its first four steps can't be the old run's bits (about
+    # 4e-7 apart here after 4 steps, 1e-6 after 8). A resume that lost something is far outside that: one whose
+    # optimizer state was not loaded ends 1.6e-3 away. (Rebuild the data there for bit-equality:
+    # tests/data/make_old_run.sh.)
+    for name in today:
+        torch.testing.assert_close(today[name], old[name], rtol=0, atol=1e-5, msg=f"checkpoint-4 {name}")
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-5, msg=f"final {name}")

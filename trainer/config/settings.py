@@ -193,7 +193,9 @@ class Settings:
     )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay.", "range": NON_NEGATIVE})
     precision: Precision = field(
-        default="auto", metadata={"help": "auto (bf16/fp16 when the GPU supports it), fp32, bf16 or fp16."}
+        default="auto", metadata={"help": "What matmuls compute in: auto (bf16/fp16 when the GPU supports it), fp32, "
+                                          "bf16 or fp16. Weights that train stay fp32; a frozen base (an ADAPTER) is "
+                                          "kept in this dtype."}
     )
     dataloader_workers: int | None = field(
         default=None, metadata={"help": "Background processes that collate training batches; empty = 2 on a GPU, "
