@@ -5,7 +5,7 @@ in fp32. What the weights are kept in is a separate choice, made here for every 
 (Transformers 5 loads a checkpoint in its own dtype by default, and the Llama, Qwen and Mistral bases on the hub are
 bf16):
 - weights that train are fp32: the optimizer's master copy. AdamW on bf16 weights loses every update smaller than
-  bf16's 3 significant digits of the weight, which at fine-tuning learning rates is most of them. So full
+  about 0.4 % of the weight (bf16 keeps 8 significant bits), which at fine-tuning learning rates is most. So full
   fine-tuning loads the base in fp32, and adapters, heads and learned loss weights are made fp32 (`train_in_fp32`);
 - a frozen base (ADAPTER=lora or lora_per_task) is kept in the compute dtype: bf16 or fp16 under that PRECISION,
   half the memory of fp32 and what its matmuls run in anyway; fp32 on CPU. A quantized base (QUANTIZE) keeps
