@@ -100,3 +100,30 @@ def test_a_frozen_bf16_base_trains_fp32_adapters_and_heads_under_autocast():
     for key, value in model.encoder.state_dict().items():
         if ".lora_" not in key:
             assert torch.equal(value, base[key.replace(".base_layer.", ".")]), key
+
+
+def test_a_bf16_run_of_adapters_on_t5_trains_and_generates_in_evaluation_under_autocast(tmp_path, monkeypatch):
+    """The whole PRECISION=bf16 run of an adapter on a GPU, with the CPU's bf16 autocast in the GPU's place (the
+    only stand-in here: the two precision functions are patched to answer as on a bf16 GPU): the T5 base loads in
+    bf16, the classifier and the adapters train in fp32 under autocast, evaluation generates (under the
+    accelerator's autocast, as the training forward runs), and the checkpoint holds fp32 only. (Transformers 5
+    always ties T5's LM head to its embeddings, so the head is the frozen base here.)"""
+    from trainer import train as recipe
+    from trainer.training import arguments
+
+    from .test_seq2seq import write_tasks
+    from .tiny import save_tiny_t5
+
+    write_tasks(tmp_path)
+    monkeypatch.setattr(recipe, "compute_precision", lambda precision: "bf16")
+    monkeypatch.setattr(arguments, "precision_flags",
+                        lambda precision: {"bf16": True, "fp16": False, "use_cpu": True})
+    metrics = train(settings_of(model_name=str(save_tiny_t5(tmp_path / "t5")), tasks_file=str(tmp_path / "tasks.yaml"),
+                                tasks=("sst2_t2t", "sent_cls"), output_dir=str(tmp_path / "out"), max_steps=4,
+                                eval_steps=4, save_steps=4, batch_size=8, max_train_samples=32, max_eval_samples=8,
+                                max_seq_length=32, adapter="lora_per_task"))
+    assert set(metrics["tasks"]) == {"sst2_t2t", "sent_cls"}
+    assert all(value == value for value in metrics["tasks"]["sst2_t2t"].values() if isinstance(value, float))
+    dtypes = _checkpoint_dtypes(tmp_path / "out")
+    assert set(dtypes.values()) == {"F32"}, dtypes  # the adapters and the classifier; no base weight
+    assert any(".lora_" in k for k in dtypes) and any("classification_head" in k for k in dtypes)

@@ -197,7 +197,7 @@ class MultitaskTrainer(Trainer):
         if prediction_loss_only or task is None:
             return loss, logits, labels
         started = time.perf_counter()
-        with self.accelerator.autocast():  # PRECISION's autocast, which the prepared model's forward has
+        with self.accelerator.autocast():  # PRECISION's autocast, as the prepared model's forward has: bf16 matmuls
             predictions = task.kind.eval_predictions(task, self._unwrapped_model.active_task_model(task.name),
                                                      inputs, self.processing_class)
         if predictions is None:
