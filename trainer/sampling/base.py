@@ -39,11 +39,15 @@ class Strategy:
         batches = np.array(sampler.batches_per_task(), dtype=float)
         if self.cap is None:
             return batches
-        return np.minimum(batches, -(-self.cap // sampler.global_batch_size))
+        return np.minimum(batches, self.cap_batches(sampler))
+
+    def cap_batches(self, sampler: MultitaskBatchSampler) -> int:
+        """SAMPLING_CAP in global batches (rounded up): the most a task weighs."""
+        return -(-self.cap // sampler.global_batch_size)
 
     def caps_something(self, sampler: MultitaskBatchSampler) -> bool:
         """Whether SAMPLING_CAP holds any task below its size (else the plan is the uncapped one)."""
-        return self.cap is not None and max(sampler.batches_per_task()) > -(-self.cap // sampler.global_batch_size)
+        return self.cap is not None and max(sampler.batches_per_task()) > self.cap_batches(sampler)
 
     def shares(self, sampler: MultitaskBatchSampler) -> np.ndarray:
         """The share of an epoch's steps each task is meant to get (the realised shares are logged against it)."""
